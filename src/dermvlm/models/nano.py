@@ -1,0 +1,201 @@
+"""Build a tiny Qwen2.5-VL-architecture model from scratch: random weights, local tokenizer, standard HF folder.
+
+Nothing is downloaded. The folder loads with ``AutoProcessor`` + ``AutoModelForImageTextToText`` and with vLLM,
+exactly like a real Qwen2.5-VL checkpoint, so every code path that serves or trains the 3B/7B model runs on it.
+Presets: ``nano`` (< 1M parameters, tests) and ``micro`` (5-20M parameters, the learning benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from dermvlm.io import atomic_dir
+from dermvlm.models.corpus import corpus
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+
+@dataclass(frozen=True)
+class NanoPreset:
+    """Sizes of one preset.
+
+    ``head_dim = hidden_size // num_attention_heads`` must be one that vLLM's CPU attention supports (32, 64,
+    80, ...; 16 is refused at the first request); the mrope sections are derived to sum to head_dim/2.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vision_hidden_size: int
+    vision_depth: int
+    vision_heads: int
+    vision_intermediate_size: int
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+    max_position_embeddings: int = 4096
+    fullatt_block_indexes: list[int] = field(default_factory=lambda: [1])
+
+
+PRESETS: dict[str, NanoPreset] = {
+    "nano": NanoPreset(
+        vocab_size=4096, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=128, vision_hidden_size=64, vision_depth=2, vision_heads=4,
+        vision_intermediate_size=128,
+    ),
+    "micro": NanoPreset(
+        vocab_size=4096, hidden_size=256, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+        intermediate_size=768, vision_hidden_size=192, vision_depth=4, vision_heads=6,
+        vision_intermediate_size=512, max_pixels=224 * 224, fullatt_block_indexes=[1, 3],
+    ),
+}
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) in Qwen's 1:1.5:1.5 proportion."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def train_tokenizer(vocab_size: int, seed: int, extra_terms: list[str] | None = None):
+    """Train a byte-level BPE on the dermatology corpus and wrap it as a fast Qwen-style tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(seed=seed, extra_terms=extra_terms or ()), trainer=trainer)
+    tok.add_tokens(REASONING_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=4096,
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+
+
+def chat_template() -> str:
+    """The Qwen-style chat template with image parts and ``{% generation %}`` markers."""
+    return resources.files("dermvlm.models").joinpath("chat_template.jinja").read_text()
+
+
+def build_nano(
+    out: str | Path,
+    preset: str = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+) -> Path:
+    """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically)."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForImageTextToText,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    min_px = min_pixels or p.min_pixels
+    max_px = max_pixels or p.max_pixels
+    if min_px > max_px:
+        raise ValueError(f"min_pixels ({min_px}) must not exceed max_pixels ({max_px})")
+
+    tokenizer = train_tokenizer(p.vocab_size, seed, extra_terms)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = p.hidden_size // p.num_attention_heads
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": p.hidden_size,
+        "intermediate_size": p.intermediate_size,
+        "num_hidden_layers": p.num_hidden_layers,
+        "num_attention_heads": p.num_attention_heads,
+        "num_key_value_heads": p.num_key_value_heads,
+        "max_position_embeddings": p.max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        "tie_word_embeddings": True,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision_config = {
+        "depth": p.vision_depth,
+        "hidden_size": p.vision_hidden_size,
+        "intermediate_size": p.vision_intermediate_size,
+        "num_heads": p.vision_heads,
+        "out_hidden_size": p.hidden_size,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": p.fullatt_block_indexes,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    config.dtype = "float32"
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+
+    size = {"shortest_edge": min_px, "longest_edge": max_px}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        tokenizer=tokenizer,
+        chat_template=chat_template(),
+    )
+    tokenizer.chat_template = processor.chat_template
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        n_params = sum(t.numel() for t in model.parameters())
+        info = {"preset": preset, "seed": seed, "parameters": n_params, **asdict(p),
+                "min_pixels": min_px, "max_pixels": max_px}
+        (tmp / "dermvlm_nano.json").write_text(json.dumps(info, indent=2) + "\n")
+    return Path(out)

@@ -1,0 +1,1 @@
+"""Recipes: canonical records (+ the knowledge graph) → training and evaluation datasets."""

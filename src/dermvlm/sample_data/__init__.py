@@ -1,0 +1,1 @@
+"""The bundled CC0/CC BY sample images (see README.md here)."""

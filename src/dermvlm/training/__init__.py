@@ -1,0 +1,1 @@
+"""Training stages: thin layers over TRL's trainers (SFT, GRPO++, DPO)."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: offline, one-thread environment; the nano model and one short training run per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DERMVLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "isic_cc0" / "images").is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA} (set DERMVLM_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def isic_images(shared_data) -> list[Path]:
+    return sorted((shared_data / "isic_cc0" / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def nano_dir(tmp_path_factory) -> Path:
+    from dermvlm.models.nano import build_nano
+
+    return build_nano(tmp_path_factory.mktemp("nano") / "model", "nano", seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, nano_dir):
+    """A short full-parameter pretrain, then a LoRA SFT on it: a model that answers in the DermIQ format."""
+    from dermvlm.config import ModelSpec, StageSpec
+    from dermvlm.datasets.sample import load_sample_records
+    from dermvlm.recipes.basic import diagnosis_sft_dataset
+    from dermvlm.training.sft import run_sft
+
+    out = tmp_path_factory.mktemp("run")
+    ds = diagnosis_sft_dataset(load_sample_records())
+    spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    pre = run_sft(StageSpec(name="pretrain", use_lora=False, trl={"max_steps": 120, "learning_rate": 3e-3}),
+                  spec, nano_dir, ds, out / "pretrain")
+    sft = run_sft(StageSpec(name="sft", use_lora=True, trl={"max_steps": 15, "learning_rate": 2e-3}),
+                  spec, pre.model_dir, ds, out / "sft")
+    return {"base": pre.model_dir, "adapter": sft.adapter_dir, "merged": sft.model_dir, "spec": spec}

@@ -1,0 +1,85 @@
+"""The command line: version, help, nano build, merge; and the demo end to end (train → vLLM → one answer)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dermvlm import __version__
+from dermvlm.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_version_and_help_list_only_working_commands():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"dermvlm {__version__}"
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    listed = {line.split()[1] for line in r.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert {"serve", "demo", "nano", "model", "config"} <= listed
+    assert not listed & {"pipeline", "train", "eval", "kg", "data", "bench"}  # registered only once they work
+
+
+def test_nano_build_and_merge_commands(tmp_path, trained_run):
+    r = runner.invoke(app, ["nano", "build", "--out", str(tmp_path / "m"), "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert "built nano model (" in r.output
+    assert json.loads((tmp_path / "m" / "dermvlm_nano.json").read_text())["seed"] == 3
+    r = runner.invoke(app, ["nano", "build", "--out", str(tmp_path / "n"), "--preset", "huge"])
+    assert r.exit_code == 2 and "unknown preset 'huge'" in r.output
+    r = runner.invoke(app, ["model", "merge", str(trained_run["adapter"]), "--out", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert (tmp_path / "merged" / "processor_config.json").is_file()
+    r = runner.invoke(app, ["model", "merge", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output
+
+
+def small_config(tmp_path: Path, pretrain_steps: int = 100, sft_steps: int = 5) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
+    cfg["output_dir"] = str(tmp_path / "runs")
+    cfg["stages"][0]["trl"]["max_steps"] = pretrain_steps
+    cfg["stages"][1]["trl"]["max_steps"] = sft_steps
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
+    from dermvlm.config import load_config
+    from dermvlm.pipeline import run_stages
+
+    cfg = load_config(small_config(tmp_path, pretrain_steps=4, sft_steps=2))
+    final = run_stages(cfg)
+    run = Path(cfg.output_dir) / cfg.name
+    assert final == run / "sft" / "model"
+    stamps = {s: (run / s / "done.json").stat().st_mtime_ns for s in ("pretrain", "sft")}
+    run_stages(cfg)
+    assert stamps == {s: (run / s / "done.json").stat().st_mtime_ns for s in ("pretrain", "sft")}
+    cfg.stages[1].trl["max_steps"] = 3
+    run_stages(cfg)
+    assert (run / "pretrain" / "done.json").stat().st_mtime_ns == stamps["pretrain"]
+    assert json.loads((run / "sft" / "done.json").read_text())["steps"] == 3
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"pretrain", "sft"}
+    assert manifest["versions"]["trl"] and len(manifest["inputs"]["training_images"]) == 64
+
+
+@pytest.mark.vllm
+def test_demo_prints_an_answer_from_the_served_model(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dermvlm.cli", "demo", str(small_config(tmp_path))],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    answer = next(line for line in proc.stdout.splitlines() if line.startswith("answer:"))
+    assert "<answer>" in answer and "</answer>" in answer
+    assert "vLLM ready in" in proc.stdout
