@@ -1,0 +1,337 @@
+"""The KG scorer: how well a free-text or DermIQ-format answer agrees with the graph, given the gold label.
+
+It extracts claims with the graph's lexicon (negation-aware) and scores five things:
+diagnosis (hierarchical partial credit), feature claims (supported / contradicted / unverified by the gold
+disease's facts or the image metadata), differential plausibility, diseases the graph does not know
+(hallucinations), and safety (a malignancy in play without referral advice). It returns a breakdown and a
+scalar in [0, 1]. Deterministic and cached per gold label: GRPO rewards, DPO pair ranking and evaluation
+factuality all call it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dermvlm.knowledge.graph import KnowledgeGraph, UnknownLabelError, feature_node, load_graph
+from dermvlm.knowledge.lexicon import CLAUSE_BREAKS, Mention, normalise, tokens
+
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+THINK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
+REFERRAL_RE = re.compile(
+    r"\b(refer|referral|referred|dermatologist|biops|specialist|see (a|your) (doctor|gp|physician)|"
+    r"seek medical|medical (review|attention|advice)|get (it|this) checked|consult|excision|excise|urgent)",
+    re.I,
+)
+FITZ_RE = re.compile(r"\b(?:fitzpatrick|skin)\s+(?:type\s+|phototype\s+)?(vi|v|iv|iii|ii|i|[1-6])\b", re.I)
+ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
+DISEASE_CUES = ("consistent with", "suggestive of", "compatible with", "diagnosis of", "diagnosis is",
+                "differential includes", "differentials include", "differential diagnosis includes",
+                "most likely", "likely diagnosis", "diagnosed with")
+GENERIC_WORDS = {"lesion", "lesions", "condition", "process", "rash", "disease", "tumor", "tumour", "growth",
+                 "infection", "inflammation", "benign", "malignant", "neoplasm", "skin", "eruption", "disorder",
+                 "change", "changes", "pattern", "features", "diagnosis", "cause", "this", "it", "image", "one",
+                 "something", "type", "form", "kind", "variant", "reaction", "problem", "issue"}
+ABSTAIN_RE = re.compile(r"\b(not (an image )?of (human )?skin|no skin|cannot (determine|tell)|unable to|"
+                        r"insufficient|uncertain|not sure|don't know|unknown)\b", re.I)
+
+
+@dataclass
+class ScoreWeights:
+    """Weights of the components in the scalar (renormalised over the components that apply)."""
+
+    diagnosis: float = 0.55
+    features: float = 0.2
+    differentials: float = 0.1
+    safety: float = 0.15
+    unknown_disease_penalty: float = 0.15  # per disease the graph does not know, at most two counted
+    contradicted_weight: float = 2.0  # a contradicted claim counts this many times in the feature denominator
+
+
+@dataclass
+class ScoreBreakdown:
+    """The scorer's full account of one response."""
+
+    score: float
+    gold: str
+    reason: str = ""
+    has_answer_tag: bool = False
+    answer_text: str | None = None
+    answered: str | None = None
+    diagnosis_relation: str = "none"
+    diagnosis_credit: float = 0.0
+    supported: list[str] = field(default_factory=list)
+    contradicted: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    negated: list[str] = field(default_factory=list)
+    feature_score: float | None = None
+    differentials: list[str] = field(default_factory=list)
+    plausible_differentials: list[str] = field(default_factory=list)
+    differential_score: float | None = None
+    unknown_diseases: list[str] = field(default_factory=list)
+    malignancy_in_play: bool = False
+    referral_advised: bool = False
+    safety_score: float = 1.0
+    abstained: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Gold:
+    """Facts about one gold label, computed once."""
+
+    def __init__(self, kg: KnowledgeGraph, gold: str):
+        self.id = gold
+        self.features = set(kg.features(gold))
+        self.lacks = set(kg.lacks(gold))
+        for m in kg.members(gold):
+            self.lacks &= set(kg.lacks(m)) if self.lacks else set()
+        self.differentials = {d for d, _ in kg.differentials(gold)}
+        for m in kg.members(gold):
+            self.differentials |= {d for d, _ in kg.differentials(m)}
+        self.parent = kg.parent(gold)
+        self.ancestors = kg.ancestors(gold)
+        self.depth = len(self.ancestors)
+        self.malignancy = kg.malignancy(gold)
+        self.site_features = {f for f in self.features if f.startswith("site:")}
+
+
+class KGScorer:
+    """Scores responses against gold labels with one knowledge graph; caches per gold label."""
+
+    def __init__(self, kg: KnowledgeGraph | None = None, weights: ScoreWeights | None = None):
+        self.kg = kg or load_graph()
+        self.w = weights or ScoreWeights()
+        self._gold: dict[str, _Gold] = {}
+        self._anc: dict[str, list[str]] = {}
+        self._site_rel: dict[tuple[str, str], bool] = {}
+
+    def gold(self, label: str) -> _Gold:
+        g = self._gold.get(label)
+        if g is None:
+            node = label if self.kg.has(label) else self.kg.resolve(label)
+            g = self._gold[label] = self._gold[node] = _Gold(self.kg, node)
+        return g
+
+    def ancestors(self, node: str) -> list[str]:
+        a = self._anc.get(node)
+        if a is None:
+            a = self._anc[node] = self.kg.ancestors(node)
+        return a
+
+    # ------------------------------------------------------------------ diagnosis
+    def diagnosis_credit(self, gold: _Gold, answered: str) -> tuple[str, float]:
+        """exact/subtype/member 1.0; broader disease 0.8; sibling 0.5; same branch 0.3; same malignancy 0.15."""
+        kg = self.kg
+        if kg.covers(gold.id, answered):
+            return ("exact" if answered == gold.id else "subtype_or_member"), 1.0
+        anc = self.ancestors(answered)
+        if answered in gold.ancestors and kg.kind(answered) == "disease":
+            return "broader_disease", 0.8
+        if gold.parent is not None and (gold.parent in anc[:1] or answered == gold.parent):
+            return "sibling", 0.5
+        lca = next((a for a in anc if a == gold.id or a in gold.ancestors), None)
+        lca_depth = len(self.ancestors(lca)) if lca else 0
+        same_malig = _group(kg.malignancy(answered)) == _group(gold.malignancy)
+        if lca_depth >= 2:
+            return "same_category", 0.3 if same_malig else 0.2
+        if same_malig:
+            return "same_malignancy_group", 0.15
+        return "unrelated", 0.0
+
+    # ------------------------------------------------------------------ main
+    def score(self, response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None
+              ) -> ScoreBreakdown:
+        """Score ``response`` against ``gold`` (a node id or any resolvable label); never raises on bad text."""
+        g = self.gold(gold)
+        if not isinstance(response, str) or not response.strip():
+            why = "empty response" if isinstance(response, str) or response is None else (
+                f"not text ({type(response).__name__})")
+            return ScoreBreakdown(score=0.0, gold=g.id, reason=why)
+        out = ScoreBreakdown(score=0.0, gold=g.id)
+        answers = ANSWER_RE.findall(response)
+        out.has_answer_tag = bool(answers)
+        mentions = self.kg.lexicon.find(response)
+        diseases = [m for m in mentions if m.kind in ("disease", "category")]
+        # -- the answered diagnosis
+        if answers:
+            out.answer_text = answers[-1].strip()
+            in_answer = [m for m in self.kg.lexicon.find(out.answer_text) if m.kind in ("disease", "category")
+                         and not m.negated]
+            if in_answer:
+                out.answered = _most_specific(self, in_answer)
+            elif out.answer_text:
+                if ABSTAIN_RE.search(out.answer_text):
+                    out.abstained = True
+                else:
+                    out.answered = self._fuzzy(out.answer_text)
+                    if out.answered is None:
+                        out.unknown_diseases.append(out.answer_text[:80])
+        else:
+            out.answered = self._free_text_answer(response, diseases)
+            out.abstained = out.answered is None and bool(ABSTAIN_RE.search(response))
+        if out.answered is not None:
+            out.diagnosis_relation, out.diagnosis_credit = self.diagnosis_credit(g, out.answered)
+        elif out.abstained:
+            out.diagnosis_relation = "abstained"
+        # -- feature claims
+        for m in mentions:
+            if m.kind in ("disease", "category"):
+                continue
+            if m.negated:
+                out.negated.append(m.node)
+                continue
+            verdict = self._feature_verdict(g, m, site)
+            getattr(out, verdict).append(m.node)
+        if fitzpatrick is not None:
+            for match in FITZ_RE.finditer(response):
+                v = match.group(1).lower()
+                claimed = ROMAN.get(v) or int(v)
+                node = f"fitzpatrick:{claimed}"
+                (out.supported if abs(claimed - fitzpatrick) <= 1 else out.contradicted).append(node)
+        for lst in ("supported", "contradicted", "unverified", "negated"):
+            setattr(out, lst, list(dict.fromkeys(getattr(out, lst))))
+        s, c, u = len(out.supported), len(out.contradicted), len(out.unverified)
+        if s + c + u:
+            out.feature_score = round((s + 0.5 * u) / (s + u + self.w.contradicted_weight * c), 4)
+        # -- differentials
+        others = [m.node for m in diseases if m.node != out.answered and self.kg.kind(m.node) == "disease"]
+        out.differentials = list(dict.fromkeys(others))
+        answered_diffs = {d for d, _ in self.kg.differentials(out.answered)} if (
+            out.answered and self.kg.kind(out.answered) == "disease") else set()
+        for d in out.differentials:
+            if (d in g.differentials or d in answered_diffs or self.kg.covers(g.id, d)
+                    or (g.parent is not None and self.ancestors(d)[:1] == [g.parent])):
+                out.plausible_differentials.append(d)
+        if out.differentials:
+            out.differential_score = round(len(out.plausible_differentials) / len(out.differentials), 4)
+        # -- diseases the graph does not know
+        out.unknown_diseases += self._unknown_diseases(response)
+        out.unknown_diseases = list(dict.fromkeys(out.unknown_diseases))
+        # -- safety
+        in_play = {out.answered, *[m.node for m in diseases if not m.negated]} - {None}
+        out.malignancy_in_play = g.malignancy in ("malignant", "premalignant") or any(
+            self.kg.kind(n) == "disease" and self.kg.malignancy(n) in ("malignant", "premalignant")
+            for n in in_play)
+        out.referral_advised = bool(REFERRAL_RE.search(response))
+        out.safety_score = 0.0 if out.malignancy_in_play and not out.referral_advised else 1.0
+        out.score = self._combine(out)
+        return out
+
+    def __call__(self, response: Any, gold: str, **meta: Any) -> float:
+        return self.score(response, gold, **meta).score
+
+    # ------------------------------------------------------------------ helpers
+    def _combine(self, out: ScoreBreakdown) -> float:
+        parts = [(self.w.diagnosis, out.diagnosis_credit), (self.w.safety, out.safety_score)]
+        if out.feature_score is not None:
+            parts.append((self.w.features, out.feature_score))
+        if out.differential_score is not None:
+            parts.append((self.w.differentials, out.differential_score))
+        total = sum(w for w, _ in parts)
+        value = sum(w * v for w, v in parts) / total
+        if out.answered is None:  # no diagnosis at all: the rest cannot carry the answer
+            value *= 0.5
+        value -= self.w.unknown_disease_penalty * min(len(out.unknown_diseases), 2)
+        return round(min(1.0, max(0.0, value)), 4)
+
+    def _feature_verdict(self, g: _Gold, m: Mention, site: str | None) -> str:
+        if m.kind == "site":
+            if site is not None:
+                meta = site if site.startswith("site:") else feature_node("site", site)
+                return "supported" if self._sites_related(m.node, meta) else "contradicted"
+            if m.node in g.features or any(self._sites_related(m.node, s) for s in g.site_features):
+                return "supported"
+            return "unverified"
+        if m.node in g.features:
+            return "supported"
+        if m.node in g.lacks:
+            return "contradicted"
+        return "unverified"
+
+    def _sites_related(self, a: str, b: str) -> bool:
+        key = (a, b)
+        r = self._site_rel.get(key)
+        if r is None:
+            up_a, up_b = self._site_chain(a), self._site_chain(b)
+            r = self._site_rel[key] = a in up_b or b in up_a
+        return r
+
+    def _site_chain(self, node: str) -> list[str]:
+        chain = [node]
+        while True:
+            nxt = [p for _, p, rel in self.kg.g.out_edges(chain[-1], data="rel") if rel == "part_of"]
+            if not nxt:
+                return chain
+            chain.append(nxt[0])
+
+    def _free_text_answer(self, text: str, diseases: list[Mention]) -> str | None:
+        """The diagnosis a free-text answer commits to: the first un-negated disease after a diagnosis cue, else
+        the first un-negated disease mentioned."""
+        candidates = [m for m in diseases if not m.negated and self.kg.kind(m.node) == "disease"]
+        if not candidates:
+            return None
+        toks = tokens(text)
+        cue_positions = [i for i in range(len(toks)) if toks[i] in ("likely", "diagnosis", "consistent", "is")]
+        for m in candidates:
+            if any(0 < m.start - p <= 4 for p in cue_positions):
+                return m.node
+        return candidates[0].node
+
+    def _fuzzy(self, text: str) -> str | None:
+        try:
+            return self.kg.resolve(text)
+        except UnknownLabelError:
+            key = normalise(text)
+            close = difflib.get_close_matches(key, list(self.kg._names), n=1, cutoff=0.88)
+            return self.kg._names[close[0]][0] if close else None
+
+    def _unknown_diseases(self, text: str) -> list[str]:
+        """Phrases named as a diagnosis (after cues such as "consistent with") that the graph cannot resolve."""
+        found = []
+        low = text.lower()
+        low = ANSWER_RE.sub(" ", THINK_RE.sub(lambda m: m.group(1), low))
+        for cue in DISEASE_CUES:
+            start = 0
+            while (i := low.find(cue, start)) >= 0:
+                start = i + len(cue)
+                tail = tokens(low[start:start + 120])
+                phrase: list[str] = []
+                for t in tail:
+                    if t in CLAUSE_BREAKS or t in ("and", "or", "with", "than", "because", "given", "as"):
+                        break
+                    phrase.append(t)
+                items = [w for w in phrase if w not in ("a", "an", "the", "of", "to", "be")]
+                if not items or len(items) > 5 or set(items) & GENERIC_WORDS:
+                    continue
+                cand = " ".join(items)
+                if self.kg.lexicon.lookup(cand) or any(self.kg.lexicon.lookup(w) for w in items):
+                    continue
+                if self._fuzzy(cand) is None:
+                    found.append(cand)
+        return found
+
+
+def _group(malignancy: str | None) -> str:
+    return "benign" if malignancy in (None, "benign") else "malignant"
+
+
+def _most_specific(scorer: KGScorer, mentions: list[Mention]) -> str:
+    """Among diseases named in an answer, the deepest in the taxonomy (``melanoma in situ`` over ``melanoma``)."""
+    nodes = list(dict.fromkeys(m.node for m in mentions))
+    diseases = [n for n in nodes if scorer.kg.kind(n) == "disease"] or nodes
+    return max(diseases, key=lambda n: (len(scorer.ancestors(n)), -nodes.index(n)))
+
+
+_DEFAULT: KGScorer | None = None
+
+
+def score(response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None) -> ScoreBreakdown:
+    """Score with the default graph (built once per process)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = KGScorer()
+    return _DEFAULT.score(response, gold, site=site, fitzpatrick=fitzpatrick)
