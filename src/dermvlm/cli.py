@@ -22,6 +22,9 @@ config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 app.add_typer(nano_app, name="nano")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Data recipes: labeled images → training and evaluation datasets.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 kg_app = typer.Typer(help="The dermatology knowledge graph: stats, nodes, paths, export, scoring.",
                      no_args_is_help=True)
 app.add_typer(kg_app, name="kg")
@@ -186,6 +189,76 @@ def demo(
     typer.echo(f"answer:   {result.answer}")
     typer.echo(f"(vLLM ready in {result.server_start_seconds:.0f} s; demo took {result.total_seconds:.0f} s)")
     typer.echo("note: a research tool trained for seconds on a tiny sample, not a medical diagnosis.")
+
+
+def source_overrides(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
+                     image_col: str, label_col: str, group_col: str | None) -> list[dict] | None:
+    """Command-line sources that replace a recipe's (or a suite's) declared sources."""
+    if labels is not None or images is not None:
+        if labels is None:
+            _fail("--images needs --labels CSV (or use --source imagefolder --root DIR)")
+        options = {"labels": str(labels), "image_col": image_col, "label_col": label_col}
+        if images is not None:
+            options["images"] = str(images)
+        if group_col:
+            options["group_col"] = group_col
+        return [{"name": "csv", "options": options}]
+    if source is not None:
+        return [{"name": source, "root": str(root) if root else None}]
+    if root is not None:
+        _fail("--root needs --source NAME")
+    return None
+
+
+@data_app.command("build")
+def data_build(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML from data_recipes/.")],
+    out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
+    source: Annotated[str | None, typer.Option(help="Replace the recipe's sources: adapter name.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Root folder for --source.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Your labels CSV.")] = None,
+    image_col: Annotated[str, typer.Option(help="Image column of --labels.")] = "image",
+    label_col: Annotated[str, typer.Option(help="Label column of --labels.")] = "label",
+    group_col: Annotated[str | None, typer.Option(help="Patient/lesion column of --labels.")] = None,
+) -> None:
+    """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv)."""
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.knowledge import UnknownLabelError
+    from dermvlm.recipes.build import build
+
+    try:
+        cfg = load_config(recipe, RecipeConfig)
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, group_col)
+        result = build(cfg, out, overrides, base=recipe.resolve().parent)
+    except (ConfigError, DatasetError, UnknownLabelError) as err:
+        _fail(str(err))
+    s = result.stats
+    by_split = ", ".join(f"{k} {v}" for k, v in s["records_by_split"].items())
+    typer.echo(f"wrote {result.out}: {s['records']} images ({by_split})")
+    for kind, counts in s["kinds"].items():
+        if set(counts) <= {"train", "val", "test"}:
+            typer.echo(f"  {kind:<16} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} file(s): "
+                   + ", ".join(f"{k} ({v})" for k, v in s["skipped_by_reason"].items()) + f"; see {out}/skipped.csv")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    folder: Annotated[Path, typer.Argument(help="A folder written by 'dermvlm data build'.")],
+    examples: Annotated[int, typer.Option(help="Examples to print per kind.")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Label distribution PNG (default: FOLDER/labels.png).")] = None,
+) -> None:
+    """Counts, examples and a label-distribution plot of a built dataset folder."""
+    from dermvlm.recipes.inspect import inspect_folder
+
+    try:
+        report = inspect_folder(folder, examples, plot)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(report)
 
 
 def _kg():

@@ -146,6 +146,136 @@ class RunConfig(Strict):
         return self
 
 
+# ---------------------------------------------------------------- data recipes
+
+SOURCE_NAMES = Literal["dermamnist", "ham10000", "isic", "pad_ufes_20", "fitzpatrick17k", "ddi", "imagefolder",
+                       "csv", "sample"]
+SplitName = Literal["train", "val", "test"]
+TRAIN_SPLITS: list[str] = ["train", "val"]
+
+
+class SourceSpec(Strict):
+    """One labeled-image source. ``options`` go to the adapter (e.g. ``labels``, ``image_col`` for ``csv``)."""
+
+    name: SOURCE_NAMES
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    on_unknown_label: Literal["error", "skip"] = "error"
+    splits: list[SplitName] | None = None
+    limit_per_split: int | None = Field(default=None, gt=0)
+
+
+class ImageSpec(Strict):
+    max_side: int = Field(default=384, ge=16, le=4096)
+    max_pixels: int = Field(default=40_000_000, gt=0)
+
+
+class SplitSpec(Strict):
+    """Fractions for sources without official splits (group-aware, label-stratified)."""
+
+    val: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class DedupSpec(Strict):
+    near_threshold: int = Field(default=4, ge=0, le=16)
+    policy: Literal["error", "drop_train", "report"] = "drop_train"
+
+
+class KindSpec(Strict):
+    splits: list[SplitName] = Field(default_factory=lambda: list(TRAIN_SPLITS))
+    per_image: int = Field(default=1, ge=1, le=10)
+    templates: list[str] | None = None
+
+
+class MCQSpec(KindSpec):
+    options: int = Field(default=4, ge=2, le=10)
+    distractors: Literal["graph", "dataset"] = "graph"
+    with_reasoning: bool = True
+
+
+class OpenSpec(KindSpec):
+    with_reasoning: bool = True
+
+
+class YesNoSpec(KindSpec):
+    questions: list[Literal["malignant", "is_label"]] = Field(default_factory=lambda: ["malignant", "is_label"])
+
+
+class AttributeSpec(KindSpec):
+    attributes: list[Literal["morphology", "colour", "site", "fitzpatrick", "malignancy"]] = Field(
+        default_factory=lambda: ["morphology", "colour", "site", "fitzpatrick", "malignancy"])
+
+
+class TraceSpec(KindSpec):
+    n_differentials: int = Field(default=2, ge=0, le=5)
+
+
+class ConversationSpec(KindSpec):
+    turns: int = Field(default=2, ge=1, le=3)
+
+
+class GRPOPromptSpec(KindSpec):
+    question: Literal["open", "mcq"] = "open"
+    options: int = Field(default=4, ge=2, le=10)
+    distractors: Literal["graph", "dataset"] = "graph"
+
+
+class PreferenceSpec(KindSpec):
+    perturbations: list[Literal["wrong_diagnosis", "contradicted_feature", "missing_referral",
+                                "hallucinated_disease", "broken_format"]] = Field(
+        default_factory=lambda: ["wrong_diagnosis", "contradicted_feature", "missing_referral",
+                                 "hallucinated_disease", "broken_format"])
+
+
+class EvalItemSpec(KindSpec):
+    splits: list[SplitName] = Field(default_factory=lambda: ["test"])
+    types: list[Literal["mcq", "open", "yes_no", "attribute"]] = Field(default_factory=lambda: ["mcq", "open"])
+    options: int = Field(default=4, ge=2, le=10)
+    distractors: Literal["graph", "dataset"] = "dataset"
+
+
+class KindsSpec(Strict):
+    """Which kinds to build; a kind left out is not built."""
+
+    mcq: MCQSpec | None = None
+    open_diagnosis: OpenSpec | None = None
+    yes_no: YesNoSpec | None = None
+    attribute: AttributeSpec | None = None
+    reasoning_trace: TraceSpec | None = None
+    conversation: ConversationSpec | None = None
+    grpo_prompt: GRPOPromptSpec | None = None
+    preference_pair: PreferenceSpec | None = None
+    eval_item: EvalItemSpec | None = None
+
+    def enabled(self) -> dict[str, KindSpec]:
+        return {k: getattr(self, k) for k in type(self).model_fields if getattr(self, k) is not None}
+
+
+class RecipeConfig(Strict):
+    """A data recipe: sources → checked images → splits → the requested dataset kinds."""
+
+    name: str
+    seed: int = 0
+    description: str = ""
+    sources: list[SourceSpec] = Field(min_length=1)
+    image: ImageSpec = ImageSpec()
+    split: SplitSpec = SplitSpec()
+    dedup: DedupSpec = DedupSpec()
+    kinds: KindsSpec
+    system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _never_train_on_test(self) -> RecipeConfig:
+        for kind, spec in self.kinds.enabled().items():
+            if kind != "eval_item" and "test" in spec.splits:
+                raise ValueError(f"kinds.{kind}.splits includes 'test': training data never comes from a test split")
+        if not self.kinds.enabled():
+            raise ValueError("kinds: enable at least one kind")
+        return self
+
+
 # ---------------------------------------------------------------- loading and messages
 
 
@@ -217,7 +347,7 @@ def _error_lines(err: ValidationError, schema: type[BaseModel]) -> list[str]:
         elif e["type"] == "missing":
             lines.append(f"{path}: required field is missing")
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "literal_error":
                 msg = msg.replace("Input should be", "allowed values are")
             got = e.get("input")

@@ -36,6 +36,7 @@ POST_NEGATION = {  # cues after a mention: "melanoma is unlikely", "scale was no
 POST_WINDOW = 3
 CLAUSE_BREAKS = {".", ";", ":", "!", "?", "but", "however", "although", "though", "whereas", "while", "yet",
                  "which", "except", "instead"}
+SENTENCE_BREAKS = {".", ";", "!", "?"}
 NEGATION_WINDOW = 6  # tokens after a cue that it can reach
 
 
@@ -69,6 +70,7 @@ class Mention:
     phrase: str
     start: int
     negated: bool
+    sentence: int = 0  # index of the sentence (split at . ; : ! ?) the mention is in
 
 
 class Lexicon:
@@ -102,11 +104,13 @@ class Lexicon:
         toks = tokens(text)
         out: list[Mention] = []
         neg_until = -1
+        sentence = 0
         i, n = 0, len(toks)
         while i < n:
             t = toks[i]
             if t in CLAUSE_BREAKS:
                 neg_until = -1
+                sentence += t in SENTENCE_BREAKS
                 i += 1
                 continue
             cue = _negation_cue(toks, i)
@@ -119,7 +123,7 @@ class Lexicon:
                 hits = self.index.get(key)
                 if hits:
                     for node, kind in hits:
-                        out.append(Mention(node, kind, " ".join(key), i, i <= neg_until))
+                        out.append(Mention(node, kind, " ".join(key), i, i <= neg_until, sentence))
                     i += length
                     break
             else:
@@ -136,7 +140,7 @@ def _post_negated(m: Mention, toks: list[str]) -> Mention:
         if toks[k] in CLAUSE_BREAKS:
             break
         if (toks[k],) in POST_NEGATION or tuple(toks[k:k + 2]) in POST_NEGATION:
-            return Mention(m.node, m.kind, m.phrase, m.start, True)
+            return Mention(m.node, m.kind, m.phrase, m.start, True, m.sentence)
     return m
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dermvlm.knowledge.graph import KnowledgeGraph, UnknownLabelError, feature_node, load_graph
+from dermvlm.knowledge.graph import KnowledgeGraph, feature_node, load_graph
 from dermvlm.knowledge.lexicon import CLAUSE_BREAKS, Mention, normalise, tokens
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
@@ -108,6 +108,12 @@ class KGScorer:
         self._gold: dict[str, _Gold] = {}
         self._anc: dict[str, list[str]] = {}
         self._site_rel: dict[tuple[str, str], bool] = {}
+        self._fuzzy_cache: dict[str, str | None] = {}
+        self._words: dict[str, set[str]] = {}
+        for name in self.kg._names:
+            for w in name.split():
+                if len(w) >= 4:
+                    self._words.setdefault(w, set()).add(name)
 
     def gold(self, label: str) -> _Gold:
         g = self._gold.get(label)
@@ -177,14 +183,23 @@ class KGScorer:
             out.diagnosis_relation, out.diagnosis_credit = self.diagnosis_credit(g, out.answered)
         elif out.abstained:
             out.diagnosis_relation = "abstained"
-        # -- feature claims
+        # -- feature claims (a claim in a sentence about another disease is checked against that disease)
+        subject: str | None = None
+        sentence = -1
         for m in mentions:
+            if m.sentence != sentence:
+                sentence, subject = m.sentence, None
             if m.kind in ("disease", "category"):
+                if not m.negated and self.kg.kind(m.node) == "disease":
+                    subject = m.node
                 continue
             if m.negated:
                 out.negated.append(m.node)
                 continue
-            verdict = self._feature_verdict(g, m, site)
+            if subject is not None and subject not in (g.id, out.answered) and not self.kg.covers(g.id, subject):
+                verdict = self._feature_verdict(self.gold(subject), m, None)
+            else:
+                verdict = self._feature_verdict(g, m, site)
             getattr(out, verdict).append(m.node)
         if fitzpatrick is not None:
             for match in FITZ_RE.finditer(response):
@@ -282,12 +297,21 @@ class KGScorer:
         return candidates[0].node
 
     def _fuzzy(self, text: str) -> str | None:
-        try:
-            return self.kg.resolve(text)
-        except UnknownLabelError:
-            key = normalise(text)
-            close = difflib.get_close_matches(key, list(self.kg._names), n=1, cutoff=0.88)
-            return self.kg._names[close[0]][0] if close else None
+        """A disease/category for a near-exact name (spelling slips), else None. Cached; compares only names that
+        share a word with ``text``, so an unknown phrase costs microseconds, not a scan of every name."""
+        key = normalise(text)
+        if key in self._fuzzy_cache:
+            return self._fuzzy_cache[key]
+        hits = self.kg._names.get(key)
+        found = hits[0] if hits else None
+        if found is None:
+            pool = set().union(*(self._words.get(w, set()) for w in key.split() if len(w) >= 4)) if key else set()
+            close = difflib.get_close_matches(key, sorted(pool), n=1, cutoff=0.88)
+            found = self.kg._names[close[0]][0] if close else None
+        if len(self._fuzzy_cache) > 100_000:
+            self._fuzzy_cache.clear()
+        self._fuzzy_cache[key] = found
+        return found
 
     def _unknown_diseases(self, text: str) -> list[str]:
         """Phrases named as a diagnosis (after cues such as "consistent with") that the graph cannot resolve."""
@@ -304,11 +328,11 @@ class KGScorer:
                     if t in CLAUSE_BREAKS or t in ("and", "or", "with", "than", "because", "given", "as"):
                         break
                     phrase.append(t)
-                items = [w for w in phrase if w not in ("a", "an", "the", "of", "to", "be")]
+                items = [w for w in phrase if w not in ("a", "an", "the", "of", "to", "be", "is", "are", "was")]
                 if not items or len(items) > 5 or set(items) & GENERIC_WORDS:
                     continue
                 cand = " ".join(items)
-                if self.kg.lexicon.lookup(cand) or any(self.kg.lexicon.lookup(w) for w in items):
+                if self.kg.lexicon.find(cand):
                     continue
                 if self._fuzzy(cand) is None:
                     found.append(cand)

@@ -1,0 +1,153 @@
+"""What every adapter shares: raw rows → canonical records (labels resolved by the graph), CSV reading, sites."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermvlm.datasets.records import Record
+from dermvlm.knowledge import KnowledgeGraph, UnknownLabelError
+
+SPLITS = ("train", "val", "test")
+# ISIC's general anatomic sites (CSV exports) → graph site ids.
+ISIC_GENERAL_SITES = {
+    "head/neck": "head_neck", "anterior torso": "chest", "posterior torso": "back", "lateral torso": "trunk",
+    "torso": "trunk", "upper extremity": "upper_limb", "lower extremity": "lower_limb", "palms/soles": "palm",
+    "oral/genital": "anogenital", "abdomen": "abdomen", "chest": "chest", "back": "back", "face": "face",
+    "scalp": "scalp", "neck": "neck", "trunk": "trunk", "acral": "palm", "genital": "anogenital",
+    "foot": "foot", "hand": "hand", "ear": "ear",
+}
+
+
+class DatasetError(ValueError):
+    """Input that cannot become a dataset (missing columns, unknown labels, bad CSV); the message says what."""
+
+
+@dataclass
+class RawRow:
+    """One image as an adapter reads it, before label resolution."""
+
+    image: str
+    source_label: str
+    split: str | None = None
+    group_id: str | None = None
+    fitzpatrick: int | None = None
+    site: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    label_dataset: str | None = None  # overrides the source's label table for this row
+
+
+@dataclass
+class AdapterResult:
+    """Canonical records plus every file that was skipped, with why."""
+
+    records: list[Record]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+
+def read_csv(path: str | Path, required: Iterable[str] = (), encoding: str = "utf-8") -> list[dict[str, str]]:
+    """Rows of a CSV with clear errors for a missing, empty, non-UTF-8 or column-lacking file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"CSV not found: {path}")
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{path}: not valid {encoding} (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "re-save it as UTF-8 or set the source's encoding (e.g. encoding: latin-1)") from None
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise DatasetError(f"{path}: the CSV is empty")
+    reader = csv.DictReader(text.splitlines())
+    columns = reader.fieldnames or []
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the CSV has: {', '.join(columns)}")
+    rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    if not rows:
+        raise DatasetError(f"{path}: the CSV has a header but no rows")
+    return rows
+
+
+def parse_fitzpatrick(value: Any) -> int | None:
+    """1-6 from '3', '3.0', 'III', 'IV'; None for blanks, -1 and anything else."""
+    if value is None:
+        return None
+    s = str(value).strip().upper()
+    roman = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6}
+    if s in roman:
+        return roman[s]
+    try:
+        n = int(float(s))
+    except ValueError:
+        return None
+    return n if 1 <= n <= 6 else None
+
+
+def fitzpatrick_group(n: int | None) -> str | None:
+    """The three bands reports stratify by: I-II, III-IV, V-VI."""
+    return None if n is None else ("I-II", "III-IV", "V-VI")[(n - 1) // 2]
+
+
+def site_id(kg: KnowledgeGraph, text: str | None) -> str | None:
+    """A graph site id for a dataset's body-site string (None when it names no known site)."""
+    if not text:
+        return None
+    key = text.strip().lower()
+    if key in ISIC_GENERAL_SITES:
+        return ISIC_GENERAL_SITES[key]
+    for phrase in (key, key.replace("_", " "), key.split("/")[0]):
+        hits = [n for n, k in kg.lexicon.lookup(phrase) if k == "site"]
+        if hits:
+            return hits[0].split(":", 1)[1]
+    return None
+
+
+def finalize(rows: list[RawRow], kg: KnowledgeGraph, dataset: str, label_dataset: str | None,
+             label_map: dict[str, str] | None = None, on_unknown_label: str = "error") -> tuple[list[Record], list]:
+    """Resolve labels to graph nodes; unknown labels fail together (each with its closest matches) or are
+    skipped when ``on_unknown_label: skip``."""
+    resolved: dict[tuple[str, str | None], str] = {}
+    unknown: dict[str, str] = {}
+    counts = Counter((r.source_label, r.label_dataset or label_dataset) for r in rows)
+    for label, table in counts:
+        target = (label_map or {}).get(label, label)
+        try:
+            resolved[(label, table)] = kg.resolve(target, table) if table else kg.resolve(target)
+        except UnknownLabelError as err:
+            unknown[label] = str(err)
+    skipped = []
+    if unknown and on_unknown_label == "error":
+        n = Counter(r.source_label for r in rows)
+        lines = [f"  {lab!r} ({n[lab]} images): {msg}" for lab, msg in sorted(unknown.items())]
+        raise DatasetError(f"{dataset}: {len(unknown)} label(s) the knowledge graph does not know:\n"
+                           + "\n".join(lines) + "\nFix the labels, map them with label_map, or set "
+                           "on_unknown_label: skip")
+    records = []
+    for r in rows:
+        if r.source_label in unknown:
+            skipped.append((r.image, f"unknown label {r.source_label!r}"))
+            continue
+        records.append(Record(
+            image=r.image, label=resolved[(r.source_label, r.label_dataset or label_dataset)],
+            source_label=r.source_label, dataset=dataset,
+            split=r.split or "", group_id=r.group_id or Path(r.image).stem, fitzpatrick=r.fitzpatrick,
+            site=r.site, meta=r.meta))
+    return records, skipped
+
+
+def index_images(root: Path, exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+                 ) -> dict[str, Path]:
+    """Image files under ``root`` by file stem (and by name), for CSVs that name images without a folder."""
+    out: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in exts and p.is_file():
+            out.setdefault(p.stem, p)
+            out.setdefault(p.name, p)
+    return out

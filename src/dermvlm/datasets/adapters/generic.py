@@ -1,0 +1,55 @@
+"""Generic sources: an ImageFolder tree (``[split/]class/image``) and a CSV with configurable columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dermvlm.datasets.adapters.common import SPLITS, DatasetError, RawRow, index_images, parse_fitzpatrick, read_csv
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_imagefolder(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
+    """``root/<class>/*.jpg`` or ``root/<split>/<class>/*.jpg`` (split folders train/val/test)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root}")
+    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name in SPLITS]
+    tops = [(d, d.name) for d in split_dirs] if split_dirs else [(root, None)]
+    out = []
+    for top, split in tops:
+        for cls in sorted(d for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            for p in sorted(cls.rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                    out.append(RawRow(image=str(p), source_label=cls.name.replace("_", " "), split=split))
+    if not out:
+        raise DatasetError(f"{root}: no images in class sub-folders (expected root/<class>/<image>)")
+    return out, []
+
+
+def load_csv(labels: Path, images: Path | None = None, image_col: str = "image", label_col: str = "label",
+             group_col: str | None = None, split_col: str | None = None, site_col: str | None = None,
+             fitzpatrick_col: str | None = None, encoding: str = "utf-8") -> tuple[list[RawRow], list]:
+    """A CSV naming image files (relative to ``images`` or absolute) and their labels."""
+    labels = Path(labels)
+    required = [c for c in (image_col, label_col, group_col, split_col, site_col, fitzpatrick_col) if c]
+    rows = read_csv(labels, required=required, encoding=encoding)
+    base = Path(images) if images else labels.parent
+    found = index_images(base) if base.is_dir() else {}
+    out, skipped = [], []
+    for r in rows:
+        name = r[image_col]
+        path = Path(name) if Path(name).is_absolute() else base / name
+        if not path.exists():
+            path = found.get(name) or found.get(Path(name).stem) or path
+        if not r[label_col]:
+            skipped.append((name, "empty label"))
+            continue
+        split = r.get(split_col) if split_col else None
+        if split and split not in SPLITS:
+            raise DatasetError(f"{labels}: column {split_col!r} has {split!r}; allowed: {', '.join(SPLITS)}")
+        out.append(RawRow(image=str(path), source_label=r[label_col], split=split,
+                          group_id=r.get(group_col) if group_col else None,
+                          site=r.get(site_col) if site_col else None,
+                          fitzpatrick=parse_fitzpatrick(r.get(fitzpatrick_col)) if fitzpatrick_col else None))
+    return out, skipped

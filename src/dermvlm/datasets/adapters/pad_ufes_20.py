@@ -1,0 +1,27 @@
+"""PAD-UFES-20: ``metadata.csv`` (patient grouping, Fitzpatrick, region, symptoms) + ``images/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dermvlm.datasets.adapters.common import RawRow, index_images, parse_fitzpatrick, read_csv
+
+SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+
+
+def load(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
+    root = Path(root)
+    rows = read_csv(root / "metadata.csv", required=("patient_id", "img_id", "diagnostic"))
+    images = index_images(root)
+    out, skipped = [], []
+    for r in rows:
+        path = images.get(r["img_id"])
+        if path is None:
+            skipped.append((r["img_id"], "image file not found"))
+            continue
+        meta = {k: r[k] for k in ("age", "gender", "diameter_1", "diameter_2", "biopsed", "lesion_id") if r.get(k)}
+        meta["symptoms"] = [s for s in SYMPTOMS if r.get(s) == "True"]
+        out.append(RawRow(image=str(path), source_label=r["diagnostic"], group_id=r["patient_id"],
+                          fitzpatrick=parse_fitzpatrick(r.get("fitspatrick")), site=r.get("region") or None,
+                          meta=meta))
+    return out, skipped

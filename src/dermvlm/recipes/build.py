@@ -1,0 +1,260 @@
+"""Build a recipe: sources → image checks → splits → duplicates and leakage → each kind → DatasetDicts on disk.
+
+The output folder holds one ``DatasetDict`` per kind (``<out>/<kind>/``, splits as in the recipe), ``stats.json``,
+``skipped.csv`` (every file left out, with why) and ``README.md`` (the dataset card: counts, label distribution,
+recipe hash, sources and licences). It is written to a temporary sibling and renamed at the end: a failed or
+killed build leaves nothing half-written at the output path. Same recipe and seed → the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermvlm.config import RecipeConfig
+from dermvlm.datasets.adapters import SOURCES, load_source
+from dermvlm.datasets.adapters.common import DatasetError
+from dermvlm.datasets.dedup import find_duplicates, resolve
+from dermvlm.datasets.images import ImageProblem, load_image
+from dermvlm.datasets.records import Record
+from dermvlm.datasets.splits import assign_splits, check_leakage
+from dermvlm.io import atomic_dir
+from dermvlm.knowledge import KGScorer, load_graph
+from dermvlm.recipes.kinds import BUILDERS, SFT_KINDS, Context
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    stats: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def recipe_hash(recipe: RecipeConfig) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _features(kind: str):
+    from datasets import Features, Image, List, Value
+
+    message = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+    common = {"images": List(Image())}
+    if kind in SFT_KINDS:
+        return Features({**common, "messages": message, "label": Value("string"), "kind": Value("string"),
+                         "question_type": Value("string")})
+    if kind == "grpo_prompt":
+        return Features({**common, "prompt": message, "label": Value("string"), "label_name": Value("string"),
+                         "category_path": List(Value("string")), "options": List(Value("string")),
+                         "answer": Value("string"), "question_type": Value("string"), "hint": Value("string"),
+                         "difficulty": Value("float64"), "class_weight": Value("float64"), "site": Value("string"),
+                         "fitzpatrick": Value("int64")})
+    if kind == "preference_pair":
+        return Features({**common, "prompt": message, "chosen": message, "rejected": message,
+                         "perturbation": Value("string"), "label": Value("string"),
+                         "chosen_score": Value("float64"), "rejected_score": Value("float64")})
+    return Features({**common, "id": Value("string"), "question": Value("string"), "options": List(Value("string")),
+                     "answer": Value("string"), "type": Value("string"), "label": Value("string"),
+                     "label_name": Value("string"), "dataset": Value("string"), "split": Value("string"),
+                     "group_id": Value("string"), "fitzpatrick": Value("int64"),
+                     "fitzpatrick_group": Value("string"), "site": Value("string"), "malignancy": Value("string"),
+                     "source_label": Value("string")})
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True)
+
+
+PATH_OPTIONS = ("labels", "images")
+
+
+def locate(path: str | None, base: Path | None) -> str | None:
+    """A relative path as given when it exists from the working directory, else relative to ``base``."""
+    if path is None or Path(path).is_absolute() or Path(path).exists() or base is None:
+        return path
+    return str(base / path) if (base / path).exists() else path
+
+
+def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = None, base: Path | None = None
+                    ) -> tuple[list[Record], list[tuple[str, str]], dict[str, str]]:
+    """All sources' records (override the recipe's sources with ``overrides`` when given). Relative roots are
+    found from the working directory or, failing that, from ``base`` (the recipe's folder)."""
+    specs = overrides if overrides else [s.model_dump() for s in recipe.sources]
+    records, skipped, licences = [], [], {}
+    for spec in specs:
+        options = {k: locate(v, base) if k in PATH_OPTIONS else v for k, v in (spec.get("options") or {}).items()}
+        result = load_source(spec["name"], kg, root=locate(spec.get("root"), base),
+                             label_map=spec.get("label_map") or None,
+                             on_unknown_label=spec.get("on_unknown_label", "error"), **options)
+        recs = result.records
+        if spec.get("splits"):
+            recs = [r for r in recs if not r.split or r.split in spec["splits"]]
+        if spec.get("limit_per_split"):
+            rng = random.Random(f"{recipe.seed}-{spec['name']}-limit")
+            by_split: dict[str, list[Record]] = defaultdict(list)
+            for r in recs:
+                by_split[r.split].append(r)
+            recs = [r for s in sorted(by_split) for r in
+                    sorted(rng.sample(by_split[s], min(len(by_split[s]), spec["limit_per_split"])),
+                           key=lambda r: r.image)]
+        records += recs
+        skipped += [(path, f"{why} [{spec['name']}]") for path, why in result.skipped]
+        licences[spec["name"]] = SOURCES[spec["name"]].licence
+    if not records:
+        raise DatasetError("the sources yielded no usable records (see the skipped list)")
+    return records, skipped, licences
+
+
+def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = None, progress: bool = True,
+          base: Path | None = None) -> BuildResult:
+    """Build every kind the recipe enables and write them (atomically) to ``out``."""
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    datasets.disable_progress_bars()
+    kg = load_graph()
+    records, skipped, licences = collect_records(recipe, kg, overrides, base)
+    assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
+    # -- images
+    clean, kept = [], []
+    bar = _progress() if progress else None
+    if bar:
+        bar.start()
+        task = bar.add_task("checking images", total=len(records))
+    for r in records:
+        try:
+            clean.append(load_image(r.image, recipe.image.max_side, recipe.image.max_pixels))
+            kept.append(r)
+        except ImageProblem as err:
+            skipped.append((r.image, str(err)))
+        if bar:
+            bar.advance(task)
+    if bar:
+        bar.stop()
+    if not kept:
+        raise DatasetError("no image could be used (see the skipped list)")
+    # -- duplicates and leakage
+    report = find_duplicates([c.sha256 for c in clean], [c.phash for c in clean], recipe.dedup.near_threshold)
+    survivors = resolve(kept, report, recipe.dedup.policy)
+    keep_ids = {id(r) for r in survivors}
+    skipped += report.dropped
+    image_of = {id(r): c for r, c in zip(kept, clean, strict=True)}
+    records = survivors
+    if recipe.dedup.policy == "report":
+        check_leakage(records)
+    else:
+        index = {id(r): i for i, r in enumerate(records)}
+        pairs = [(index[id(kept[i])], index[id(kept[j])]) for i, j in report.cross_split(kept)
+                 if id(kept[i]) in keep_ids and id(kept[j]) in keep_ids]
+        check_leakage(records, pairs)
+    # -- kinds
+    labels = sorted({r.label for r in records})
+    counts = Counter(r.label for r in records if r.split == "train") or Counter(r.label for r in records)
+    for lab in labels:
+        counts.setdefault(lab, 1)
+    scorer = KGScorer(kg)
+    kinds_out: dict[str, dict[str, list[dict]]] = {}
+    for kind, spec in recipe.kinds.enabled().items():
+        ctx = Context(kg, labels, counts, recipe.system_prompt)
+        rng = random.Random(f"{recipe.seed}-{kind}")
+        rows: dict[str, list[dict]] = defaultdict(list)
+        for r in records:
+            if r.split not in spec.splits:
+                continue
+            img = image_of[id(r)]
+            for _ in range(spec.per_image):
+                for row in BUILDERS[kind](ctx, r, rng, spec):
+                    row["images"] = [{"bytes": img.data, "path": None}]
+                    if kind == "preference_pair":
+                        row["chosen_score"] = scorer(row["chosen"][0]["content"][0]["text"], r.label)
+                        row["rejected_score"] = scorer(row["rejected"][0]["content"][0]["text"], r.label)
+                    if kind == "eval_item":
+                        row["id"] = hashlib.sha256(f"{img.sha256}|{row['type']}|{row['question']}|{len(rows[r.split])}"
+                                                   .encode()).hexdigest()[:16]
+                    rows[r.split].append(row)
+        kinds_out[kind] = rows
+    stats = _stats(recipe, records, kinds_out, skipped, report.summary(kept), licences)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for kind, rows in kinds_out.items():
+            feats = _features(kind)
+            dd = DatasetDict({s: Dataset.from_dict({k: [row[k] for row in rows[s]] for k in feats}, features=feats)
+                              for s in ("train", "val", "test") if rows.get(s)})
+            dd.save_to_disk(str(tmp / kind))
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "reason"])
+        w.writerows(sorted(skipped))
+        (tmp / "skipped.csv").write_text(buf.getvalue())
+        (tmp / "README.md").write_text(_card(recipe, stats))
+        (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2, sort_keys=True) + "\n")
+    return BuildResult(out=out, stats=stats, skipped=skipped)
+
+
+def _stats(recipe, records, kinds_out, skipped, dup, licences) -> dict[str, Any]:
+    by_split: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        by_split[r.split][r.label] += 1
+    kinds = {}
+    for kind, rows in kinds_out.items():
+        kinds[kind] = {s: len(v) for s, v in sorted(rows.items())}
+        if kind == "preference_pair":
+            per: dict[str, list[float]] = defaultdict(list)
+            for v in rows.values():
+                for row in v:
+                    per[row["perturbation"]].append(row["chosen_score"] - row["rejected_score"])
+            kinds[kind + "_margin"] = {k: round(sum(m) / len(m), 4) for k, m in sorted(per.items())}
+        if kind in ("mcq", "eval_item", "grpo_prompt"):
+            letters = Counter()
+            for v in rows.values():
+                for row in v:
+                    if kind == "mcq":
+                        letters[row["messages"][-1]["content"][0]["text"].split("<answer>")[1][0]] += 1
+                    elif row.get("options") and len(row.get("answer", "")) == 1:
+                        letters[row["answer"]] += 1
+            if letters:
+                kinds[kind + "_answer_letters"] = dict(sorted(letters.items()))
+    reasons = Counter(re.split(r" \(| \[|: ", why)[0] for _, why in skipped)
+    return {
+        "recipe": recipe.name, "recipe_hash": recipe_hash(recipe), "seed": recipe.seed,
+        "records": len(records), "records_by_split": {s: sum(c.values()) for s, c in sorted(by_split.items())},
+        "labels_by_split": {s: dict(sorted(c.items())) for s, c in sorted(by_split.items())},
+        "kinds": kinds, "skipped": len(skipped), "skipped_by_reason": dict(reasons.most_common()),
+        "duplicates": dup, "sources": licences,
+        "fitzpatrick": dict(sorted(Counter(str(r.fitzpatrick) for r in records if r.fitzpatrick).items())),
+    }
+
+
+def _card(recipe: RecipeConfig, stats: dict[str, Any]) -> str:
+    lines = [
+        "---", f"pretty_name: dermvlm {recipe.name}", "tags: [dermatology, vision-language, dermvlm]", "---", "",
+        f"# {recipe.name}", "", recipe.description or "Built by `dermvlm data build`.", "",
+        f"- recipe hash: `{stats['recipe_hash']}`, seed {stats['seed']}",
+        f"- records: {stats['records']} ({', '.join(f'{k} {v}' for k, v in stats['records_by_split'].items())})",
+        f"- skipped files: {stats['skipped']} ({', '.join(f'{k}: {v}' for k, v in stats['skipped_by_reason'].items())})"
+        if stats["skipped"] else "- skipped files: 0",
+        f"- duplicates: {stats['duplicates']}", "", "## Kinds", "", "| kind | " + " | ".join(("train", "val", "test"))
+        + " |", "|---|---|---|---|",
+    ]
+    for kind, c in stats["kinds"].items():
+        if isinstance(c, dict) and set(c) <= {"train", "val", "test"}:
+            lines.append(f"| {kind} | " + " | ".join(str(c.get(s, 0)) for s in ("train", "val", "test")) + " |")
+    lines += ["", "## Label distribution", "", "| label | " + " | ".join(stats["labels_by_split"]) + " |",
+              "|---|" + "---|" * len(stats["labels_by_split"])]
+    labels = sorted({lab for c in stats["labels_by_split"].values() for lab in c})
+    for lab in labels:
+        lines.append(f"| {lab} | " + " | ".join(str(c.get(lab, 0)) for c in stats["labels_by_split"].values()) + " |")
+    lines += ["", "## Sources and licences", ""] + [f"- {k}: {v}" for k, v in stats["sources"].items()]
+    lines += ["", "Research use only: outputs of models trained on this data are not medical diagnoses.", ""]
+    return "\n".join(lines)
