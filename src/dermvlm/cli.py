@@ -169,6 +169,50 @@ def serve(
 
 
 @app.command()
+def pipeline(
+    config: Annotated[Path, typer.Argument(help="Run config.")],
+    from_stage: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
+    to_stage: Annotated[str | None, typer.Option("--to", help="Stop after this stage.")] = None,
+) -> None:
+    """Data → stages → merged model, resuming finished stages and checkpoints (runs/<name>/)."""
+    from dermvlm.config import load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.pipeline import run_pipeline
+
+    try:
+        cfg = load_config(config)
+        final = run_pipeline(cfg, str(config), from_stage, to_stage)
+    except (ConfigError, DatasetError) as err:
+        _fail(str(err))
+    typer.echo(f"final model: {final}")
+    typer.echo(f"manifest: {Path(cfg.output_dir) / cfg.name / 'manifest.json'}")
+
+
+@app.command()
+def train(
+    kind: Annotated[str, typer.Argument(help="sft, grpo or dpo.")],
+    config: Annotated[Path, typer.Argument(help="Run config.")],
+    stage: Annotated[str | None, typer.Option(help="Stage name (default: the first stage of that kind).")] = None,
+) -> None:
+    """Run one stage of a config (and whatever it needs before it), e.g. `dermvlm train grpo configs/x.yaml`."""
+    from dermvlm.config import load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.pipeline import run_pipeline
+
+    if kind not in ("sft", "grpo", "dpo"):
+        _fail(f"kind {kind!r}: choose sft, grpo or dpo")
+    try:
+        cfg = load_config(config)
+        names = [s.name for s in cfg.stages if s.kind == kind and (stage is None or s.name == stage)]
+        if not names:
+            _fail(f"{config}: no {kind} stage" + (f" named {stage!r}" if stage else ""))
+        final = run_pipeline(cfg, str(config), from_stage=names[0], to_stage=names[0])
+    except (ConfigError, DatasetError) as err:
+        _fail(str(err))
+    typer.echo(f"stage {names[0]} finished: {final}")
+
+
+@app.command()
 def demo(
     config: Annotated[Path, typer.Argument(help="Run config.")] = Path("configs/nano-cpu.yaml"),
 ) -> None:

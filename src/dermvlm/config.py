@@ -90,19 +90,70 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
-    """Where the training images come from (the data-recipes issue extends this)."""
+    """The data recipe a run trains on (built into ``runs/<name>/data`` once, rebuilt when it changes)."""
 
-    source: Literal["bundled_sample"] = "bundled_sample"
-    limit: int | None = Field(default=None, gt=0)
+    recipe: str = "data_recipes/sample.yaml"
+    source: str | None = None  # replace the recipe's sources with this adapter ...
+    root: str | None = None  # ... reading this folder
+
+
+class GRPOPlusSpec(Strict):
+    """GRPO++ (DESIGN.md): every part a switch, so that the ablations can measure each alone."""
+
+    clip_higher: float | None = Field(default=0.28, gt=0)  # TRL epsilon_high; None keeps the clip symmetric
+    token_level_loss: bool = True  # TRL loss_type "dapo" (token-level) instead of "grpo" (sequence-level)
+    zero_variance_filter: bool = True  # flat groups replaced by freshly generated ones
+    max_resample_rounds: int = Field(default=2, ge=0, le=8)
+    ref_sync: bool = True  # a slowly synced reference model with a small KL
+    kl_beta: float = Field(default=0.01, ge=0)
+    ref_sync_steps: int = Field(default=10, ge=1)
+    ref_sync_alpha: float = Field(default=0.1, gt=0, le=1)
+    entropy_bonus: float = Field(default=0.0, ge=0)  # TRL entropy_coef
+    curriculum: bool = True  # easy → hard by class frequency and graph confusability
+    curriculum_noise: float = Field(default=0.15, ge=0)
+    hints: bool = True  # a morphology hint in the prompt early in training, faded out
+    hint_fade_until: float = Field(default=0.5, gt=0, le=1)
+    class_balanced: bool = True  # prompts drawn with inverse class-frequency weights
 
 
 class StageSpec(Strict):
-    """One training stage. ``trl`` holds fields of TRL's config dataclass for that stage (e.g. ``SFTConfig``)."""
+    """One training stage. ``trl`` holds fields of TRL's config dataclass for the stage's kind (``SFTConfig``,
+    ``GRPOConfig`` or ``DPOConfig``); the other fields are dermvlm's."""
 
     name: str
-    kind: Literal["sft"] = "sft"
+    kind: Literal["sft", "grpo", "dpo"] = "sft"
     use_lora: bool = True
+    data: list[str] | None = None  # recipe kinds to train on (default per kind of stage)
     trl: dict[str, Any] = Field(default_factory=dict)
+    # grpo
+    rewards: dict[str, float] | None = None
+    plus: GRPOPlusSpec | None = None  # None: plain GRPO with TRL's defaults
+    overlong_buffer: int = Field(default=16, ge=1)
+    # dpo
+    pairs_from: Literal["recipe", "policy"] = "recipe"
+    policy_samples: int = Field(default=4, ge=2, le=16)
+    min_margin: float = Field(default=0.1, ge=0)
+    sampler: Literal["auto", "vllm", "transformers"] = "auto"
+    sample_max_new_tokens: int = Field(default=96, gt=0)
+    max_prompts: int | None = Field(default=None, gt=0)
+
+    def data_kinds(self) -> list[str]:
+        if self.data:
+            return list(self.data)
+        return {"sft": ["reasoning_trace", "conversation", "mcq", "open_diagnosis", "yes_no", "attribute"],
+                "grpo": ["grpo_prompt"], "dpo": ["preference_pair", "grpo_prompt"]}[self.kind]
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> StageSpec:
+        if self.kind != "grpo" and (self.rewards is not None or self.plus is not None):
+            raise ValueError(f"stage {self.name!r}: 'rewards' and 'plus' apply to kind grpo only")
+        if self.rewards is not None:
+            from_registry = {"format", "exact", "partial_credit", "reasoning_consistency", "kg_score", "overlong"}
+            unknown = sorted(set(self.rewards) - from_registry)
+            if unknown:
+                raise ValueError(f"stage {self.name!r}: unknown reward(s) {', '.join(unknown)}; allowed: "
+                                 f"{', '.join(sorted(from_registry))}")
+        return self
 
 
 class ServeSpec(Strict):
@@ -136,6 +187,7 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(min_length=1)
     serve: ServeSpec = ServeSpec()
     demo: DemoSpec = DemoSpec()
+    logging: Literal["none", "tensorboard", "trackio"] = "none"
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermvlm.config import RunConfig
-from dermvlm.pipeline import run_stages, training_records
+from dermvlm.datasets.sample import load_sample_records
+from dermvlm.pipeline import run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:
     from dermvlm.serving.server import ServeOptions, VLLMServer
 
     started = time.perf_counter()
-    model_dir = run_stages(cfg, source)
-    records = training_records(cfg)
+    model_dir = run_pipeline(cfg, source)
+    records = load_sample_records()
     record = records[0]
     if cfg.demo.image:
         matches = [r for r in records if r.image.endswith(cfg.demo.image)]

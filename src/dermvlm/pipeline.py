@@ -1,26 +1,85 @@
-"""Run a config's stages in order: base model → each training stage → a servable model folder.
+"""Run a config end to end: data recipe → base model → stages (pretrain, GRPO++, SFT, DPO, in the configured order)
+→ a merged, servable model with a model card.
 
-Artifacts go to ``<output_dir>/<name>/``: ``base/`` (the built nano model), one folder per stage (``model/``,
-``adapter/`` with LoRA, ``log_history.json``, ``done.json``) and ``manifest.json``. A stage whose ``done.json``
-matches its current settings and input is skipped, so a rerun after an interruption resumes at the first
-unfinished stage; a changed stage reruns it and everything after it.
+Artifacts under ``<output_dir>/<name>/``: ``data/`` (the built recipe), ``base/`` (the built nano model), one folder
+per stage (``model/``, ``adapter/``, ``checkpoints/``, ``log_history.json``, ``curves.png``, ``done.json``) and
+``manifest.json`` (config and its hash, versions, seeds, input hashes, metrics per stage). A rerun skips every stage
+whose ``done.json`` matches its settings and inputs and resumes an interrupted stage from its last checkpoint
+(kill -9 included); a changed stage reruns, and so does everything after it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
-from dermvlm.config import RunConfig
+from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load_config
 from dermvlm.io import atomic_write_text
-from dermvlm.manifest import Manifest, hash_files, sha256_text
+from dermvlm.manifest import Manifest, sha256_text
 
 log = logging.getLogger(__name__)
 
 
 def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 0.2 s from /proc)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+# ---------------------------------------------------------------------- data and base model
+
+
+def build_data(cfg: RunConfig, source: str = "<config>") -> tuple[Path, str]:
+    """Build the run's data recipe once (rebuilt when the recipe or its source changes); return (dir, hash)."""
+    from dermvlm.recipes.build import build, recipe_hash
+
+    recipe_path = Path(cfg.data.recipe)
+    if not recipe_path.is_file() and source != "<config>":
+        candidate = Path(source).resolve().parent.parent / cfg.data.recipe
+        recipe_path = candidate if candidate.is_file() else recipe_path
+    recipe = load_config(recipe_path, RecipeConfig)
+    overrides = [{"name": cfg.data.source, "root": cfg.data.root}] if cfg.data.source else None
+    key = sha256_text(recipe_hash(recipe) + json.dumps(overrides))[:16]
+    out = run_dir(cfg) / "data"
+    stats = out / "stats.json"
+    if stats.exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key:
+        return out, key
+    log.info("building data recipe %s into %s", recipe_path, out)
+    build(recipe, out, overrides, base=recipe_path.resolve().parent)
+    atomic_write_text(out / "key.txt", key)
+    return out, key
 
 
 def base_model(cfg: RunConfig) -> Path:
@@ -41,58 +100,143 @@ def base_model(cfg: RunConfig) -> Path:
     return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels)
 
 
-def training_records(cfg: RunConfig):
-    from dermvlm.datasets.sample import load_sample_records
-
-    return load_sample_records(cfg.data.limit)
+# ---------------------------------------------------------------------- stages
 
 
 def check_stages(cfg: RunConfig, source: str = "<config>") -> None:
-    """Validate every stage's TRL fields before anything trains (a typo in the last stage fails first)."""
-    from trl import SFTConfig
+    """Validate every stage's TRL settings (fields, values, batch geometry) before anything trains."""
+    import tempfile
 
-    from dermvlm.config import check_dataclass_kwargs
+    from dermvlm.training.dpo import dpo_config
+    from dermvlm.training.grpo import grpo_config
+    from dermvlm.training.sft import sft_config
 
-    for i, stage in enumerate(cfg.stages):
-        check_dataclass_kwargs(SFTConfig, stage.trl, f"{source}: stages[{i}].trl")
+    build = {"sft": sft_config, "grpo": grpo_config, "dpo": dpo_config}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, stage in enumerate(cfg.stages):
+            args = build[stage.kind](stage, Path(tmp), cfg.seed, f"{source}: stages[{i}] ({stage.name}).trl")
+            if stage.kind == "grpo":
+                from dermvlm.training.rewards import get_rewards
+
+                try:
+                    get_rewards(stage.rewards or {}, args.max_completion_length, stage.overlong_buffer)
+                except KeyError as err:
+                    raise ConfigError(f"{source}: stages[{i}].rewards: {err.args[0]}") from None
 
 
-def run_stages(cfg: RunConfig, source: str = "<config>") -> Path:
-    """Run every stage not yet finished; return the final model folder."""
-    from dermvlm.recipes.basic import diagnosis_sft_dataset
+def stage_dataset(stage: StageSpec, data_dir: Path, where: str):
+    from dermvlm.training.common import recipe_dataset
+
+    kinds = stage.data_kinds()
+    if stage.kind == "dpo":
+        kinds = ["grpo_prompt"] if stage.pairs_from == "policy" else ["preference_pair"]
+    return recipe_dataset(data_dir, kinds, "train", where)
+
+
+def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path, out: Path, where: str):
+    from dermvlm.training.dpo import run_dpo
+    from dermvlm.training.grpo import run_grpo
     from dermvlm.training.sft import run_sft
 
+    dataset = stage_dataset(stage, data_dir, where)
+    runner = {"sft": run_sft, "grpo": run_grpo, "dpo": run_dpo}[stage.kind]
+    report_to = "none" if cfg.logging == "none" else cfg.logging
+    return runner(stage, cfg.model, model_path, dataset, out, cfg.seed, where=where, report_to=report_to)
+
+
+def summarize(result, stage: StageSpec) -> dict[str, Any]:
+    """The numbers the manifest keeps per stage."""
+    losses = result.losses()
+    info: dict[str, Any] = {"kind": stage.kind, "steps": len(losses), "seconds": round(result.seconds, 2),
+                            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    rewards = result.series("reward")
+    if rewards:
+        k = max(1, len(rewards) // 4)
+        info["reward_start"] = round(sum(rewards[:k]) / k, 4)
+        info["reward_end"] = round(sum(rewards[-k:]) / k, 4)
+        zv = result.series("frac_reward_zero_std")
+        info["frac_zero_std_mean"] = round(sum(zv) / len(zv), 4) if zv else None
+    info.update({k: v for k, v in result.extra.items() if k in ("pairs",)})
+    return info
+
+
+def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | None = None,
+                 to_stage: str | None = None) -> Path:
+    """Run the data build and every stage not yet finished; return the final model folder."""
+    names = [s.name for s in cfg.stages]
+    for flag, name in (("--from", from_stage), ("--to", to_stage)):
+        if name is not None and name not in names:
+            raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
     check_stages(cfg, source)
     root = run_dir(cfg)
-    records = training_records(cfg)
-    data_hash = hash_files([r.image for r in records])
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir, data_key = build_data(cfg, source)
     manifest = Manifest(root)
-    manifest.start(cfg.model_dump(), cfg.seed, {"training_images": data_hash, "n_images": str(len(records))})
+    manifest.start(cfg.model_dump(), cfg.seed, {"data_recipe": cfg.data.recipe, "data_key": data_key,
+                                                "data_stats_sha256": sha256_text((data_dir / "stats.json")
+                                                                                 .read_text())})
     current = base_model(cfg)
-    dataset = None
-    upstream = sha256_text(str(current.resolve()) + data_hash)
+    upstream = sha256_text(str(current.resolve()) + data_key)
+    forced = False
     for i, stage in enumerate(cfg.stages):
         stage_dir = root / stage.name
         key = sha256_text(upstream + json.dumps(stage.model_dump(), sort_keys=True)
                           + json.dumps(cfg.model.model_dump(), sort_keys=True) + str(cfg.seed))
+        forced = forced or stage.name == from_stage
         done = stage_dir / "done.json"
-        if done.exists() and json.loads(done.read_text()).get("key") == key:
+        if not forced and done.exists() and json.loads(done.read_text()).get("key") == key:
             log.info("stage %s: finished earlier, reusing %s", stage.name, stage_dir / "model")
-            current, upstream = stage_dir / "model", key
-            continue
-        if dataset is None:
-            dataset = diagnosis_sft_dataset(records)
-        log.info("stage %s (%s, %s): training", stage.name, stage.kind, "LoRA" if stage.use_lora else "full")
-        result = run_sft(
-            stage, cfg.model, current, dataset, stage_dir, cfg.seed, where=f"{source}: stages[{i}].trl"
-        )
-        losses = result.losses()
-        info = {
-            "key": key, "kind": stage.kind, "seconds": round(result.seconds, 2),
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "steps": len(losses),
-        }
-        atomic_write_text(done, json.dumps(info, indent=2) + "\n")
-        manifest.stage_done(stage.name, info)
-        current, upstream = result.model_dir, key
+        else:
+            key_file = stage_dir / "key.txt"
+            if stage_dir.exists() and (forced or not key_file.exists() or key_file.read_text() != key):
+                shutil.rmtree(stage_dir)  # settings or inputs changed: no stale checkpoint may be resumed
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(key_file, key)
+            where = f"{source}: stages[{i}] ({stage.name})"
+            log.info("stage %s (%s, %s): training from %s", stage.name, stage.kind,
+                     "LoRA" if stage.use_lora else "full", current)
+            with PeakRSS() as mem:
+                result = run_stage(stage, cfg, current, data_dir, stage_dir, where)
+            info = {"key": key, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
+            atomic_write_text(done, json.dumps(info, indent=2) + "\n")
+            manifest.stage_done(stage.name, info)
+        current, upstream = stage_dir / "model", key
+        if stage.name == to_stage:
+            break
+    if to_stage is None or to_stage == cfg.stages[-1].name:
+        write_model_card(cfg, current, manifest)
+        manifest.data["final_model"] = str(current)
+        manifest.save()
     return current
+
+
+def write_model_card(cfg: RunConfig, model_dir: Path, manifest: Manifest) -> Path:
+    """README.md in the final model folder: what it is, how it was made, how to serve it, its limits."""
+    stages = manifest.data.get("stages", {})
+    rows = "\n".join(f"| {name} | {s.get('kind')} | {s.get('steps')} | {s.get('seconds')} | {s.get('last_loss')} | "
+                     f"{s.get('reward_end', '')} |" for name, s in stages.items() if name in {x.name for x in cfg.stages})
+    base = cfg.model.name_or_path or f"dermvlm {cfg.model.nano.preset} (built from scratch, seed {cfg.model.nano.seed})"
+    text = f"""---
+tags: [dermatology, vision-language, dermvlm, trl]
+base_model: {cfg.model.name_or_path or 'none (randomly initialised)'}
+---
+
+# {cfg.name}
+
+A dermatology vision-language model trained by dermvlm ({', '.join(s.name for s in cfg.stages)}).
+It answers in the DermIQ format `<think>observation, differential</think><answer>diagnosis</answer>`.
+
+- base: {base}
+- data recipe: `{cfg.data.recipe}` (data key `{manifest.data.get('inputs', {}).get('data_key')}`)
+- config hash: `{manifest.data.get('config_hash', '')[:16]}`, seed {cfg.seed}
+
+| stage | kind | steps | seconds | last loss | final reward |
+|---|---|---|---|---|---|
+{rows}
+
+Serve it: `dermvlm serve {model_dir}` (vLLM, OpenAI-compatible).
+
+**Research use only.** This model is not a medical device and its answers are not diagnoses. It can be wrong,
+including about malignancy; anyone with a changing, bleeding or worrying lesion should see a dermatologist.
+"""
+    return atomic_write_text(model_dir / "README.md", text)

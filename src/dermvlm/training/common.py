@@ -1,0 +1,170 @@
+"""What the three stages share: TRL config building with clear errors, recipe datasets, model loading and saving,
+metrics logging, checkpoint resume and loss/reward curves."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermvlm.config import ConfigError, ModelSpec, StageSpec, check_dataclass_kwargs
+from dermvlm.io import atomic_dir, atomic_write_text
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 25,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "dataloader_num_workers": 0,
+    "lr_scheduler_type": "constant",
+}
+
+
+@dataclass
+class StageResult:
+    """What a finished stage leaves: the servable model folder, its adapter (if LoRA) and the training log."""
+
+    model_dir: Path
+    adapter_dir: Path | None
+    log_history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.log_history if "loss" in h]
+
+    def series(self, key: str) -> list[float]:
+        return [h[key] for h in self.log_history if key in h]
+
+
+def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir: Path, seed: int, where: str,
+               report_to: str = "none"):
+    """A TRL config dataclass from dermvlm defaults + the stage's ``trl`` mapping; bad fields and impossible
+    values fail here, before any model loads, naming ``where`` (file and stage)."""
+    from dermvlm.models.loading import cuda_available, resolve_dtype
+
+    check_dataclass_kwargs(cls, stage.trl, where)
+    kwargs = {**COMMON_DEFAULTS, **defaults, "seed": seed, "data_seed": seed,
+              "output_dir": str(output_dir / "checkpoints"), "report_to": report_to}
+    if report_to != "none":
+        kwargs["logging_dir"] = str(output_dir / "logs")
+    if not cuda_available():
+        kwargs.update(use_cpu=True, bf16=False)
+    else:
+        import torch
+
+        kwargs["bf16"] = resolve_dtype("auto") == torch.bfloat16
+    kwargs.update(stage.trl)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {cls.__name__} rejects these settings: {err}") from None
+
+
+def recipe_dataset(data_dir: str | Path, kinds: list[str], split: str = "train", where: str = ""):
+    """The recipe output's ``split`` of the given kinds, concatenated (kinds of one stage share a format)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for kind in kinds:
+        path = Path(data_dir) / kind
+        if not (path / "dataset_dict.json").exists():
+            raise ConfigError(f"{where}: the data recipe did not build kind {kind!r} (enable it under kinds:)")
+        dd = load_from_disk(str(path))
+        if split in dd:
+            parts.append(dd[split].select_columns([c for c in dd[split].column_names]))
+    if not parts:
+        raise ConfigError(f"{where}: no {split!r} rows in kinds {', '.join(kinds)}")
+    common = set.intersection(*(set(p.column_names) for p in parts))
+    return concatenate_datasets([p.select_columns(sorted(common)) for p in parts])
+
+
+def load_for_stage(spec: ModelSpec, path: str | Path, use_lora: bool):
+    """Model and processor for a stage; 4-bit only for LoRA stages (a full fine-tune needs real weights)."""
+    from dermvlm.models.loading import load_model
+
+    if not use_lora and spec.quantization.load_in_4bit:
+        spec = spec.model_copy(update={"quantization": spec.quantization.model_copy(update={"load_in_4bit": False})})
+    return load_model(spec, path)
+
+
+def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str | Path, use_lora: bool,
+                     output_dir: Path) -> tuple[Path, Path | None]:
+    """Save the adapter and merge it into a standalone folder (LoRA), or save the full model."""
+    from dermvlm.models.merge import merge_adapter
+
+    model_dir = output_dir / "model"
+    if use_lora:
+        adapter_dir = output_dir / "adapter"
+        with atomic_dir(adapter_dir) as tmp:
+            trainer.model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        dtype = "float32" if model_spec.dtype in ("auto", "float32") else model_spec.dtype
+        merge_adapter(adapter_dir, model_dir, base=model_path, dtype=dtype)
+        return model_dir, adapter_dir
+    with atomic_dir(model_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return model_dir, None
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = output_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, output_dir: Path,
+           started: float, extra: dict | None = None) -> StageResult:
+    """Save the model, write the log history and curves, return the stage result."""
+    model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora, output_dir)
+    history = list(trainer.state.log_history)
+    atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
+    plot_curves(history, output_dir / "curves.png", title=f"{stage.name} ({stage.kind})")
+    return StageResult(model_dir=model_dir, adapter_dir=adapter_dir, log_history=history,
+                       seconds=time.perf_counter() - started, extra=extra or {})
+
+
+def plot_curves(history: list[dict], out: Path, title: str = "") -> Path | None:
+    """Loss and reward curves (one panel each, reward components included) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h for h in history if "loss" in h]
+    if not steps:
+        return None
+    reward_keys = sorted({k for h in steps for k in h if k == "reward" or (k.startswith("rewards/")
+                                                                          and k.endswith("/mean"))})
+    panels = 1 + bool(reward_keys) + any("rewards/chosen" in h for h in steps)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([h["step"] for h in steps], [h["loss"] for h in steps])
+    ax.set_title("loss")
+    ax.set_xlabel("step")
+    if reward_keys:
+        ax = axes[0][1]
+        for k in reward_keys:
+            xs = [h["step"] for h in steps if k in h]
+            ax.plot(xs, [h[k] for h in steps if k in h], label=k.replace("rewards/", "").replace("/mean", ""))
+        ax.set_title("reward")
+        ax.legend(fontsize=7)
+    if any("rewards/chosen" in h for h in steps):
+        ax = axes[0][-1]
+        for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            xs = [h["step"] for h in steps if k in h]
+            ax.plot(xs, [h[k] for h in steps if k in h], label=k.split("/")[1])
+        ax.set_title("DPO implicit rewards")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,179 @@
+"""KG-preference DPO stage: TRL's ``DPOTrainer`` on pairs ranked by the knowledge graph.
+
+``pairs_from: recipe`` trains on the recipe's ``preference_pair`` kind (graph-consistent answer vs a tagged
+perturbation). ``pairs_from: policy`` samples ``policy_samples`` answers per prompt from the current model (vLLM's
+offline engine on a GPU, transformers ``generate`` otherwise), scores each with the KG scorer, and keeps best vs
+worst when their score margin is at least ``min_margin``: the graph stands in for a dermatologist's preference.
+The pairs and their statistics are saved beside the stage (``pairs/``, ``pairs_stats.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dermvlm.config import ModelSpec, StageSpec
+from dermvlm.io import atomic_write_text
+from dermvlm.knowledge import KGScorer
+from dermvlm.training.common import StageResult, finish, last_checkpoint, load_for_stage, trl_config
+
+DPO_DEFAULTS: dict[str, Any] = {
+    "beta": 0.1,
+    "max_length": None,  # never truncate image tokens
+    "per_device_train_batch_size": 4,
+    "learning_rate": 5e-5,
+}
+
+
+def dpo_config(stage: StageSpec, output_dir: Path, seed: int, where: str, report_to: str = "none"):
+    from trl import DPOConfig
+
+    return trl_config(DPOConfig, DPO_DEFAULTS, stage, output_dir, seed, where, report_to)
+
+
+def _text(messages: list[dict]) -> str:
+    return "".join(p.get("text") or "" for p in messages[-1]["content"] if p.get("type") == "text")
+
+
+def sample_transformers(model, processor, rows, k: int, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``k`` sampled answers per prompt row with transformers ``generate``."""
+    import torch
+
+    torch.manual_seed(seed)
+    out = []
+    model.eval()
+    for row in rows:
+        text = processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=row["images"], return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            gen = model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, num_return_sequences=k,
+                                 max_new_tokens=max_new_tokens)
+        n = inputs["input_ids"].shape[1]
+        out.append(processor.tokenizer.batch_decode(gen[:, n:], skip_special_tokens=True))
+    return out
+
+
+def sample_vllm(model_dir: str, rows, k: int, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``k`` sampled answers per prompt row with vLLM's offline engine (used on GPU machines)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, seed=seed, max_model_len=2048, limit_mm_per_prompt={"image": 1})
+    params = SamplingParams(n=k, temperature=1.0, max_tokens=max_new_tokens, seed=seed)
+    conversations = []
+    for row in rows:
+        msgs = []
+        for m in row["prompt"]:
+            parts = [{"type": "image_pil", "image_pil": row["images"][0]} if p["type"] == "image"
+                     else {"type": "text", "text": p["text"]} for p in m["content"]]
+            msgs.append({"role": m["role"], "content": parts})
+        conversations.append(msgs)
+    results = llm.chat(conversations, params, use_tqdm=False)
+    return [[o.text for o in r.outputs] for r in results]
+
+
+def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
+                 output_dir: Path):
+    """Pairs ranked by the KG scorer from the current policy's own samples, with statistics."""
+    from datasets import Dataset
+
+    from dermvlm.models.loading import cuda_available, load_model
+
+    rows = prompts.select(range(min(len(prompts), stage.max_prompts or len(prompts))))
+    use_vllm = stage.sampler == "vllm" or (stage.sampler == "auto" and cuda_available())
+    started = time.perf_counter()
+    if use_vllm:
+        samples = sample_vllm(str(model_path), rows, stage.policy_samples, stage.sample_max_new_tokens, seed)
+    else:
+        model, processor = load_model(model_spec, model_path)
+        samples = sample_transformers(model, processor, rows, stage.policy_samples, stage.sample_max_new_tokens,
+                                      seed)
+        del model
+    scorer = KGScorer()
+    pairs: dict[str, list] = {"images": [], "prompt": [], "chosen": [], "rejected": [], "label": [],
+                              "chosen_score": [], "rejected_score": []}
+    margins, best_scores, worst_scores = [], [], []
+    for row, answers in zip(rows, samples, strict=True):
+        scored = sorted(((scorer(a, row["label"], site=row.get("site") or None,
+                                 fitzpatrick=row.get("fitzpatrick") or None), i, a)
+                         for i, a in enumerate(answers)), key=lambda t: (-t[0], t[1]))
+        (best, _, chosen), (worst, _, rejected) = scored[0], scored[-1]
+        best_scores.append(best)
+        worst_scores.append(worst)
+        if best - worst >= stage.min_margin and chosen != rejected:
+            margins.append(best - worst)
+            pairs["images"].append(row["images"])
+            pairs["prompt"].append(row["prompt"])
+            pairs["chosen"].append([{"role": "assistant", "content": [{"type": "text", "text": chosen}]}])
+            pairs["rejected"].append([{"role": "assistant", "content": [{"type": "text", "text": rejected}]}])
+            pairs["label"].append(row["label"])
+            pairs["chosen_score"].append(best)
+            pairs["rejected_score"].append(worst)
+    stats = {
+        "pairs_from": "policy", "sampler": "vllm" if use_vllm else "transformers", "prompts": len(rows),
+        "samples_per_prompt": stage.policy_samples, "pairs": len(margins),
+        "kept_fraction": round(len(margins) / max(1, len(rows)), 4), "min_margin": stage.min_margin,
+        "mean_margin": round(sum(margins) / len(margins), 4) if margins else None,
+        "mean_best_score": round(sum(best_scores) / len(best_scores), 4) if best_scores else None,
+        "mean_worst_score": round(sum(worst_scores) / len(worst_scores), 4) if worst_scores else None,
+        "sampling_seconds": round(time.perf_counter() - started, 2),
+    }
+    features = prompts.features.copy()
+    for key in ("chosen", "rejected"):
+        features[key] = features["prompt"]
+    from datasets import Features, Value
+
+    keep = {k: features[k] for k in ("images", "prompt", "chosen", "rejected", "label")}
+    dataset = Dataset.from_dict(pairs, features=Features({**keep, "chosen_score": Value("float64"),
+                                                          "rejected_score": Value("float64")}))
+    return dataset, stats
+
+
+def recipe_pair_stats(pairs) -> dict[str, Any]:
+    margins = [c - r for c, r in zip(pairs["chosen_score"], pairs["rejected_score"], strict=True)]
+    by: dict[str, int] = {}
+    for p in pairs["perturbation"]:
+        by[p] = by.get(p, 0) + 1
+    return {"pairs_from": "recipe", "pairs": len(pairs), "by_perturbation": dict(sorted(by.items())),
+            "mean_margin": round(sum(margins) / max(1, len(margins)), 4)}
+
+
+def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pairs_or_prompts, output_dir: str | Path,
+            seed: int = 0, where: str = "stages[?]", callbacks: list | None = None, report_to: str = "none"
+            ) -> StageResult:
+    """DPO on recipe pairs, or on KG-ranked pairs sampled from the policy (``pairs_from: policy``)."""
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    from dermvlm.config import ConfigError
+    from dermvlm.models.loading import lora_config
+
+    output_dir = Path(output_dir)
+    args = dpo_config(stage, output_dir, seed, where, report_to)
+    set_seed(seed)
+    started = time.perf_counter()
+    pairs_dir = output_dir / "pairs"
+    if stage.pairs_from == "policy":
+        if (pairs_dir / "dataset_info.json").exists():  # sampled before an interruption: reuse
+            from datasets import load_from_disk
+
+            pairs = load_from_disk(str(pairs_dir))
+            stats = json.loads((output_dir / "pairs_stats.json").read_text())
+        else:
+            pairs, stats = policy_pairs(stage, model_spec, model_path, pairs_or_prompts, seed, output_dir)
+            pairs.save_to_disk(str(pairs_dir))
+    else:
+        pairs = pairs_or_prompts
+        stats = recipe_pair_stats(pairs)
+    atomic_write_text(output_dir / "pairs_stats.json", json.dumps(stats, indent=2) + "\n")
+    if len(pairs) == 0:
+        raise ConfigError(f"{where}: no preference pair reached min_margin {stage.min_margin} "
+                          f"(best/worst mean {stats.get('mean_best_score')}/{stats.get('mean_worst_score')}); "
+                          "lower min_margin or sample more answers")
+    train = pairs.select_columns(["images", "prompt", "chosen", "rejected"])
+    model, processor = load_for_stage(model_spec, model_path, stage.use_lora)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                         peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
+    return finish(trainer, processor, stage, model_spec, model_path, output_dir, started, {"pairs": stats})
