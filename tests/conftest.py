@@ -39,17 +39,28 @@ def nano_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, nano_dir):
-    """A short full-parameter pretrain, then a LoRA SFT on it: a model that answers in the DermIQ format."""
+def recipe_data(tmp_path_factory) -> Path:
+    """The bundled sample built with data_recipes/sample.yaml (every kind)."""
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.recipes.build import build
+
+    out = tmp_path_factory.mktemp("data") / "sample"
+    build(load_config(ROOT / "data_recipes" / "sample.yaml", RecipeConfig), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, nano_dir, recipe_data):
+    """A short full-parameter pretrain on recipe data, then a LoRA SFT on it: a model that answers in the DermIQ
+    format (``base`` is the pretrained model, ``merged`` the LoRA stage merged into it)."""
     from dermvlm.config import ModelSpec, StageSpec
-    from dermvlm.datasets.sample import load_sample_records
-    from dermvlm.recipes.basic import diagnosis_sft_dataset
+    from dermvlm.training.common import recipe_dataset
     from dermvlm.training.sft import run_sft
 
     out = tmp_path_factory.mktemp("run")
-    ds = diagnosis_sft_dataset(load_sample_records())
+    ds = recipe_dataset(recipe_data, ["reasoning_trace", "open_diagnosis", "mcq"])
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
-    pre = run_sft(StageSpec(name="pretrain", use_lora=False, trl={"max_steps": 120, "learning_rate": 3e-3}),
+    pre = run_sft(StageSpec(name="pretrain", use_lora=False, trl={"max_steps": 150, "learning_rate": 3e-3}),
                   spec, nano_dir, ds, out / "pretrain")
     sft = run_sft(StageSpec(name="sft", use_lora=True, trl={"max_steps": 15, "learning_rate": 2e-3}),
                   spec, pre.model_dir, ds, out / "sft")

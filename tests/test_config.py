@@ -81,7 +81,7 @@ def test_trl_field_typo_fails_before_training(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_stages(cfg, str(p))
     msg = str(err.value)
-    assert f"{p}: stages[1].trl.learning_rat: unknown SFTConfig field 'learning_rat'" in msg
+    assert f"{p}: stages[1] (sft2).trl.learning_rat: unknown SFTConfig field 'learning_rat'" in msg
     assert "(did you mean 'learning_rate'?)" in msg
 
 

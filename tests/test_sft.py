@@ -54,7 +54,7 @@ def test_merged_model_matches_adapter_model(trained_run, isic_images):
         a = greedy(adapter_model, processor, str(image))
         b = greedy(merged, merged_proc, str(image))
         assert a == b
-        answered_tag |= processor.tokenizer.convert_tokens_to_ids("<answer>") in a
+        answered_tag |= processor.tokenizer.convert_tokens_to_ids("<think>") in a
     assert answered_tag  # the trained model writes the DermIQ format, so equality is not trivial
 
 

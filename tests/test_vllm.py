@@ -52,7 +52,7 @@ def test_chat_completion_with_image(server, client, isic_images):
     assert sorted(server.models()) == ["base", "derm"]
     r = ask_about_image(client, "derm", isic_images[5], DIAGNOSIS_QUESTION, max_tokens=N_TOKENS)
     assert r.usage.prompt_tokens > 16  # the image tokens reached the model
-    assert "<answer>" in r.choices[0].message.content
+    assert r.choices[0].message.content.startswith("<think>")  # the trained DermIQ format
 
 
 def test_float32_greedy_equals_transformers_on_3_images(trained_run, client, isic_images):

@@ -43,8 +43,9 @@ def hash_files(paths: list[str | Path]) -> str:
 class Manifest:
     """``manifest.json`` in a run folder, rewritten atomically on every update."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, write: bool = True):
         self.path = Path(run_dir) / "manifest.json"
+        self.write = write
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def start(self, config: dict[str, Any], seed: int, inputs: dict[str, str]) -> None:
@@ -62,4 +63,6 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
+        if not self.write:
+            return
         atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 
 def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
+
+
+def is_main_process() -> bool:
+    """True outside ``accelerate launch`` and on its rank 0: the one process that builds data and writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for(path: Path, content: str | None = None, timeout: float = 7200.0) -> None:
+    """Other ranks wait for rank 0 to finish writing ``path`` (with ``content`` when given)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and (content is None or path.read_text() == content)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {os.environ.get('RANK')} waited {timeout:.0f} s for {path}")
+        time.sleep(1.0)
 
 
 class PeakRSS:
@@ -76,6 +91,9 @@ def build_data(cfg: RunConfig, source: str = "<config>") -> tuple[Path, str]:
     stats = out / "stats.json"
     if stats.exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key:
         return out, key
+    if not is_main_process():
+        wait_for(out / "key.txt", key)
+        return out, key
     log.info("building data recipe %s into %s", recipe_path, out)
     build(recipe, out, overrides, base=recipe_path.resolve().parent)
     atomic_write_text(out / "key.txt", key)
@@ -96,6 +114,9 @@ def base_model(cfg: RunConfig) -> Path:
         if all(have.get(k) == v for k, v in want.items() if v is not None):
             return out
     n = cfg.model.nano
+    if not is_main_process():
+        wait_for(info)
+        return out
     log.info("building the %s model (seed %d) in %s", n.preset, n.seed, out)
     return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels)
 
@@ -171,7 +192,7 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
     root = run_dir(cfg)
     root.mkdir(parents=True, exist_ok=True)
     data_dir, data_key = build_data(cfg, source)
-    manifest = Manifest(root)
+    manifest = Manifest(root, write=is_main_process())
     manifest.start(cfg.model_dump(), cfg.seed, {"data_recipe": cfg.data.recipe, "data_key": data_key,
                                                 "data_stats_sha256": sha256_text((data_dir / "stats.json")
                                                                                  .read_text())})
@@ -188,22 +209,26 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             log.info("stage %s: finished earlier, reusing %s", stage.name, stage_dir / "model")
         else:
             key_file = stage_dir / "key.txt"
-            if stage_dir.exists() and (forced or not key_file.exists() or key_file.read_text() != key):
-                shutil.rmtree(stage_dir)  # settings or inputs changed: no stale checkpoint may be resumed
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(key_file, key)
+            if is_main_process():
+                if stage_dir.exists() and (forced or not key_file.exists() or key_file.read_text() != key):
+                    shutil.rmtree(stage_dir)  # settings or inputs changed: no stale checkpoint may be resumed
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(key_file, key)
+            else:
+                wait_for(key_file, key)
             where = f"{source}: stages[{i}] ({stage.name})"
             log.info("stage %s (%s, %s): training from %s", stage.name, stage.kind,
                      "LoRA" if stage.use_lora else "full", current)
             with PeakRSS() as mem:
                 result = run_stage(stage, cfg, current, data_dir, stage_dir, where)
             info = {"key": key, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
-            atomic_write_text(done, json.dumps(info, indent=2) + "\n")
-            manifest.stage_done(stage.name, info)
+            if is_main_process():
+                atomic_write_text(done, json.dumps(info, indent=2) + "\n")
+                manifest.stage_done(stage.name, info)
         current, upstream = stage_dir / "model", key
         if stage.name == to_stage:
             break
-    if to_stage is None or to_stage == cfg.stages[-1].name:
+    if is_main_process() and (to_stage is None or to_stage == cfg.stages[-1].name):
         write_model_card(cfg, current, manifest)
         manifest.data["final_model"] = str(current)
         manifest.save()
@@ -213,9 +238,11 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
 def write_model_card(cfg: RunConfig, model_dir: Path, manifest: Manifest) -> Path:
     """README.md in the final model folder: what it is, how it was made, how to serve it, its limits."""
     stages = manifest.data.get("stages", {})
+    names = {x.name for x in cfg.stages}
     rows = "\n".join(f"| {name} | {s.get('kind')} | {s.get('steps')} | {s.get('seconds')} | {s.get('last_loss')} | "
-                     f"{s.get('reward_end', '')} |" for name, s in stages.items() if name in {x.name for x in cfg.stages})
-    base = cfg.model.name_or_path or f"dermvlm {cfg.model.nano.preset} (built from scratch, seed {cfg.model.nano.seed})"
+                     f"{s.get('reward_end', '')} |" for name, s in stages.items() if name in names)
+    nano = cfg.model.nano
+    base = cfg.model.name_or_path or f"dermvlm {nano.preset} (built from scratch, seed {nano.seed})"
     text = f"""---
 tags: [dermatology, vision-language, dermvlm, trl]
 base_model: {cfg.model.name_or_path or 'none (randomly initialised)'}

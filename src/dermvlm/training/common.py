@@ -120,11 +120,16 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, output_dir: Path,
            started: float, extra: dict | None = None) -> StageResult:
-    """Save the model, write the log history and curves, return the stage result."""
-    model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora, output_dir)
+    """Save the model (main process only; the others wait), write the log history and curves."""
     history = list(trainer.state.log_history)
-    atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
-    plot_curves(history, output_dir / "curves.png", title=f"{stage.name} ({stage.kind})")
+    if trainer.is_world_process_zero():
+        model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora,
+                                                  output_dir)
+        atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
+        plot_curves(history, output_dir / "curves.png", title=f"{stage.name} ({stage.kind})")
+    else:
+        model_dir, adapter_dir = output_dir / "model", (output_dir / "adapter" if stage.use_lora else None)
+    trainer.accelerator.wait_for_everyone()
     return StageResult(model_dir=model_dir, adapter_dir=adapter_dir, log_history=history,
                        seconds=time.perf_counter() - started, extra=extra or {})
 

@@ -60,11 +60,23 @@ def plus_trl_settings(plus: GRPOPlusSpec | None, use_lora: bool) -> dict[str, An
     return out
 
 
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
 def grpo_config(stage: StageSpec, output_dir: Path, seed: int, where: str, report_to: str = "none"):
+    """TRL ``GRPOConfig``; values TRL would only reject once training starts are checked here."""
     from trl import GRPOConfig
 
+    from dermvlm.config import ConfigError
+
     defaults = {**GRPO_DEFAULTS, **plus_trl_settings(stage.plus, stage.use_lora)}
-    return trl_config(GRPOConfig, defaults, stage, output_dir, seed, where, report_to)
+    args = trl_config(GRPOConfig, defaults, stage, output_dir, seed, where, report_to)
+    if args.loss_type not in LOSS_TYPES:
+        raise ConfigError(f"{where}.loss_type: {args.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    if args.scale_rewards not in (*SCALE_REWARDS, True, False):
+        raise ConfigError(f"{where}.scale_rewards: {args.scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
+    return args
 
 
 def prompts_needed(args, dataset_len: int) -> int:

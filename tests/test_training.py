@@ -1,0 +1,254 @@
+"""Training stages on real TRL trainers and real images: rewards, GRPO++ parts, KG-preference DPO, pipeline resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dermvlm.config import ConfigError, GRPOPlusSpec, StageSpec, load_config
+from dermvlm.training import rewards as R
+from dermvlm.training.common import recipe_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def msg(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+# ------------------------------------------------------------------ rewards
+
+
+def test_rewards_on_crafted_completions():
+    cols = {"label": ["melanoma"] * 5, "options": [[]] * 5, "answer": ["melanoma"] * 5,
+            "question_type": ["open"] * 5, "site": [""] * 5, "fitzpatrick": [0] * 5}
+    completions = [
+        msg("<think>A dark brown plaque with irregular border and blue-whitish veil.</think><answer>melanoma</answer>"),
+        msg("<think>A brown macule.</think><answer>dysplastic nevus</answer>"),  # sibling branch
+        msg("<think>Silvery scale on the elbows.</think><answer>psoriasis</answer>"),  # unrelated
+        msg("melanoma probably"),  # malformed
+        msg("<think>" + "brown " * 200 + "</think><answer>melanoma</answer>"),  # overlong
+    ]
+    assert R.format_reward(None, completions) == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert R.exact_reward(None, completions, **cols) == [1.0, 0.0, 0.0, 0.0, 1.0]
+    credit = R.partial_credit_reward(None, completions, **cols)
+    assert credit[0] == 1.0 and 0 < credit[1] < 1 and credit[2] == 0.0 and credit[3] == 0.0
+    consistency = R.reasoning_consistency_reward(None, completions, **cols)
+    assert consistency[0] == 1.0 and consistency[3] == 0.0
+    kg = R.kg_score_reward(None, completions, **cols)
+    assert kg[0] > kg[1] > kg[2] and kg[3] < kg[0]
+    overlong = R.make_overlong_reward(64, 16)
+    ids = [list(range(n)) for n in (10, 48, 56, 64, 80)]
+    assert overlong(None, completions, completion_ids=ids) == [0.0, 0.0, -0.5, -1.0, -1.0]
+
+
+def test_mcq_rewards_use_the_letter():
+    cols = {"label": ["melanoma"] * 3, "options": [["melanocytic nevus", "melanoma", "psoriasis"]] * 3,
+            "answer": ["B"] * 3, "question_type": ["mcq"] * 3, "site": [""] * 3, "fitzpatrick": [0] * 3}
+    completions = [msg("<answer>B. melanoma</answer>"), msg("<answer>A</answer>"), msg("<answer>C</answer>")]
+    assert R.exact_reward(None, completions, **cols) == [1.0, 0.0, 0.0]
+    credit = R.partial_credit_reward(None, completions, **cols)
+    assert credit[0] == 1.0 and credit[1] > credit[2] == 0.0
+
+
+# ------------------------------------------------------------------ GRPO++ parts
+
+
+@pytest.fixture(scope="module")
+def grpo_data(recipe_data):
+    return recipe_dataset(recipe_data, ["grpo_prompt"])
+
+
+def test_curriculum_order_hint_fading_and_class_balance(grpo_data):
+    from dermvlm.training.grpo import order_prompts
+
+    plus = GRPOPlusSpec(curriculum=True, curriculum_noise=0.0, hints=True, hint_fade_until=0.5, class_balanced=True)
+    ordered = order_prompts(grpo_data, plus, 400, seed=0)
+    diff = ordered["difficulty"]
+    assert diff == sorted(diff)  # easy → hard
+    hinted = ["Hint:" in p[-1]["content"][-1]["text"] for p in ordered["prompt"]]
+    assert sum(hinted[:40]) >= 34 and not any(hinted[200:])  # hints early, none after the fade point
+    counts = Counter(ordered["label"])
+    raw = Counter(grpo_data["label"])
+    assert max(counts.values()) / min(counts.values()) < max(raw.values()) / min(raw.values())
+    assert order_prompts(grpo_data, None, 400, 0) is grpo_data  # plain GRPO: TRL's own shuffling
+
+
+def test_zero_variance_groups_are_filtered_and_replaced(trained_run, grpo_data, tmp_path):
+    from dermvlm.training.grpo import _make_trainer_class, grpo_config
+
+    def flat_for_melanoma(prompts, completions, label, **kwargs):
+        return [1.0 if lab == "melanoma" else float(len(R.completion_text(c)) % 7) for c, lab in
+                zip(completions, label, strict=True)]
+
+    spec = trained_run["spec"]
+    stage = StageSpec(name="g", kind="grpo", use_lora=False, trl={"max_steps": 1, "num_generations": 4,
+                                                                   "per_device_train_batch_size": 8,
+                                                                   "max_completion_length": 24})
+    args = grpo_config(stage, tmp_path, 0, "test")
+    from dermvlm.models.loading import load_model
+
+    model, processor = load_model(spec, trained_run["base"])
+    pool = grpo_data.filter(lambda r: r["label"] != "melanoma")
+    trainer = _make_trainer_class()(model=model, reward_funcs=[flat_for_melanoma], args=args, train_dataset=grpo_data,
+                                    processing_class=processor, zero_variance_filter=True, max_resample_rounds=3,
+                                    replacement_pool=pool)
+    trainer.model.train()
+    melanoma = [r for r in grpo_data if r["label"] == "melanoma"][:1]
+    other = [r for r in grpo_data if r["label"] != "melanoma"][:1]
+    batch = [r for r in melanoma + other for _ in range(4)]  # group 0 is flat by construction
+    out = trainer._generate_and_score_completions(batch)
+    metrics = trainer._metrics["train"]
+    assert metrics["zero_variance/frac_before"][-1] == 0.5
+    assert metrics["zero_variance/frac_after"][-1] == 0.0
+    adv = out["advantages"].view(-1, 4)
+    assert all(bool((row.abs() > 1e-8).any()) for row in adv)  # every group now carries signal
+    n = len(batch)
+    assert out["prompt_ids"].shape[0] == out["completion_ids"].shape[0] == n
+    assert out["prompt_mask"].shape == out["prompt_ids"].shape
+    assert out["image_grid_thw"].shape[0] == n
+    assert out["pixel_values"].shape[0] == int(out["image_grid_thw"].prod(-1).sum())
+    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop when train() runs
+    loss = trainer.compute_loss(trainer.model, out)  # the merged batch trains
+    assert torch.isfinite(loss)
+
+
+def test_grpo_plus_stage_with_lora_ref_sync_logs_everything(trained_run, grpo_data, tmp_path):
+    from dermvlm.training.grpo import run_grpo
+
+    stage = StageSpec(name="grpo", kind="grpo", use_lora=True,
+                      plus={"ref_sync_steps": 1, "ref_sync_alpha": 0.5, "max_resample_rounds": 1},
+                      trl={"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8,
+                           "max_completion_length": 48})
+    result = run_grpo(stage, trained_run["spec"], trained_run["base"], grpo_data, tmp_path / "grpo")
+    logged = result.log_history[0]
+    for key in ("reward", "rewards/format_reward/mean", "rewards/partial_credit_reward/mean",
+                "rewards/reasoning_consistency_reward/mean", "rewards/overlong_reward/mean", "frac_reward_zero_std",
+                "zero_variance/frac_before", "zero_variance/frac_after", "clip_ratio/region_mean", "kl", "entropy",
+                "completions/mean_length"):
+        assert key in logged, key
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert not (result.adapter_dir / "ref").exists()  # the reference adapter is not shipped
+    assert (result.model_dir / "model.safetensors").is_file() and (tmp_path / "grpo" / "curves.png").is_file()
+
+
+def test_dpo_policy_pairs_ranked_by_kg_with_margin(trained_run, grpo_data, tmp_path):
+    from dermvlm.training.dpo import run_dpo
+
+    stage = StageSpec(name="dpo", kind="dpo", pairs_from="policy", policy_samples=4, min_margin=0.1, max_prompts=8,
+                      sample_max_new_tokens=80, trl={"max_steps": 2})
+    result = run_dpo(stage, trained_run["spec"], trained_run["base"], grpo_data, tmp_path / "dpo")
+    stats = json.loads((tmp_path / "dpo" / "pairs_stats.json").read_text())
+    assert stats["sampler"] == "transformers" and stats["prompts"] == 8 and stats["pairs"] >= 1
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(tmp_path / "dpo" / "pairs"))
+    for c, r in zip(pairs["chosen_score"], pairs["rejected_score"], strict=True):
+        assert c - r >= 0.1
+    assert len(result.losses()) == 2
+
+
+def test_recipe_pairs_dpo_changes_weights(trained_run, recipe_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from dermvlm.training.dpo import run_dpo
+
+    pairs = recipe_dataset(recipe_data, ["preference_pair"])
+    stage = StageSpec(name="dpo", kind="dpo", use_lora=True, trl={"max_steps": 3, "learning_rate": 1e-3})
+    result = run_dpo(stage, trained_run["spec"], trained_run["base"], pairs, tmp_path / "dpo")
+    before = load_file(str(trained_run["base"] / "model.safetensors"))
+    after = load_file(str(result.model_dir / "model.safetensors"))
+    key = next(k for k in before if "layers.0.self_attn.q_proj.weight" in k)
+    assert not torch.equal(before[key], after[key])
+    stats = json.loads((tmp_path / "dpo" / "pairs_stats.json").read_text())
+    assert stats["pairs_from"] == "recipe" and stats["mean_margin"] > 0
+
+
+# ------------------------------------------------------------------ config errors before training
+
+
+def run_config(tmp_path: Path, stages: list[dict]) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
+    cfg.update(output_dir=str(tmp_path / "runs"), stages=stages)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize(("stage", "message"), [
+    ({"name": "g", "kind": "grpo", "trl": {"num_generations": 3, "per_device_train_batch_size": 8}},
+     r"stages\[0\] \(g\)\.trl: GRPOConfig rejects these settings: generation_batch_size \(8\) must be divisible by "
+     r"num_generations \(3\)"),
+    ({"name": "g", "kind": "grpo", "trl": {"loss_type": "dappo"}}, r"\.trl\.loss_type: 'dappo' is not one of grpo"),
+    ({"name": "g", "kind": "grpo", "trl": {"scale_rewards": "maybe"}}, r"scale_rewards: 'maybe' is not one of"),
+    ({"name": "g", "kind": "grpo", "trl": {"num_generation": 4}}, r"unknown GRPOConfig field 'num_generation' "
+                                                                  r"\(did you mean 'num_generations'\?\)"),
+    ({"name": "d", "kind": "dpo", "trl": {"betta": 0.1}}, r"unknown DPOConfig field 'betta' \(did you mean 'beta'"),
+])
+def test_bad_stage_settings_fail_before_training(tmp_path, stage, message):
+    from dermvlm.pipeline import run_pipeline
+
+    p = run_config(tmp_path, [stage])
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(load_config(p), str(p))
+    assert not (tmp_path / "runs" / "nano-cpu" / "data").exists()  # nothing was built or trained
+
+
+def test_schema_errors_for_stage_fields(tmp_path):
+    p = run_config(tmp_path, [{"name": "s", "kind": "sft", "plus": {}}])
+    with pytest.raises(ConfigError, match="'rewards' and 'plus' apply to kind grpo only"):
+        load_config(p)
+    p = run_config(tmp_path, [{"name": "g", "kind": "grpo", "rewards": {"exactt": 1.0}}])
+    with pytest.raises(ConfigError, match="unknown reward\\(s\\) exactt; allowed: exact, format"):
+        load_config(p)
+
+
+# ------------------------------------------------------------------ pipeline: chaining and kill -9 resume
+
+
+def test_pipeline_kill9_mid_stage_resumes_and_chains_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_cli_and_demo import small_config
+
+    cfg_path = small_config(tmp_path, {"pretrain": 60, "grpo": 2, "sft": 3, "dpo": 2},
+                            pretrain={"save_steps": 10})
+    cmd = [sys.executable, "-m", "dermvlm.cli", "pipeline", str(cfg_path)]
+    run = tmp_path / "runs" / "nano-cpu"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "pretrain" / "checkpoints" / "checkpoint-20").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "pipeline ended before the first checkpoints"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "pretrain" / "done.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((run / "pretrain" / "log_history.json").read_text())
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps[-1] == 60 and steps[0] == 1  # resumed from a checkpoint: the history runs on, whole
+    for stage in ("pretrain", "grpo", "sft", "dpo"):
+        assert (run / stage / "done.json").is_file() and (run / stage / "model" / "model.safetensors").is_file()
+    assert (run / "dpo" / "model" / "README.md").is_file()
+    def q_proj(stage: str):
+        tensors = load_file(str(run / stage / "model" / "model.safetensors"))
+        return next(v for k, v in tensors.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
+
+    weights = [q_proj(s) for s in ("pretrain", "grpo", "sft", "dpo")]
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(weights))  # each stage moved them
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["grpo"]["reward_end"] is not None and manifest["stages"]["pretrain"]["peak_rss_mb"] > 100
