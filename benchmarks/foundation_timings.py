@@ -26,13 +26,15 @@ OUT = Path(__file__).resolve().parent / "results" / "foundation_timings.json"
 def main() -> None:
     import openai
 
-    from dermvlm.config import ModelSpec, StageSpec
+    from dermvlm.config import ModelSpec, RecipeConfig, StageSpec, load_config
     from dermvlm.datasets.sample import load_sample_records
     from dermvlm.manifest import versions
     from dermvlm.models.nano import build_nano
-    from dermvlm.recipes.basic import DIAGNOSIS_QUESTION, diagnosis_sft_dataset
+    from dermvlm.recipes.build import build
+    from dermvlm.recipes.text import OPEN_QUESTIONS
     from dermvlm.serving.client import image_messages
     from dermvlm.serving.server import ServeOptions, VLLMServer
+    from dermvlm.training.common import recipe_dataset
     from dermvlm.training.sft import run_sft
 
     res: dict = {}
@@ -47,7 +49,9 @@ def main() -> None:
         build_nano(d / "micro", "micro", 0)
         res["micro_build_s"] = round(time.perf_counter() - t, 2)
         records = load_sample_records()
-        ds = diagnosis_sft_dataset(records)
+        build(load_config(Path(__file__).resolve().parents[1] / "data_recipes" / "sample.yaml", RecipeConfig),
+              d / "data", progress=False)
+        ds = recipe_dataset(d / "data", ["open_diagnosis"])
         spec = ModelSpec(name_or_path=str(base), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
         for name, lora, steps in (("full", False, 100), ("lora", True, 40)):
             r = run_sft(StageSpec(name=name, use_lora=lora, trl={"max_steps": steps, "learning_rate": 3e-3}),
@@ -63,7 +67,7 @@ def main() -> None:
             lat = []
             for img in images[:6]:
                 t = time.perf_counter()
-                client.chat.completions.create(model=srv.model_name, messages=image_messages(img, DIAGNOSIS_QUESTION),
+                client.chat.completions.create(model=srv.model_name, messages=image_messages(img, OPEN_QUESTIONS[0]),
                                                max_tokens=24, temperature=0)
                 lat.append(time.perf_counter() - t)
             res["vllm_first_request_s"] = round(lat[0], 3)
@@ -74,7 +78,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 await asyncio.gather(*[
                     aclient.chat.completions.create(model=srv.model_name, max_tokens=24, temperature=0,
-                                                    messages=image_messages(img, DIAGNOSIS_QUESTION))
+                                                    messages=image_messages(img, OPEN_QUESTIONS[0]))
                     for img in images
                 ])
                 return time.perf_counter() - t0

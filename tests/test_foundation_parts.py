@@ -57,5 +57,5 @@ def test_bundled_sample_is_cc0_or_cc_by_small_and_complete():
     assert files == {r["image"] for r in rows}  # nothing unlisted ships
     assert (root / "isic" / "LICENSE.txt").is_file() and "CC BY 4.0" in (root / "README.md").read_text()
     records = load_sample_records()
-    assert {r.label for r in records} >= {"melanoma", "melanocytic nevus", "basal cell carcinoma"}
+    assert {r.label for r in records} >= {"melanoma", "melanocytic_nevus", "basal_cell_carcinoma"}
     assert all(r.fitzpatrick in (None, 1, 2, 3, 4, 5, 6) for r in records)

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from dermvlm.config import ModelSpec, StageSpec
-from dermvlm.datasets.sample import load_sample_records
 from dermvlm.models.loading import load_model
-from dermvlm.recipes.basic import DIAGNOSIS_QUESTION, diagnosis_sft_dataset
+from dermvlm.recipes.text import OPEN_QUESTIONS
+from dermvlm.training.common import recipe_dataset
 from dermvlm.training.sft import run_sft
 
 
 def greedy(model, processor, image_path: str, n: int = 12) -> list[int]:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIAGNOSIS_QUESTION}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": OPEN_QUESTIONS[0]}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[Image.open(image_path).convert("RGB")], return_tensors="pt")
     with torch.no_grad():
@@ -24,10 +24,9 @@ def greedy(model, processor, image_path: str, n: int = 12) -> list[int]:
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def test_lora_sft_20_steps_on_16_real_images_lowers_loss(tmp_path, nano_dir):
-    records = load_sample_records(limit=16)
-    assert len(records) == 16 and len({r.label for r in records}) == 6
-    ds = diagnosis_sft_dataset(records)
+def test_lora_sft_20_steps_on_16_real_images_lowers_loss(tmp_path, nano_dir, recipe_data):
+    ds = recipe_dataset(recipe_data, ["open_diagnosis"]).shuffle(seed=0).select(range(16))  # one row per image
+    assert len({r["label"] for r in ds}) >= 4
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
     stage = StageSpec(name="sft", use_lora=True, trl={"max_steps": 20, "learning_rate": 5e-3})
     result = run_sft(stage, spec, nano_dir, ds, tmp_path / "sft")
@@ -58,8 +57,8 @@ def test_merged_model_matches_adapter_model(trained_run, isic_images):
     assert answered_tag  # the trained model writes the DermIQ format, so equality is not trivial
 
 
-def test_full_finetune_changes_weights_and_saves_standalone(tmp_path, nano_dir):
-    ds = diagnosis_sft_dataset(load_sample_records(limit=8))
+def test_full_finetune_changes_weights_and_saves_standalone(tmp_path, nano_dir, recipe_data):
+    ds = recipe_dataset(recipe_data, ["open_diagnosis"]).select(range(8))
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32")
     result = run_sft(StageSpec(name="full", use_lora=False, trl={"max_steps": 3}), spec, nano_dir, ds, tmp_path)
     assert result.adapter_dir is None

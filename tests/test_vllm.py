@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dermvlm.models.loading import load_model
-from dermvlm.recipes.basic import DIAGNOSIS_QUESTION
+from dermvlm.recipes.text import OPEN_QUESTIONS
 from dermvlm.serving.client import ask_about_image
 from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
 
@@ -34,7 +34,7 @@ def client(server):
 
 
 def transformers_answer(model, processor, image) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIAGNOSIS_QUESTION}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": OPEN_QUESTIONS[0]}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
     with torch.no_grad():
@@ -43,14 +43,14 @@ def transformers_answer(model, processor, image) -> str:
 
 
 def served_answer(client, model: str, image) -> str:
-    r = ask_about_image(client, model, image, DIAGNOSIS_QUESTION, max_tokens=N_TOKENS, temperature=0.0)
+    r = ask_about_image(client, model, image, OPEN_QUESTIONS[0], max_tokens=N_TOKENS, temperature=0.0)
     return r.choices[0].message.content
 
 
 def test_chat_completion_with_image(server, client, isic_images):
     assert server.options.host == "127.0.0.1"
     assert sorted(server.models()) == ["base", "derm"]
-    r = ask_about_image(client, "derm", isic_images[5], DIAGNOSIS_QUESTION, max_tokens=N_TOKENS)
+    r = ask_about_image(client, "derm", isic_images[5], OPEN_QUESTIONS[0], max_tokens=N_TOKENS)
     assert r.usage.prompt_tokens > 16  # the image tokens reached the model
     assert r.choices[0].message.content.startswith("<think>")  # the trained DermIQ format
 
@@ -70,7 +70,7 @@ def test_lora_by_name_equals_merged_model(trained_run, client, isic_images):
         answers.append(served)
     # The adapter is applied: the first token's log-probability differs between the two names.
     def first_logprob(name: str) -> float:
-        r = ask_about_image(client, name, isic_images[0], DIAGNOSIS_QUESTION, max_tokens=1, logprobs=True)
+        r = ask_about_image(client, name, isic_images[0], OPEN_QUESTIONS[0], max_tokens=1, logprobs=True)
         return r.choices[0].logprobs.content[0].logprob
 
     assert abs(first_logprob("derm") - first_logprob("base")) > 1e-4

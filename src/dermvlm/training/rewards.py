@@ -76,32 +76,28 @@ def format_reward(prompts, completions, **kwargs) -> list[float]:
     return out
 
 
+def diagnosis_credit(answer: str | None, col: dict) -> float:
+    """The graph's hierarchical credit for an answer (an MCQ letter counts as its option)."""
+    if answer is None:
+        return 0.0
+    return scorer().score(f"<answer>{resolve_choice(answer, col['options'])}</answer>", col["label"]).diagnosis_credit
+
+
 def exact_reward(prompts, completions, **kwargs) -> list[float]:
     out = []
     for c, col in zip(completions, _columns(kwargs, len(completions)), strict=True):
         answer = answer_of(completion_text(c))
-        if answer is None:
-            out.append(0.0)
-            continue
-        if col["options"] and col["answer"] and len(col["answer"]) == 1:
+        if answer is not None and col["options"] and col["answer"] and len(col["answer"]) == 1:
             m = LETTER_RE.match(answer)
             out.append(1.0 if m and m.group(1) == col["answer"] else 0.0)
-            continue
-        b = scorer().score(f"<answer>{resolve_choice(answer, col['options'])}</answer>", col["label"])
-        out.append(1.0 if b.diagnosis_credit == 1.0 else 0.0)
+        else:
+            out.append(1.0 if diagnosis_credit(answer, col) == 1.0 else 0.0)
     return out
 
 
 def partial_credit_reward(prompts, completions, **kwargs) -> list[float]:
-    out = []
-    for c, col in zip(completions, _columns(kwargs, len(completions)), strict=True):
-        answer = answer_of(completion_text(c))
-        if answer is None:
-            out.append(0.0)
-            continue
-        b = scorer().score(f"<answer>{resolve_choice(answer, col['options'])}</answer>", col["label"])
-        out.append(b.diagnosis_credit)
-    return out
+    return [diagnosis_credit(answer_of(completion_text(c)), col)
+            for c, col in zip(completions, _columns(kwargs, len(completions)), strict=True)]
 
 
 def reasoning_consistency_reward(prompts, completions, **kwargs) -> list[float]:
