@@ -212,6 +212,69 @@ def train(
     typer.echo(f"stage {names[0]} finished: {final}")
 
 
+@app.command("eval")
+def eval_cmd(
+    suite: Annotated[str, typer.Argument(help="A suite YAML (eval/*.yaml), or 'compare' followed by output folders.")],
+    folders: Annotated[list[Path] | None, typer.Argument(help="With 'compare': evaluation output folders.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+                        ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at --endpoint.")] = None,
+    serve: Annotated[Path | None, typer.Option(help="Serve this model folder with vLLM for the evaluation.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (predictions, metrics, report).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Concurrent requests.")] = 8,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items only.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --endpoint.")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="'dermiq', 'none' or a prompt (overrides the suite).")
+                             ] = None,
+    dtype: Annotated[str, typer.Option(help="dtype for --serve.")] = "auto",
+    max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 1024,
+    source: Annotated[str | None, typer.Option(help="Replace the suite's sources: adapter name.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Root folder for --source.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Your labels CSV.")] = None,
+    image_col: Annotated[str, typer.Option(help="Image column of --labels.")] = "image",
+    label_col: Annotated[str, typer.Option(help="Label column of --labels.")] = "label",
+) -> None:
+    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs."""
+    if suite == "compare":
+        from dermvlm.evaluation.report import compare
+
+        if not folders:
+            _fail("eval compare needs one or more output folders")
+        try:
+            typer.echo(compare(folders))
+        except FileNotFoundError as err:
+            _fail(str(err))
+        return
+    from dermvlm.config import SuiteConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.evaluation.runner import EndpointDown, EndpointOptions
+    from dermvlm.evaluation.suite import run_suite
+    from dermvlm.serving.server import ServerError
+
+    if (endpoint is None) == (serve is None):
+        _fail("give exactly one of --endpoint URL (with --model) and --serve MODEL_DIR")
+    if endpoint is not None and not model:
+        _fail("--endpoint needs --model NAME (the name the server answers to)")
+    try:
+        cfg = load_config(Path(suite), SuiteConfig)
+        out_dir = out or Path("runs") / "eval" / cfg.name
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
+        ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
+                             concurrency=concurrency)
+        result = run_suite(cfg, out_dir, ep if endpoint else EndpointOptions("", "", concurrency=concurrency),
+                           serve_model=serve, serve_options={"dtype": dtype, "max_model_len": max_model_len}
+                           if serve else None, overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
+                           system_prompt=system_prompt)
+    except (ConfigError, DatasetError, ServerError, EndpointDown, ValueError) as err:
+        _fail(str(err))
+    m = result["metrics"]
+    for kind, t in m["types"].items():
+        typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
+                   f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")
+    typer.echo(f"report: {out_dir / 'report.md'}")
+
+
 @app.command()
 def demo(
     config: Annotated[Path, typer.Argument(help="Run config.")] = Path("configs/nano-cpu.yaml"),
@@ -231,7 +294,12 @@ def demo(
     typer.echo(f"image:    {result.image} (label: {result.label})")
     typer.echo(f"question: {result.question}")
     typer.echo(f"answer:   {result.answer}")
-    typer.echo(f"(vLLM ready in {result.server_start_seconds:.0f} s; demo took {result.total_seconds:.0f} s)")
+    for name, rep in result.reports.items():
+        scores = ", ".join(f"{k} accuracy {v['accuracy']:.2f}" for k, v in rep.items() if isinstance(v, dict))
+        typer.echo(f"eval {name}: {scores}")
+        typer.echo(f"report:   {rep['report']}")
+    typer.echo(f"(vLLM ready and evaluated in {result.server_start_seconds:.0f} s; demo took "
+               f"{result.total_seconds:.0f} s)")
     typer.echo("note: a research tool trained for seconds on a tiny sample, not a medical diagnosis.")
 
 

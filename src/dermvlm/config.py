@@ -187,6 +187,7 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(min_length=1)
     serve: ServeSpec = ServeSpec()
     demo: DemoSpec = DemoSpec()
+    evaluate: list[str] = Field(default_factory=list)  # suites (eval/*.yaml) run on the final model, served by vLLM
     logging: Literal["none", "tensorboard", "trackio"] = "none"
 
     @model_validator(mode="after")
@@ -325,6 +326,37 @@ class RecipeConfig(Strict):
                 raise ValueError(f"kinds.{kind}.splits includes 'test': training data never comes from a test split")
         if not self.kinds.enabled():
             raise ValueError("kinds: enable at least one kind")
+        return self
+
+
+# ---------------------------------------------------------------- evaluation suites
+
+
+class SuiteConfig(Strict):
+    """An evaluation suite (``eval/*.yaml``): which images, which question types, how to ask."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    sources: list[SourceSpec] = Field(default_factory=list)
+    split: SplitName = "test"
+    split_fractions: SplitSpec = SplitSpec()
+    types: list[Literal["mcq", "open", "yes_no", "attribute"]] = Field(default_factory=lambda: ["mcq", "open"])
+    options: int = Field(default=4, ge=2, le=10)
+    distractors: Literal["graph", "dataset"] = "dataset"
+    abstention: bool = False  # non-skin photographs: the right answer is to say so
+    limit: int | None = Field(default=None, gt=0)
+    image: ImageSpec = ImageSpec()
+    system_prompt: str | None = "dermiq"  # "dermiq" (the documented DermIQ prompt), null, or a literal prompt
+    max_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    guided_format: bool = False  # vLLM structured output forces <think>…</think><answer>…</answer>
+    bootstrap: int = Field(default=1000, ge=0)
+
+    @model_validator(mode="after")
+    def _has_images(self) -> SuiteConfig:
+        if not self.sources and not self.abstention:
+            raise ValueError("sources: a suite needs at least one source (or abstention: true)")
         return self
 
 

@@ -1,15 +1,17 @@
-"""The demo: train the configured stages on the bundled sample, serve the result with vLLM, ask one question."""
+"""The demo: the whole pipeline on the config, then the served model's evaluation and one question about an image."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dermvlm.config import RunConfig
 from dermvlm.datasets.sample import load_sample_records
-from dermvlm.pipeline import run_pipeline
+from dermvlm.manifest import Manifest
+from dermvlm.pipeline import run_dir, run_pipeline, serve_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +25,17 @@ class DemoAnswer:
     label: str
     server_start_seconds: float
     total_seconds: float
+    reports: dict[str, Any] = field(default_factory=dict)
 
 
 def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:
-    """Stages → merged model → vLLM on ``cfg.serve.host`` → one chat completion with an image → stop."""
+    """Pipeline (data → stages → merged model) → vLLM on ``cfg.serve.host`` → suites → one chat completion → stop."""
     from openai import OpenAI
 
     from dermvlm.serving.client import ask_about_image
-    from dermvlm.serving.server import ServeOptions, VLLMServer
 
     started = time.perf_counter()
-    model_dir = run_pipeline(cfg, source)
+    model_dir = run_pipeline(cfg, source, evaluate=False)
     records = load_sample_records()
     record = records[0]
     if cfg.demo.image:
@@ -41,21 +43,19 @@ def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:
         if not matches:
             raise ValueError(f"{source}: demo.image: no bundled sample image named {cfg.demo.image!r}")
         record = matches[0]
-    s = cfg.serve
-    options = ServeOptions(
-        model=str(model_dir), host=s.host, port=s.port, api_key=s.api_key, dtype=s.dtype,
-        max_model_len=s.max_model_len, kv_cache_memory=s.kv_cache_memory, startup_timeout=s.startup_timeout,
-        served_model_name=cfg.name, seed=cfg.seed, log_file=str(model_dir.parent.parent / "serve.log"),
-    )
-    log.info("starting vLLM on %s:%s for %s", s.host, s.port or "(free port)", model_dir)
     t0 = time.perf_counter()
-    with VLLMServer(options) as server:
-        ready = time.perf_counter() - t0
-        client = OpenAI(base_url=server.base_url, api_key=s.api_key or "EMPTY", max_retries=2, timeout=120)
-        response = ask_about_image(client, server.model_name, record.image, cfg.demo.question,
-                                   max_tokens=cfg.demo.max_tokens)
-    return DemoAnswer(
-        model_dir=model_dir, image=record.image, question=cfg.demo.question,
-        answer=response.choices[0].message.content or "", label=record.label,
-        server_start_seconds=ready, total_seconds=time.perf_counter() - started,
-    )
+    ready: dict[str, float] = {}
+
+    def ask(server) -> str:
+        ready.setdefault("seconds", time.perf_counter() - t0)
+        client = OpenAI(base_url=server.base_url, api_key=cfg.serve.api_key or "EMPTY", max_retries=2, timeout=120)
+        r = ask_about_image(client, server.model_name, record.image, cfg.demo.question,
+                            max_tokens=cfg.demo.max_tokens)
+        return r.choices[0].message.content or ""
+
+    key = Manifest(run_dir(cfg)).data.get("final_model_key", str(model_dir))
+    reports, answer = serve_and_evaluate(cfg, model_dir, key, source, during=ask)
+    log.info("outputs in %s", run_dir(cfg))
+    return DemoAnswer(model_dir=model_dir, image=record.image, question=cfg.demo.question, answer=answer,
+                      label=record.label, server_start_seconds=ready.get("seconds", 0.0),
+                      total_seconds=time.perf_counter() - started, reports=reports)

@@ -182,8 +182,9 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | None = None,
-                 to_stage: str | None = None) -> Path:
-    """Run the data build and every stage not yet finished; return the final model folder."""
+                 to_stage: str | None = None, evaluate: bool = True) -> Path:
+    """Run the data build, every stage not yet finished and (``evaluate``) the config's evaluation suites on the
+    served final model; return the final model folder."""
     names = [s.name for s in cfg.stages]
     for flag, name in (("--from", from_stage), ("--to", to_stage)):
         if name is not None and name not in names:
@@ -231,8 +232,58 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
     if is_main_process() and (to_stage is None or to_stage == cfg.stages[-1].name):
         write_model_card(cfg, current, manifest)
         manifest.data["final_model"] = str(current)
+        manifest.data["final_model_key"] = upstream
         manifest.save()
+        if evaluate and cfg.evaluate:
+            reports, _ = serve_and_evaluate(cfg, current, upstream, source)
+            manifest.data["evaluation"] = reports
+            manifest.save()
     return current
+
+
+def resolve_path(path: str, source: str) -> Path:
+    """A path from a config: as given when it exists, else relative to the project root above ``configs/``."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or source == "<config>":
+        return p
+    candidate = Path(source).resolve().parent.parent / path
+    return candidate if candidate.exists() else p
+
+
+def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: str = "<config>", during=None
+                       ) -> tuple[dict[str, Any], Any]:
+    """Serve ``model_dir`` with vLLM once, run every suite of ``cfg.evaluate`` against it (outputs in
+    ``runs/<name>/eval/<suite>/``, reset when the model changes) and call ``during(server)`` while it is up."""
+    from dermvlm.config import SuiteConfig
+    from dermvlm.evaluation.runner import EndpointOptions
+    from dermvlm.evaluation.suite import run_suite
+    from dermvlm.serving.server import ServeOptions, VLLMServer
+
+    suites = [(resolve_path(p, source), load_config(resolve_path(p, source), SuiteConfig)) for p in cfg.evaluate]
+    s = cfg.serve
+    root = run_dir(cfg) / "eval"
+    options = ServeOptions(
+        model=str(model_dir), host=s.host, port=s.port, api_key=s.api_key, dtype=s.dtype,
+        max_model_len=s.max_model_len, kv_cache_memory=s.kv_cache_memory, startup_timeout=s.startup_timeout,
+        served_model_name=cfg.name, seed=cfg.seed, log_file=str(run_dir(cfg) / "serve.log"))
+    reports: dict[str, Any] = {}
+    log.info("serving %s with vLLM for evaluation", model_dir)
+    with VLLMServer(options) as server:
+        endpoint = EndpointOptions(base_url=server.base_url, model=server.model_name, api_key=s.api_key or "EMPTY")
+        for path, suite in suites:
+            out = root / suite.name
+            key_file = out / "model_key.txt"
+            if out.exists() and (not key_file.exists() or key_file.read_text() != model_key):
+                shutil.rmtree(out)  # answers of an earlier model must not be mixed in
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(key_file, model_key)
+            result = run_suite(suite, out, endpoint=endpoint, base=path.resolve().parent)
+            reports[suite.name] = {
+                "report": str(out / "report.md"),
+                **{kind: {k: t.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+                   for kind, t in result["metrics"]["types"].items()}}
+        extra = during(server) if during else None
+    return reports, extra
 
 
 def write_model_card(cfg: RunConfig, model_dir: Path, manifest: Manifest) -> Path:

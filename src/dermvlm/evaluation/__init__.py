@@ -1,0 +1,1 @@
+"""Evaluation against any OpenAI-compatible endpoint: items, answer parsing, metrics, reports."""

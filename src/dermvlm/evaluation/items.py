@@ -1,0 +1,73 @@
+"""Evaluation items for a suite: built with the data recipes' ``eval_item`` kind, or non-skin photographs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+from dermvlm.config import RecipeConfig, SuiteConfig
+from dermvlm.recipes.text import OPEN_QUESTIONS
+
+
+def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = None, base: Path | None = None
+                ) -> list[dict[str, Any]]:
+    """Rows with ``id``, ``question``, ``options``, ``answer``, ``type``, gold metadata and ``image`` (bytes)."""
+    rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
+    if suite.limit:
+        rows = rows[: suite.limit]
+    return rows
+
+
+def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:
+    from datasets import Image, List, load_from_disk
+
+    from dermvlm.recipes.build import build
+
+    recipe = RecipeConfig.model_validate({
+        "name": f"eval-{suite.name}", "seed": suite.seed, "sources": [s.model_dump() for s in suite.sources] or
+        [{"name": "sample"}], "image": suite.image.model_dump(), "split": suite.split_fractions.model_dump(),
+        "kinds": {"eval_item": {"splits": [suite.split], "types": suite.types, "options": suite.options,
+                                "distractors": suite.distractors}},
+    })
+    build(recipe, out, overrides, progress=False, base=base)
+    ds = load_from_disk(str(out / "eval_item"))
+    if suite.split not in ds:
+        return []
+    data = ds[suite.split].cast_column("images", List(Image(decode=False)))  # keep the stored bytes
+    rows = []
+    for row in data:
+        row = dict(row)
+        row["image"] = row.pop("images")[0]["bytes"]
+        rows.append(row)
+    return rows
+
+
+def nonskin_items(crops_per_image: int = 4) -> list[dict[str, Any]]:
+    """Real photographs that are not skin (scikit-learn's sample images: a temple and a flower), whole and cropped:
+    the right answer is to say the image is not of skin."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rows = []
+    data = load_sample_images()
+    for path, array in zip(data.filenames, data.images, strict=True):
+        im = Image.fromarray(array)
+        w, h = im.size
+        views = [im] + [im.crop((x, y, x + w // 2, y + h // 2)) for x, y in
+                        [(0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2)][:crops_per_image]]
+        for i, view in enumerate(views):
+            view = view.copy()
+            view.thumbnail((384, 384))
+            buf = io.BytesIO()
+            view.save(buf, "JPEG", quality=90)
+            data_bytes = buf.getvalue()
+            rows.append({
+                "id": hashlib.sha256(data_bytes).hexdigest()[:16], "question": OPEN_QUESTIONS[0], "options": [],
+                "answer": "abstain", "type": "abstention", "label": "not_skin", "label_name": "not skin",
+                "dataset": f"sklearn:{Path(path).name}#{i}", "split": "test", "group_id": Path(path).stem,
+                "fitzpatrick": 0, "fitzpatrick_group": "", "site": "", "malignancy": "", "source_label": "not skin",
+                "image": data_bytes,
+            })
+    return rows

@@ -1,0 +1,152 @@
+"""``report.md`` and PNG plots (confusion matrix, per-class recall, per-Fitzpatrick accuracy) for one evaluation,
+and the side-by-side table of ``dermvlm eval compare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dermvlm.io import atomic_write_text
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list | tuple) and len(v) == 2:
+        return f"[{v[0]:.3f}, {v[1]:.3f}]"
+    return "" if v is None else str(v)
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    made = []
+    primary = result["metrics"]["types"].get(result["metrics"]["primary"] or "", {})
+    conf = primary.get("confusion")
+    if conf:
+        m = np.array(conf["matrix"], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(conf["columns"]), 1.0 + 0.5 * len(conf["labels"])))
+        ax.imshow(m, cmap="Blues")
+        ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(conf["labels"])), conf["labels"], fontsize=8)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        ax.set_title(f"confusion matrix ({result['metrics']['primary']})")
+        made.append(_save(fig, out_dir / "confusion_matrix.png"))
+    per = primary.get("per_class")
+    if per:
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(per) + 2), 3.5))
+        ax.bar(range(len(per)), [v["recall"] for v in per.values()])
+        ax.set_xticks(range(len(per)), list(per), rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("recall")
+        ax.set_title("per-class recall")
+        made.append(_save(fig, out_dir / "per_class.png"))
+    fitz = primary.get("strata", {}).get("fitzpatrick")
+    if fitz:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.bar(list(fitz), [v["accuracy"] for v in fitz.values()])
+        for i, v in enumerate(fitz.values()):
+            ax.text(i, v["accuracy"], f"n={v['n']}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy")
+        ax.set_title("accuracy by Fitzpatrick type")
+        made.append(_save(fig, out_dir / "per_fitzpatrick.png"))
+    return made
+
+
+def write_report(result: dict[str, Any], out_dir: Path) -> Path:
+    """The human-readable report of one run of one suite."""
+    m = result["metrics"]
+    lines = [f"# {result['suite']}: {result['model']}", "",
+             f"{result.get('description', '')}", "",
+             f"- endpoint: `{result['endpoint']}`, {m['n']} items, {m['errors']} request errors, "
+             f"format compliance {m['format_compliance']:.3f}",
+             f"- latency p50 {_fmt(m['latency']['p50_s'])} s, p95 {_fmt(m['latency']['p95_s'])} s, "
+             f"{_fmt(m['latency']['tokens_per_s_per_request'])} tokens/s per request", ""]
+    lines += ["| type | n | accuracy [95% CI] | balanced acc. [95% CI] | macro-F1 [95% CI] | unparsable | abstained |",
+              "|---|---|---|---|---|---|---|"]
+    for kind, t in m["types"].items():
+        ci = t.get("ci95", {})
+        lines.append(f"| {kind} | {t['n']} | {_fmt(t.get('accuracy'))} {_fmt(ci.get('accuracy'))} | "
+                     f"{_fmt(t.get('balanced_accuracy'))} {_fmt(ci.get('balanced_accuracy'))} | "
+                     f"{_fmt(t.get('macro_f1'))} {_fmt(ci.get('macro_f1'))} | {_fmt(t.get('unparsable_rate'))} | "
+                     f"{_fmt(t.get('abstention_rate'))} |")
+    for kind, t in m["types"].items():
+        extra = []
+        if "hierarchical_accuracy" in t:
+            extra.append("hierarchical accuracy by taxonomy level: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.3f}" for k, v in t["hierarchical_accuracy"].items()))
+        if "top3_from_differential" in t:
+            extra.append(f"top-3 from the stated differential: {t['top3_from_differential']:.3f}")
+        if t.get("malignancy"):
+            s = t["malignancy"]
+            extra.append(f"malignancy (incl. premalignant) sensitivity {_fmt(s['sensitivity'])}, specificity "
+                         f"{_fmt(s['specificity'])} (tp {s['tp']}, fn {s['fn']}, tn {s['tn']}, fp {s['fp']})")
+        if "kg_factuality" in t:
+            f = t["kg_factuality"]
+            extra.append(f"KG factuality: mean score {f['mean_score']:.3f}, contradicted claims per answer "
+                         f"{f['contradicted_claims_per_answer']:.3f}, hallucination rate {f['hallucination_rate']:.3f},"
+                         f" referral advised when a malignancy is in play {f['referral_when_malignancy_in_play']:.3f}")
+        if extra:
+            lines += ["", f"**{kind}**", ""] + [f"- {e}" for e in extra]
+    primary = m["types"].get(m["primary"] or "", {})
+    if primary.get("per_class"):
+        lines += ["", f"## Per class ({m['primary']})", "", "| class | precision | recall | F1 | support |",
+                  "|---|---|---|---|---|"]
+        for lab, v in primary["per_class"].items():
+            lines.append(f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+    for name in ("fitzpatrick", "site"):
+        st = primary.get("strata", {}).get(name)
+        if st:
+            lines += ["", f"## By {name} ({m['primary']})", "", f"| {name} | n | accuracy |", "|---|---|---|"]
+            lines += [f"| {g} | {v['n']} | {v['accuracy']:.3f} |" for g, v in st.items()]
+    for png in ("confusion_matrix.png", "per_class.png", "per_fitzpatrick.png"):
+        if (out_dir / png).exists():
+            lines += ["", f"![{png[:-4]}]({png})"]
+    lines += ["", "Research use only: these numbers describe a model on a benchmark, not a diagnostic device.", ""]
+    return atomic_write_text(out_dir / "report.md", "\n".join(lines))
+
+
+KEYS = [("items", lambda m: m["n"]), ("format", lambda m: m["format_compliance"]),
+        ("p50 latency s", lambda m: m["latency"]["p50_s"])]
+
+
+def compare(dirs: list[Path]) -> str:
+    """A markdown table of several runs' headline metrics, side by side."""
+    rows = []
+    for d in dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: no metrics.json (not an evaluation output folder)")
+        rows.append((Path(d), json.loads(path.read_text())))
+    header = ["metric", *[f"{r['suite']} / {r['model']} ({d.name})" for d, r in rows]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    kinds = sorted({k for _, r in rows for k in r["metrics"]["types"]})
+    for kind in kinds:
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "unparsable_rate"):
+            vals = [_fmt(r["metrics"]["types"].get(kind, {}).get(key)) for _, r in rows]
+            if any(vals):
+                lines.append(f"| {kind} {key.replace('_', ' ')} | " + " | ".join(vals) + " |")
+    for name, get in KEYS:
+        lines.append(f"| {name} | " + " | ".join(_fmt(get(r["metrics"])) for _, r in rows) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""From predictions to metrics: parse every answer, then accuracy, balanced accuracy, macro-F1 with bootstrap CIs,
+per-class precision/recall, confusion matrix, top-k from the stated differential, hierarchical accuracy per taxonomy
+level, format compliance, KG factuality, malignancy sensitivity/specificity, abstention, strata, latency."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from dermvlm.evaluation import metrics as M
+from dermvlm.evaluation.parsing import parse
+from dermvlm.knowledge import KGScorer, KnowledgeGraph
+
+RISKY = ("malignant", "premalignant")
+
+
+def _level(kg: KnowledgeGraph, node: str | None, depth: int) -> str | None:
+    if node is None or not kg.has(node):
+        return None
+    path = kg.category_path(node)
+    return path[depth] if len(path) > depth else None
+
+
+def score_predictions(preds: list[dict[str, Any]], kg: KnowledgeGraph, bootstrap: int = 1000, seed: int = 0
+                      ) -> dict[str, Any]:
+    """Metrics by question type, plus an overall block for the primary type (mcq, else open, else the first)."""
+    scorer = KGScorer(kg)
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in preds:
+        parsed = parse(p.get("response"), p, kg)
+        p["parsed"] = {"prediction": parsed.prediction, "mode": parsed.mode, "reason": parsed.reason,
+                       "format_ok": parsed.format_ok, "differential": parsed.differential}
+        by_type[p["type"].split(":")[0]].append(p)
+    out: dict[str, Any] = {"n": len(preds), "types": {}}
+    for kind, rows in sorted(by_type.items()):
+        out["types"][kind] = _score_type(kind, rows, kg, scorer, bootstrap, seed)
+    primary = next((t for t in ("mcq", "open", "abstention", "yes_no") if t in out["types"]), None)
+    out["primary"] = primary
+    lat = [p["latency_s"] for p in preds if p.get("latency_s") is not None and not p.get("error")]
+    tokens = [(p.get("completion_tokens") or 0, p["latency_s"]) for p in preds if p.get("latency_s")]
+    rate = sum(t for t, _ in tokens) / max(1e-9, sum(s for _, s in tokens)) if tokens else None
+    out["latency"] = {"p50_s": M.percentile(lat, 50), "p95_s": M.percentile(lat, 95),
+                      "tokens_per_s_per_request": round(rate, 2) if rate is not None else None}
+    out["errors"] = sum(1 for p in preds if p.get("error"))
+    out["format_compliance"] = round(sum(p["parsed"]["format_ok"] for p in preds) / max(1, len(preds)), 4)
+    return out
+
+
+def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, scorer: KGScorer, bootstrap: int,
+                seed: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"n": len(rows)}
+    modes = defaultdict(int)
+    for r in rows:
+        modes[r["parsed"]["mode"]] += 1
+    res["parse_modes"] = dict(modes)
+    res["unparsable_rate"] = round(modes["unparsable"] / len(rows), 4)
+    if kind == "abstention":
+        abstained = [r["parsed"]["prediction"] == "abstain" for r in rows]
+        res["abstention_rate"] = round(sum(abstained) / len(rows), 4)
+        res["accuracy"] = res["abstention_rate"]
+        return res
+    y_true, y_pred, correct = [], [], []
+    predicted_nodes: list[str | None] = []
+    for r in rows:
+        pred = r["parsed"]["prediction"]
+        if kind == "mcq":
+            options = r.get("options") or []
+            node_name = options["ABCDEFGHIJ".index(pred)] if pred and "ABCDEFGHIJ".index(pred) < len(options) else None
+            ok = pred == r["answer"]
+            y_true.append(r["label_name"])
+            y_pred.append(node_name if node_name else M.UNPARSABLE)
+            node = _node_of(kg, node_name)
+        elif kind == "open":
+            node = pred if pred not in (None, "abstain") else None
+            ok = bool(node) and kg.covers(r["label"], node)
+            y_true.append(r["label"])
+            y_pred.append(r["label"] if ok else (node or M.UNPARSABLE))
+        else:  # yes_no, attribute
+            ok = pred is not None and str(pred).strip().lower().rstrip(".") == str(r["answer"]).strip().lower()
+            y_true.append(str(r["answer"]))
+            y_pred.append(str(pred) if pred is not None else M.UNPARSABLE)
+            node = None
+        correct.append(ok)
+        predicted_nodes.append(node)
+    res.update(
+        accuracy=round(M.accuracy(y_true, y_pred), 4), balanced_accuracy=round(M.balanced_accuracy(y_true, y_pred), 4),
+        macro_f1=round(M.macro_f1(y_true, y_pred), 4),
+        ci95={"accuracy": M.bootstrap_ci(M.accuracy, y_true, y_pred, bootstrap, seed),
+              "balanced_accuracy": M.bootstrap_ci(M.balanced_accuracy, y_true, y_pred, bootstrap, seed + 1),
+              "macro_f1": M.bootstrap_ci(M.macro_f1, y_true, y_pred, bootstrap, seed + 2)},
+        per_class=M.per_class(y_true, y_pred), confusion=M.confusion(y_true, y_pred),
+        abstention_rate=round(sum(r["parsed"]["prediction"] == "abstain" for r in rows) / len(rows), 4),
+        strata={"fitzpatrick": M.strata([r.get("fitzpatrick_group") or "" for r in rows], correct),
+                "site": M.strata([r.get("site") or "" for r in rows], correct)},
+    )
+    if kind in ("mcq", "open"):
+        gold_nodes = [r["label"] for r in rows]
+        levels = {}
+        for depth in (1, 2, 3):
+            pairs = [(_level(kg, g, depth), _level(kg, p, depth)) for g, p in zip(gold_nodes, predicted_nodes,
+                                                                                  strict=True)]
+            scored = [(g, p) for g, p in pairs if g is not None]
+            if scored:
+                levels[f"level_{depth}"] = round(sum(g == p for g, p in scored) / len(scored), 4)
+        res["hierarchical_accuracy"] = levels
+        truth = [kg.malignancy(g) in RISKY for g in gold_nodes]
+        said = [bool(p) and kg.malignancy(p) in RISKY for p in predicted_nodes]
+        res["malignancy"] = M.sensitivity_specificity(truth, said)
+    if kind == "open":
+        top3 = []
+        for r, node in zip(rows, predicted_nodes, strict=True):
+            stated = ([node] if node else []) + [d for d in r["parsed"]["differential"] if d != node]
+            top3.append(any(kg.covers(r["label"], d) for d in stated[:3]))
+        res["top3_from_differential"] = round(sum(top3) / len(rows), 4)
+        breakdowns = [scorer.score(r.get("response"), r["label"], site=r.get("site") or None,
+                                   fitzpatrick=r.get("fitzpatrick") or None) for r in rows]
+        res["kg_factuality"] = {
+            "mean_score": round(sum(b.score for b in breakdowns) / len(rows), 4),
+            "contradicted_claims_per_answer": round(sum(len(b.contradicted) for b in breakdowns) / len(rows), 4),
+            "hallucination_rate": round(sum(bool(b.unknown_diseases) for b in breakdowns) / len(rows), 4),
+            "referral_when_malignancy_in_play": round(
+                sum(b.referral_advised for b in breakdowns if b.malignancy_in_play)
+                / max(1, sum(b.malignancy_in_play for b in breakdowns)), 4),
+        }
+    return res
+
+
+def _node_of(kg: KnowledgeGraph, name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return kg.resolve(name)
+    except KeyError:
+        return None
