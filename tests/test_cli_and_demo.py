@@ -25,8 +25,8 @@ def test_version_and_help_list_only_working_commands():
     assert r.exit_code == 0
     listed = {line.split()[1] for line in r.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
     assert {"serve", "demo", "nano", "model", "config"} <= listed
-    assert {"pipeline", "train", "kg", "data"} <= listed
-    assert not listed & {"eval", "bench"}  # registered only once they work
+    assert {"pipeline", "train", "kg", "data", "eval"} <= listed
+    assert "bench" not in listed  # registered only once it works
 
 
 def test_nano_build_and_merge_commands(tmp_path, trained_run):
@@ -89,4 +89,6 @@ def test_demo_prints_an_answer_from_the_served_model(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     answer = next(line for line in proc.stdout.splitlines() if line.startswith("answer:"))
     assert len(answer.removeprefix("answer:").strip()) > 10  # a tiny model trained for seconds: any real text
-    assert "vLLM ready in" in proc.stdout
+    assert "vLLM ready and evaluated in" in proc.stdout
+    report = next(line for line in proc.stdout.splitlines() if line.startswith("report:")).split()[-1]
+    assert (tmp_path / report).is_file() and "| mcq |" in (tmp_path / report).read_text()

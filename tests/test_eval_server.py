@@ -59,9 +59,10 @@ def test_suite_end_to_end_report_plots_and_compare(server, tmp_path, recipe_data
     from datasets import Image as HFImage
     from datasets import List, load_from_disk
 
-    train = load_from_disk(str(recipe_data / "open_diagnosis"))["train"].cast_column("images", List(HFImage(decode=False)))
+    raw = List(HFImage(decode=False))
+    train = load_from_disk(str(recipe_data / "open_diagnosis"))["train"].cast_column("images", raw)
     train_images = {row["images"][0]["bytes"] for row in train}
-    items = load_from_disk(str(out / "items" / "eval_item"))["test"].cast_column("images", List(HFImage(decode=False)))
+    items = load_from_disk(str(out / "items" / "eval_item"))["test"].cast_column("images", raw)
     assert not train_images & {row["images"][0]["bytes"] for row in items}
     run_suite(suite, tmp_path / "b", endpoint=endpoint(server, 8), base=SUITE.parent, limit=12, show_progress=False)
     r = CliRunner().invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
