@@ -44,12 +44,14 @@ def test_nano_build_and_merge_commands(tmp_path, trained_run):
     assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output
 
 
-def small_config(tmp_path: Path, steps: dict[str, int] | None = None, **trl: dict) -> Path:
-    """configs/nano-cpu.yaml with fewer steps per stage (and extra TRL settings per stage name)."""
+def small_config(tmp_path: Path, steps: dict[str, int] | None = None, evaluate: bool = False, **trl: dict) -> Path:
+    """configs/nano-cpu.yaml with fewer steps per stage (and extra TRL settings per stage name); its evaluation
+    suites only when ``evaluate``."""
     steps = {"pretrain": 100, "grpo": 2, "sft": 4, "dpo": 2, **(steps or {})}
     cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "runs")
     cfg["data"]["recipe"] = str(ROOT / "data_recipes" / "sample.yaml")
+    cfg["evaluate"] = [str(ROOT / p) for p in cfg.get("evaluate", [])] if evaluate else []
     for stage in cfg["stages"]:
         stage["trl"]["max_steps"] = steps[stage["name"]]
         stage["trl"].update(trl.get(stage["name"], {}))
@@ -83,7 +85,7 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
 @pytest.mark.vllm
 def test_demo_prints_an_answer_from_the_served_model(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "dermvlm.cli", "demo", str(small_config(tmp_path))],
+        [sys.executable, "-m", "dermvlm.cli", "demo", str(small_config(tmp_path, evaluate=True))],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -146,3 +146,37 @@ def test_evaluation_resumes_after_the_server_is_killed(trained_run, tmp_path, se
     for kind, t in reference["metrics"]["types"].items():
         for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "unparsable_rate"):
             assert resumed["metrics"]["types"][kind][key] == t[key], (kind, key)
+
+
+def test_guided_decoding_guarantees_the_dermiq_format(server):
+    from dermvlm.evaluation.parsing import FORMAT_RE
+    from dermvlm.evaluation.runner import FORMAT_REGEX
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=120)
+    r = client.chat.completions.create(model="derm", messages=[{"role": "user", "content": "What is this rash?"}],
+                                       max_tokens=200, temperature=1.0, seed=1,
+                                       extra_body={"structured_outputs": {"regex": FORMAT_REGEX}})
+    assert FORMAT_RE.match(r.choices[0].message.content), r.choices[0].message.content
+
+
+def test_serve_command_stops_cleanly_on_sigterm(trained_run, tmp_path):
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "dermvlm.cli", "serve", str(trained_run["merged"]), "--port", "0",
+                             "--dtype", "float32", "--log-file", str(tmp_path / "serve.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = None
+    deadline = time.monotonic() + 300
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        url = m.group(1) if m else None
+        assert proc.poll() is None or url, "serve exited before it was ready"
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+        assert r.status == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=2)
