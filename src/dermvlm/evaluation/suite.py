@@ -31,7 +31,10 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     if serve_model is not None:
         from dermvlm.serving.server import ServeOptions, VLLMServer
 
-        opts = ServeOptions(model=str(serve_model), log_file=str(out / "server.log"), **(serve_options or {}))
+        folder = Path(serve_model)
+        name = f"{folder.parent.name}" if folder.name == "model" else None  # runs/<run>/<stage>/model → <stage>
+        opts = ServeOptions(model=str(folder), log_file=str(out / "server.log"), served_model_name=name,
+                            **(serve_options or {}))
         with VLLMServer(opts) as server:
             endpoint = EndpointOptions(base_url=server.base_url, model=server.model_name,
                                        api_key=opts.api_key or "EMPTY",
