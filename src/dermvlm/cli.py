@@ -29,6 +29,14 @@ kg_app = typer.Typer(help="The dermatology knowledge graph: stats, nodes, paths,
                      no_args_is_help=True)
 app.add_typer(kg_app, name="kg")
 
+# Options shared by `data build` and `eval`: a command-line source replaces the recipe's (or suite's) sources.
+SourceOpt = Annotated[str | None, typer.Option(help="Replace the declared sources: adapter name.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Root folder for --source.")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")]
+LabelsOpt = Annotated[Path | None, typer.Option(help="Your labels CSV.")]
+ImageColOpt = Annotated[str, typer.Option(help="Image column of --labels.")]
+LabelColOpt = Annotated[str, typer.Option(help="Label column of --labels.")]
+
 
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
@@ -228,12 +236,12 @@ def eval_cmd(
                              ] = None,
     dtype: Annotated[str, typer.Option(help="dtype for --serve.")] = "auto",
     max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 1024,
-    source: Annotated[str | None, typer.Option(help="Replace the suite's sources: adapter name.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Root folder for --source.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Your labels CSV.")] = None,
-    image_col: Annotated[str, typer.Option(help="Image column of --labels.")] = "image",
-    label_col: Annotated[str, typer.Option(help="Label column of --labels.")] = "label",
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
 ) -> None:
     """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs."""
     if suite == "compare":
@@ -326,12 +334,12 @@ def source_overrides(source: str | None, root: Path | None, images: Path | None,
 def data_build(
     recipe: Annotated[Path, typer.Argument(help="A recipe YAML from data_recipes/.")],
     out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
-    source: Annotated[str | None, typer.Option(help="Replace the recipe's sources: adapter name.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Root folder for --source.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Your labels CSV.")] = None,
-    image_col: Annotated[str, typer.Option(help="Image column of --labels.")] = "image",
-    label_col: Annotated[str, typer.Option(help="Label column of --labels.")] = "label",
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
     group_col: Annotated[str | None, typer.Option(help="Patient/lesion column of --labels.")] = None,
 ) -> None:
     """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv)."""

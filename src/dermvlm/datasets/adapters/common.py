@@ -151,3 +151,16 @@ def index_images(root: Path, exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", "
             out.setdefault(p.stem, p)
             out.setdefault(p.name, p)
     return out
+
+
+def rows_with_images(rows: list[dict[str, str]], found: dict[str, Path], key: str
+                     ) -> tuple[list[tuple[dict[str, str], Path]], list[tuple[str, str]]]:
+    """Pair each CSV row with its image file (looked up by ``row[key]``); rows without one are skipped, with why."""
+    paired, skipped = [], []
+    for r in rows:
+        path = found.get(r[key])
+        if path is None:
+            skipped.append((r[key], "image file not found"))
+        else:
+            paired.append((r, path))
+    return paired, skipped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dermvlm.datasets.adapters.common import RawRow, index_images, parse_fitzpatrick, read_csv
+from dermvlm.datasets.adapters.common import RawRow, index_images, parse_fitzpatrick, read_csv, rows_with_images
 
 SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
 
@@ -12,13 +12,9 @@ SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
 def load(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
     root = Path(root)
     rows = read_csv(root / "metadata.csv", required=("patient_id", "img_id", "diagnostic"))
-    images = index_images(root)
-    out, skipped = [], []
-    for r in rows:
-        path = images.get(r["img_id"])
-        if path is None:
-            skipped.append((r["img_id"], "image file not found"))
-            continue
+    paired, skipped = rows_with_images(rows, index_images(root), "img_id")
+    out = []
+    for r, path in paired:
         meta = {k: r[k] for k in ("age", "gender", "diameter_1", "diameter_2", "biopsed", "lesion_id") if r.get(k)}
         meta["symptoms"] = [s for s in SYMPTOMS if r.get(s) == "True"]
         out.append(RawRow(image=str(path), source_label=r["diagnostic"], group_id=r["patient_id"],
