@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: setup setup-gpu demo test lint clean
+.PHONY: setup setup-gpu demo test lint clean bench bench-learning bench-throughput
 
 setup: $(STAMP)
 
@@ -34,6 +34,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests
+
+# Benchmarks (long; not part of the tests): the DermaMNIST learning benchmark (about 2 hours on 2 cores: 3 seeds x
+# 4 arms + 7 ablations, resumable), then every throughput benchmark side by side. Results: benchmarks/results/.
+bench: bench-learning bench-throughput
+
+bench-learning: $(STAMP)
+	$(VENV)/bin/python benchmarks/learning/run.py
+	$(VENV)/bin/python benchmarks/learning/report.py
+
+bench-throughput: $(STAMP)
+	$(VENV)/bin/python benchmarks/throughput.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "runs" / "nano-cpu" / "dpo" / "model"))
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--skip-suite", action="store_true", help="only vLLM vs transformers")
     a = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import openai
@@ -53,13 +55,15 @@ def main() -> None:
         with VLLMServer(ServeOptions(model=str(model), dtype="float32", served_model_name="m",
                                      log_file=str(d / "server.log"))) as srv:
             t = time.perf_counter()
-            result = run_suite(suite, d / "suite", endpoint=EndpointOptions(srv.base_url, "m", concurrency=16),
-                               base=ROOT / "eval", show_progress=False)
-            res["suite_items"] = result["metrics"]["n"]
-            res["suite_seconds"] = round(time.perf_counter() - t, 1)
-            res["suite_metrics"] = {k: {m: v.get(m) for m in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                               "unparsable_rate")}
-                                    for k, v in result["metrics"]["types"].items()}
+            endpoint = EndpointOptions(srv.base_url, "m", concurrency=16)
+            result = None if a.skip_suite else run_suite(suite, d / "suite", endpoint=endpoint, base=ROOT / "eval",
+                                                         show_progress=False)
+            if result is not None:
+                res["suite_items"] = result["metrics"]["n"]
+                res["suite_seconds"] = round(time.perf_counter() - t, 1)
+                res["suite_metrics"] = {k: {m: v.get(m) for m in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                                   "unparsable_rate")}
+                                        for k, v in result["metrics"]["types"].items()}
 
             async def burst() -> float:
                 client = openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
@@ -99,8 +103,8 @@ def main() -> None:
                max_tokens=a.max_tokens, concurrency=16, targets={"suite_seconds": 300, "ratio": 10},
                machine={"platform": platform.platform(), "cpus": os.cpu_count()}, versions=versions(),
                date=datetime.now(UTC).isoformat(timespec="seconds"))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2) + "\n")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("versions", "machine")}, indent=2))
 
 

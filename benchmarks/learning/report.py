@@ -1,0 +1,289 @@
+"""Tabulate and plot the learning benchmark (after ``run.py``): ``benchmarks/results/learning.json``, a markdown
+table (``benchmarks/results/learning.md``) and learning-curve plots (``benchmarks/results/learning/*.png``).
+
+Per arm: accuracy, balanced accuracy and macro-F1 on the DermaMNIST test split, mean over seeds with a 95%
+bootstrap interval over test items (predictions of every seed pooled), val beside it, per-class recall, wall time
+and peak memory per stage; the paired bootstrap difference of GRPO++ against SFT-only and plain GRPO; the published
+MedMNIST v2 baselines beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arms import ABLATIONS, BUDGET, MAIN_ARMS, ROOT
+
+from dermvlm.evaluation import metrics as M
+
+# MedMNIST v2 (Yang et al., Scientific Data 2023), DermaMNIST test ACC: see ../shared/data/dermamnist/SOURCES.md.
+BASELINES = {"ResNet-18 (28 px)": 0.735, "ResNet-18 (224 px)": 0.754, "ResNet-50 (28 px)": 0.735,
+             "auto-sklearn": 0.719, "AutoKeras": 0.749, "Google AutoML Vision": 0.768}
+TARGETS = {"accuracy": 0.75, "max_params": 20_000_000, "max_train_minutes": 60, "grpo_plus_over_sft_balanced": 0.03}
+ARM_ORDER = ["pretrain", *MAIN_ARMS, *ABLATIONS]
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def load_predictions(run: Path, suite: str) -> list[dict[str, Any]] | None:
+    path = run / "eval" / suite / "predictions.jsonl"
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+_KG = None
+
+
+def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(gold, predicted) classes of open answers, read as the evaluation reads them (``evaluation/score.py``): a
+    prediction the gold class covers counts as the gold class; anything else, unparsable included, as a miss."""
+    global _KG
+    from dermvlm.evaluation.parsing import parse
+    from dermvlm.knowledge import load_graph
+
+    _KG = _KG or load_graph()
+    y_true, y_pred = [], []
+    for p in preds:
+        node = parse(p.get("response"), p, _KG).prediction
+        node = node if node not in (None, "abstain") else None
+        ok = bool(node) and _KG.covers(p["label"], node)
+        y_true.append(p["label"])
+        y_pred.append(p["label"] if ok else (node or M.UNPARSABLE))
+    return y_true, y_pred
+
+
+def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
+    per_seed: dict[int, Any] = {}
+    pooled_true: list[str] = []
+    pooled_pred: list[str] = []
+    for seed, run in sorted(runs.items()):
+        test = load_predictions(run, "learning_test")
+        val = load_predictions(run, "learning_val")
+        if test is None:
+            continue
+        yt, yp = pairs(test)
+        pooled_true += yt
+        pooled_pred += yp
+        entry: dict[str, Any] = {"test": {m: round(getattr(M, m)(yt, yp), 4) for m in METRICS}}
+        entry["test"]["ci95"] = {m: M.bootstrap_ci(getattr(M, m), yt, yp, 1000, seed) for m in METRICS}
+        entry["test"]["per_class_recall"] = {k: round(v["recall"], 4) for k, v in M.per_class(yt, yp).items()}
+        if val is not None:
+            vt, vp = pairs(val)
+            entry["val"] = {m: round(getattr(M, m)(vt, vp), 4) for m in METRICS}
+        entry["stages"] = stage_info(run)
+        per_seed[seed] = entry
+    if not per_seed:
+        return {}
+    mean = {m: round(sum(e["test"][m] for e in per_seed.values()) / len(per_seed), 4) for m in METRICS}
+    spread = {m: [min(e["test"][m] for e in per_seed.values()), max(e["test"][m] for e in per_seed.values())]
+              for m in METRICS}
+    ci = {m: M.bootstrap_ci(getattr(M, m), pooled_true, pooled_pred, 1000, 0) for m in METRICS}
+    classes = sorted({c for e in per_seed.values() for c in e["test"]["per_class_recall"]})
+    recall = {c: round(sum(e["test"]["per_class_recall"].get(c, 0.0) for e in per_seed.values()) / len(per_seed), 4)
+              for c in classes}
+    val_mean = None
+    if all("val" in e for e in per_seed.values()):
+        val_mean = {m: round(sum(e["val"][m] for e in per_seed.values()) / len(per_seed), 4) for m in METRICS}
+    seconds = [sum(s.get("seconds", 0) for s in e["stages"].values()) for e in per_seed.values()]
+    return {"seeds": sorted(per_seed), "test_mean": mean, "test_seed_range": spread, "test_ci95_pooled": ci,
+            "val_mean": val_mean, "per_class_recall_mean": recall,
+            "post_training_seconds_mean": round(sum(seconds) / len(seconds), 1), "per_seed": per_seed}
+
+
+def stage_info(run: Path) -> dict[str, Any]:
+    out = {}
+    for done in sorted(run.glob("*/done.json")):
+        info = json.loads(done.read_text())
+        out[done.parent.name] = {k: info.get(k) for k in ("kind", "steps", "seconds", "peak_rss_mb", "first_loss",
+                                                           "last_loss", "reward_start", "reward_end", "pairs")}
+    return out
+
+
+def paired_delta(a_runs: dict[int, Path], b_runs: dict[int, Path], metric: str, n: int = 1000) -> dict[str, Any]:
+    """Mean over shared seeds of metric(a) - metric(b), with a paired bootstrap over test items."""
+    seeds = sorted(set(a_runs) & set(b_runs))
+    data = []
+    for s in seeds:
+        a, b = load_predictions(a_runs[s], "learning_test"), load_predictions(b_runs[s], "learning_test")
+        if a is None or b is None:
+            continue
+        bmap = {p["id"]: p for p in b}
+        common = [p for p in a if p["id"] in bmap]
+        data.append((pairs(common), pairs([bmap[p["id"]] for p in common])))
+    if not data:
+        return {}
+    fn = getattr(M, metric)
+    point = sum(fn(*da) - fn(*db) for da, db in data) / len(data)
+    rng = random.Random(0)
+    draws = []
+    for _ in range(n):
+        total = 0.0
+        for (ta, pa), (_, pb) in data:
+            idx = [rng.randrange(len(ta)) for _ in range(len(ta))]
+            yt = [ta[i] for i in idx]
+            total += fn(yt, [pa[i] for i in idx]) - fn(yt, [pb[i] for i in idx])
+        draws.append(total / len(data))
+    draws.sort()
+    return {"delta": round(point, 4), "ci95": [round(draws[int(0.025 * n)], 4), round(draws[int(0.975 * n) - 1], 4)],
+            "seeds": seeds}
+
+
+def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per stage, the logged training loss (SFT, DPO) or mean reward (GRPO) by step."""
+    out = {}
+    for hist in sorted(run.glob("*/log_history.json")):
+        rows = json.loads(hist.read_text())
+        key = "reward" if any("reward" in r for r in rows) else "loss"
+        out[f"{hist.parent.name}:{key}"] = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+    return out
+
+
+def plot(arms: dict[str, dict[int, Path]], summary: dict[str, Any], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    # Pretrain loss per seed.
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for seed, run in sorted(arms.get("pretrain", {}).items()):
+        for pts in curves(run).values():
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=f"seed {seed}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("SFT loss")
+    ax.set_title("pretrain (micro, from scratch)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "pretrain_loss.png", dpi=110)
+    plt.close(fig)
+    written.append(str(out_dir / "pretrain_loss.png"))
+    # Post-training curves, one panel per arm, one line per seed and stage.
+    shown = [a for a in ARM_ORDER if a != "pretrain" and a in arms]
+    if shown:
+        cols = 4
+        rows = (len(shown) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        for ax, arm in zip(axes.flat, shown, strict=False):
+            for seed, run in sorted(arms[arm].items()):
+                for name, pts in curves(run).items():
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), label=f"s{seed} {name}")
+            ax.set_title(arm)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(shown):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out_dir / "post_training_curves.png", dpi=110)
+        plt.close(fig)
+        written.append(str(out_dir / "post_training_curves.png"))
+    # Test metrics per arm beside the published baselines.
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = [a for a in ARM_ORDER if summary.get(a)]
+    for j, metric in enumerate(METRICS):
+        xs = [i + (j - 1) * 0.27 for i in range(len(names))]
+        ys = [summary[a]["test_mean"][metric] for a in names]
+        err = [[y - (summary[a]["test_ci95_pooled"][metric] or [y, y])[0] for a, y in zip(names, ys, strict=True)],
+               [(summary[a]["test_ci95_pooled"][metric] or [y, y])[1] - y for a, y in zip(names, ys, strict=True)]]
+        ax.bar(xs, ys, width=0.27, yerr=err, label=metric, capsize=2)
+    for label, acc in (("ResNet-18 28px", 0.735), ("AutoML Vision", 0.768)):
+        ax.axhline(acc, ls="--", lw=0.8, color="grey")
+        ax.text(len(names) - 0.5, acc, f"{label} ACC {acc}", fontsize=7, va="bottom", ha="right")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("DermaMNIST test (micro model, served by vLLM); 95% bootstrap CI")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "test_metrics.png", dpi=110)
+    plt.close(fig)
+    written.append(str(out_dir / "test_metrics.png"))
+    return written
+
+
+def fmt_ci(v: float, ci: list[float] | None) -> str:
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    arms = result["arms"]
+    lines = ["| arm | seeds | test accuracy | test balanced acc. | test macro-F1 | val acc. | val bal. acc. | "
+             "post-training s |", "|---|---|---|---|---|---|---|---|"]
+    for arm in ARM_ORDER:
+        a = arms.get(arm)
+        if not a:
+            continue
+        t, ci, v = a["test_mean"], a["test_ci95_pooled"], a["val_mean"] or {}
+        lines.append(f"| {arm} | {len(a['seeds'])} | {fmt_ci(t['accuracy'], ci['accuracy'])} | "
+                     f"{fmt_ci(t['balanced_accuracy'], ci['balanced_accuracy'])} | "
+                     f"{fmt_ci(t['macro_f1'], ci['macro_f1'])} | {v.get('accuracy', float('nan')):.3f} | "
+                     f"{v.get('balanced_accuracy', float('nan')):.3f} | {a['post_training_seconds_mean']} |")
+    for name, acc in BASELINES.items():
+        lines.append(f"| MedMNIST v2: {name} | – | {acc:.3f} | – | – | – | – | – |")
+    classes = sorted({c for a in arms.values() if a for c in a["per_class_recall_mean"]})
+    lines += ["", "Per-class test recall (mean over seeds):", "",
+              "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for arm in ARM_ORDER:
+        a = arms.get(arm)
+        if a:
+            lines.append(f"| {arm} | " + " | ".join(f"{a['per_class_recall_mean'].get(c, 0):.3f}" for c in classes)
+                         + " |")
+    lines += ["", "Paired differences on test (mean over seeds, 95% paired bootstrap CI):", ""]
+    for key, d in result["comparisons"].items():
+        if d:
+            lines.append(f"- {key}: {d['delta']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] (seeds {d['seeds']})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    from dermvlm.manifest import versions
+
+    arms: dict[str, dict[int, Path]] = {}
+    for run in sorted(p for p in args.runs.glob("s*-*") if p.is_dir()):
+        seed, arm = run.name.split("-", 1)
+        arms.setdefault(arm, {})[int(seed[1:])] = run
+    summary = {arm: summarize_arm(runs) for arm, runs in arms.items()}
+    comparisons = {}
+    for metric in ("balanced_accuracy", "accuracy"):
+        for a, b in (("grpo_plus", "sft_only"), ("grpo_plus", "plain_grpo"), ("dermiq", "sft_only"),
+                     ("plain_grpo", "sft_only")):
+            if a in arms and b in arms:
+                comparisons[f"{a} - {b} ({metric})"] = paired_delta(arms[a], arms[b], metric)
+    params = None
+    base = next(iter(arms.get("pretrain", {}).values()), None)
+    if base is not None and (base / "base" / "dermvlm_nano.json").exists():
+        params = json.loads((base / "base" / "dermvlm_nano.json").read_text()).get("parameters")
+    pretrain_minutes = [e["stages"].get("pretrain", {}).get("seconds", 0) / 60
+                        for e in summary.get("pretrain", {}).get("per_seed", {}).values()]
+    result = {
+        "benchmark": "DermaMNIST learning benchmark (micro model from scratch, served by vLLM)",
+        "config": "configs/dermamnist-micro.yaml", "budget_post_training_sequences": BUDGET,
+        "parameters": params, "pretrain_minutes": [round(m, 1) for m in pretrain_minutes],
+        "arms": summary, "comparisons": comparisons, "baselines_medmnist_v2_test_acc": BASELINES, "targets": TARGETS,
+        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+                    "processor": platform.processor()},
+        "versions": versions(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    result["plots"] = plot(arms, summary, args.out / "learning")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learning.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "learning.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
