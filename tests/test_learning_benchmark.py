@@ -10,7 +10,7 @@ import pytest
 from dermvlm.config import RunConfig, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
-import arms  # noqa: E402
+import arms
 
 
 def sequences(stage: dict) -> int:
@@ -50,3 +50,21 @@ def test_pretrain_config_builds_the_seeded_micro_model_on_the_train_split(tmp_pa
 
     recipe = load_config(Path(__file__).resolve().parents[1] / cfg.data.recipe, RecipeConfig)
     assert all(spec.splits == ["train"] for spec in recipe.kinds.enabled().values())
+
+
+def test_report_bootstrap_metrics_match_the_evaluation_metrics():
+    import random
+
+    import report
+
+    from dermvlm.evaluation import metrics as M
+
+    rng = random.Random(3)
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    y_true = [rng.choice(classes[:6]) for _ in range(400)]
+    y_pred = [rng.choice([*classes, M.UNPARSABLE]) for _ in range(400)]  # off-list and unparsable answers are misses
+    t, p, k = report._encode(y_true, y_pred)
+    for metric in report.METRICS:
+        assert report._fast(metric, t, p, k) == pytest.approx(getattr(M, metric)(y_true, y_pred), abs=1e-12)
+    lo, hi = report.fast_ci("balanced_accuracy", y_true, y_pred, n=200)
+    assert lo < M.balanced_accuracy(y_true, y_pred) < hi

@@ -2,7 +2,7 @@
 table (``benchmarks/results/learning.md``) and learning-curve plots (``benchmarks/results/learning/*.png``).
 
 Per arm: accuracy, balanced accuracy and macro-F1 on the DermaMNIST test split, mean over seeds with a 95%
-bootstrap interval over test items (predictions of every seed pooled), val beside it, per-class recall, wall time
+bootstrap interval of that mean (test items resampled within each seed), val beside it, per-class recall, wall time
 and peak memory per stage; the paired bootstrap difference of GRPO++ against SFT-only and plain GRPO; the published
 MedMNIST v2 baselines beside them.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +40,60 @@ def load_predictions(run: Path, suite: str) -> list[dict[str, Any]] | None:
 _KG = None
 
 
+def _encode(y_true: list[str], y_pred: list[str]):
+    import numpy as np
+
+    classes = sorted(set(y_true))
+    index = {c: i for i, c in enumerate(classes)}
+    t = np.array([index[c] for c in y_true])
+    p = np.array([index.get(c, -1) for c in y_pred])  # anything outside the gold classes is a miss
+    return t, p, len(classes)
+
+
+def _fast(metric: str, t, p, k: int) -> float:
+    """accuracy / balanced accuracy / macro-F1 on integer labels (the same definitions as evaluation.metrics)."""
+    import numpy as np
+
+    if metric == "accuracy":
+        return float((t == p).mean())
+    tp = np.bincount(t[t == p], minlength=k).astype(float)
+    support = np.bincount(t, minlength=k).astype(float)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(k), where=present)
+    if metric == "balanced_accuracy":
+        return float(recall[present].mean())
+    predicted = np.bincount(p[p >= 0], minlength=k).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    return float(f1[present].mean())
+
+
+def fast_ci(metric: str, y_true: list[str], y_pred: list[str], n: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap over items (seeded), vectorised with numpy."""
+    return mean_ci(metric, [(y_true, y_pred)], n, seed)
+
+
+def mean_ci(metric: str, runs: list[tuple[list[str], list[str]]], n: int = 1000, seed: int = 0
+            ) -> list[float] | None:
+    """Bootstrap interval of the mean over runs (seeds) of ``metric``: each draw resamples every run's test items
+    and averages the runs' metrics, so the interval belongs to the reported mean."""
+    import numpy as np
+
+    if not runs or any(len(t) < 2 for t, _ in runs):
+        return None
+    encoded = [_encode(t, p) for t, p in runs]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        total = 0.0
+        for t, p, k in encoded:
+            i = rng.integers(0, len(t), len(t))
+            total += _fast(metric, t[i], p[i], k)
+        draws.append(total / len(encoded))
+    return [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
+
+
 def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(gold, predicted) classes of open answers, read as the evaluation reads them (``evaluation/score.py``): a
     prediction the gold class covers counts as the gold class; anything else, unparsable included, as a miss."""
@@ -61,18 +114,16 @@ def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
     per_seed: dict[int, Any] = {}
-    pooled_true: list[str] = []
-    pooled_pred: list[str] = []
+    seed_pairs: list[tuple[list[str], list[str]]] = []
     for seed, run in sorted(runs.items()):
         test = load_predictions(run, "learning_test")
         val = load_predictions(run, "learning_val")
         if test is None:
             continue
         yt, yp = pairs(test)
-        pooled_true += yt
-        pooled_pred += yp
+        seed_pairs.append((yt, yp))
         entry: dict[str, Any] = {"test": {m: round(getattr(M, m)(yt, yp), 4) for m in METRICS}}
-        entry["test"]["ci95"] = {m: M.bootstrap_ci(getattr(M, m), yt, yp, 1000, seed) for m in METRICS}
+        entry["test"]["ci95"] = {m: fast_ci(m, yt, yp, 1000, seed) for m in METRICS}
         entry["test"]["per_class_recall"] = {k: round(v["recall"], 4) for k, v in M.per_class(yt, yp).items()}
         if val is not None:
             vt, vp = pairs(val)
@@ -84,7 +135,7 @@ def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
     mean = {m: round(sum(e["test"][m] for e in per_seed.values()) / len(per_seed), 4) for m in METRICS}
     spread = {m: [min(e["test"][m] for e in per_seed.values()), max(e["test"][m] for e in per_seed.values())]
               for m in METRICS}
-    ci = {m: M.bootstrap_ci(getattr(M, m), pooled_true, pooled_pred, 1000, 0) for m in METRICS}
+    ci = {m: mean_ci(m, seed_pairs, 1000, 0) for m in METRICS}
     classes = sorted({c for e in per_seed.values() for c in e["test"]["per_class_recall"]})
     recall = {c: round(sum(e["test"]["per_class_recall"].get(c, 0.0) for e in per_seed.values()) / len(per_seed), 4)
               for c in classes}
@@ -92,7 +143,7 @@ def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
     if all("val" in e for e in per_seed.values()):
         val_mean = {m: round(sum(e["val"][m] for e in per_seed.values()) / len(per_seed), 4) for m in METRICS}
     seconds = [sum(s.get("seconds", 0) for s in e["stages"].values()) for e in per_seed.values()]
-    return {"seeds": sorted(per_seed), "test_mean": mean, "test_seed_range": spread, "test_ci95_pooled": ci,
+    return {"seeds": sorted(per_seed), "test_mean": mean, "test_seed_range": spread, "test_ci95": ci,
             "val_mean": val_mean, "per_class_recall_mean": recall,
             "post_training_seconds_mean": round(sum(seconds) / len(seconds), 1), "per_seed": per_seed}
 
@@ -119,19 +170,25 @@ def paired_delta(a_runs: dict[int, Path], b_runs: dict[int, Path], metric: str, 
         data.append((pairs(common), pairs([bmap[p["id"]] for p in common])))
     if not data:
         return {}
+    import numpy as np
+
     fn = getattr(M, metric)
     point = sum(fn(*da) - fn(*db) for da, db in data) / len(data)
-    rng = random.Random(0)
+    rng = np.random.default_rng(0)
+    encoded = []
+    for (ta, pa), (_, pb) in data:
+        t, a, k = _encode(ta, pa)
+        _, b, _ = _encode(ta, pb)
+        encoded.append((t, a, b, k))
     draws = []
     for _ in range(n):
         total = 0.0
-        for (ta, pa), (_, pb) in data:
-            idx = [rng.randrange(len(ta)) for _ in range(len(ta))]
-            yt = [ta[i] for i in idx]
-            total += fn(yt, [pa[i] for i in idx]) - fn(yt, [pb[i] for i in idx])
+        for t, a, b, k in encoded:
+            i = rng.integers(0, len(t), len(t))
+            total += _fast(metric, t[i], a[i], k) - _fast(metric, t[i], b[i], k)
         draws.append(total / len(data))
-    draws.sort()
-    return {"delta": round(point, 4), "ci95": [round(draws[int(0.025 * n)], 4), round(draws[int(0.975 * n) - 1], 4)],
+    return {"delta": round(point, 4),
+            "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)],
             "seeds": seeds}
 
 
@@ -193,8 +250,9 @@ def plot(arms: dict[str, dict[int, Path]], summary: dict[str, Any], out_dir: Pat
     for j, metric in enumerate(METRICS):
         xs = [i + (j - 1) * 0.27 for i in range(len(names))]
         ys = [summary[a]["test_mean"][metric] for a in names]
-        err = [[y - (summary[a]["test_ci95_pooled"][metric] or [y, y])[0] for a, y in zip(names, ys, strict=True)],
-               [(summary[a]["test_ci95_pooled"][metric] or [y, y])[1] - y for a, y in zip(names, ys, strict=True)]]
+        cis = [summary[a]["test_ci95"][metric] or [y, y] for a, y in zip(names, ys, strict=True)]
+        err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis, strict=True)],
+               [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis, strict=True)]]
         ax.bar(xs, ys, width=0.27, yerr=err, label=metric, capsize=2)
     for label, acc in (("ResNet-18 28px", 0.735), ("AutoML Vision", 0.768)):
         ax.axhline(acc, ls="--", lw=0.8, color="grey")
@@ -217,12 +275,12 @@ def fmt_ci(v: float, ci: list[float] | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     arms = result["arms"]
     lines = ["| arm | seeds | test accuracy | test balanced acc. | test macro-F1 | val acc. | val bal. acc. | "
-             "post-training s |", "|---|---|---|---|---|---|---|---|"]
+             "training s |", "|---|---|---|---|---|---|---|---|"]
     for arm in ARM_ORDER:
         a = arms.get(arm)
         if not a:
             continue
-        t, ci, v = a["test_mean"], a["test_ci95_pooled"], a["val_mean"] or {}
+        t, ci, v = a["test_mean"], a["test_ci95"], a["val_mean"] or {}
         lines.append(f"| {arm} | {len(a['seeds'])} | {fmt_ci(t['accuracy'], ci['accuracy'])} | "
                      f"{fmt_ci(t['balanced_accuracy'], ci['balanced_accuracy'])} | "
                      f"{fmt_ci(t['macro_f1'], ci['macro_f1'])} | {v.get('accuracy', float('nan')):.3f} | "
