@@ -113,6 +113,10 @@ def main() -> None:
     (RESULTS / "throughput.json").write_text(json.dumps(out, indent=2) + "\n")
     md = markdown(table)
     (RESULTS / "throughput.md").write_text(md)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_tables import update_readme
+
+    update_readme("throughput", md)
     print(md)
 
 

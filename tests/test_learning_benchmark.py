@@ -68,3 +68,15 @@ def test_report_bootstrap_metrics_match_the_evaluation_metrics():
         assert report._fast(metric, t, p, k) == pytest.approx(getattr(M, metric)(y_true, y_pred), abs=1e-12)
     lo, hi = report.fast_ci("balanced_accuracy", y_true, y_pred, n=200)
     assert lo < M.balanced_accuracy(y_true, y_pred) < hi
+
+
+def test_readme_tables_replace_only_their_block(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from readme_tables import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:begin -->\nold | table\n<!-- t:end -->\noutro\n")
+    assert update_readme("t", "| new |\n", readme)
+    assert readme.read_text() == "intro\n<!-- t:begin -->\n| new |\n<!-- t:end -->\noutro\n"
+    assert not update_readme("missing", "x", readme)
+    assert "| new |" in readme.read_text()

@@ -285,6 +285,10 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt_ci(t['balanced_accuracy'], ci['balanced_accuracy'])} | "
                      f"{fmt_ci(t['macro_f1'], ci['macro_f1'])} | {v.get('accuracy', float('nan')):.3f} | "
                      f"{v.get('balanced_accuracy', float('nan')):.3f} | {a['post_training_seconds_mean']} |")
+    maj = result.get("majority_class")
+    if maj:
+        lines.append(f"| always the majority class ({maj['class']}) | – | {maj['accuracy']:.3f} | "
+                     f"{1 / maj['classes']:.3f} | – | – | – | – |")
     for name, acc in BASELINES.items():
         lines.append(f"| MedMNIST v2: {name} | – | {acc:.3f} | – | – | – | – | – |")
     classes = sorted({c for a in arms.values() if a for c in a["per_class_recall_mean"]})
@@ -306,6 +310,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="leave README.md's table as it is")
     args = ap.parse_args()
     from dermvlm.manifest import versions
 
@@ -320,6 +325,10 @@ def main() -> None:
                      ("plain_grpo", "sft_only")):
             if a in arms and b in arms:
                 comparisons[f"{a} - {b} ({metric})"] = paired_delta(arms[a], arms[b], metric)
+    for ablation in ABLATIONS:  # each switch off against GRPO++ with every switch on, same seed
+        if ablation in arms and "grpo_plus" in arms:
+            comparisons[f"{ablation} - grpo_plus (balanced_accuracy)"] = paired_delta(
+                arms[ablation], arms["grpo_plus"], "balanced_accuracy")
     params = None
     base = next(iter(arms.get("pretrain", {}).values()), None)
     if base is not None and (base / "base" / "dermvlm_nano.json").exists():
@@ -335,11 +344,23 @@ def main() -> None:
                     "processor": platform.processor()},
         "versions": versions(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    any_run = next((r for runs in arms.values() for r in runs.values()
+                    if (r / "eval" / "learning_test" / "predictions.jsonl").exists()), None)
+    if any_run is not None:
+        gold = [p["label"] for p in load_predictions(any_run, "learning_test")]
+        top = max(set(gold), key=gold.count)
+        result["majority_class"] = {"class": top, "accuracy": round(gold.count(top) / len(gold), 4),
+                                    "classes": len(set(gold))}
     result["plots"] = plot(arms, summary, args.out / "learning")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (args.out / "learning.md").write_text(table)
+    if args.readme:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from readme_tables import update_readme
+
+        update_readme("learning", table)
     print(table)
 
 
