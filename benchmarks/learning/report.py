@@ -10,6 +10,7 @@ MedMNIST v2 baselines beside them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -35,9 +36,6 @@ def load_predictions(run: Path, suite: str) -> list[dict[str, Any]] | None:
     if not path.exists():
         return None
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-_KG = None
 
 
 def _encode(y_true: list[str], y_pred: list[str]):
@@ -94,22 +92,21 @@ def mean_ci(metric: str, runs: list[tuple[list[str], list[str]]], n: int = 1000,
     return [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
 
 
-def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(gold, predicted) classes of open answers, read as the evaluation reads them (``evaluation/score.py``): a
-    prediction the gold class covers counts as the gold class; anything else, unparsable included, as a miss."""
-    global _KG
-    from dermvlm.evaluation.parsing import parse
+@functools.cache
+def _graph():
     from dermvlm.knowledge import load_graph
 
-    _KG = _KG or load_graph()
-    y_true, y_pred = [], []
-    for p in preds:
-        node = parse(p.get("response"), p, _KG).prediction
-        node = node if node not in (None, "abstain") else None
-        ok = bool(node) and _KG.covers(p["label"], node)
-        y_true.append(p["label"])
-        y_pred.append(p["label"] if ok else (node or M.UNPARSABLE))
-    return y_true, y_pred
+    return load_graph()
+
+
+def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(gold, predicted) classes of open answers, read exactly as the evaluation reads them."""
+    from dermvlm.evaluation.parsing import parse
+    from dermvlm.evaluation.score import open_label_pair
+
+    kg = _graph()
+    rows = [open_label_pair(p["label"], parse(p.get("response"), p, kg).prediction, kg) for p in preds]
+    return [t for t, _ in rows], [q for _, q in rows]
 
 
 def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:

@@ -46,6 +46,15 @@ def score_predictions(preds: list[dict[str, Any]], kg: KnowledgeGraph, bootstrap
     return out
 
 
+def open_label_pair(label: str, prediction: str | None, kg: KnowledgeGraph) -> tuple[str, str]:
+    """(gold, predicted) classes of an open answer: a prediction the gold class covers counts as the gold class;
+    anything else keeps its own name, and no answer is ``UNPARSABLE``."""
+    node = prediction if prediction not in (None, "abstain") else None
+    if node and kg.covers(label, node):
+        return label, label
+    return label, node or M.UNPARSABLE
+
+
 def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, scorer: KGScorer, bootstrap: int,
                 seed: int) -> dict[str, Any]:
     res: dict[str, Any] = {"n": len(rows)}
@@ -71,10 +80,11 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
             y_pred.append(node_name if node_name else M.UNPARSABLE)
             node = _node_of(kg, node_name)
         elif kind == "open":
+            gold, got = open_label_pair(r["label"], pred, kg)
             node = pred if pred not in (None, "abstain") else None
-            ok = bool(node) and kg.covers(r["label"], node)
-            y_true.append(r["label"])
-            y_pred.append(r["label"] if ok else (node or M.UNPARSABLE))
+            ok = got == gold
+            y_true.append(gold)
+            y_pred.append(got)
         else:  # yes_no, attribute
             ok = pred is not None and str(pred).strip().lower().rstrip(".") == str(r["answer"]).strip().lower()
             y_true.append(str(r["answer"]))
