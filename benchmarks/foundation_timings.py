@@ -26,7 +26,7 @@ OUT = Path(__file__).resolve().parent / "results" / "foundation_timings.json"
 def main() -> None:
     import openai
 
-    from dermvlm.config import ModelSpec, RecipeConfig, StageSpec, load_config
+    from dermvlm.config import ModelSpec, RecipeConfig, load_config, make_stage
     from dermvlm.datasets.sample import load_sample_records
     from dermvlm.manifest import versions
     from dermvlm.models.nano import build_nano
@@ -54,7 +54,7 @@ def main() -> None:
         ds = recipe_dataset(d / "data", ["open_diagnosis"])
         spec = ModelSpec(name_or_path=str(base), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
         for name, lora, steps in (("full", False, 100), ("lora", True, 40)):
-            r = run_sft(StageSpec(name=name, use_lora=lora, trl={"max_steps": steps, "learning_rate": 3e-3}),
+            r = run_sft(make_stage(name=name, use_lora=lora, trl={"max_steps": steps, "learning_rate": 3e-3}),
                         spec, base if name == "full" else d / "full" / "model", ds, d / name)
             train = next(h for h in r.log_history if "train_runtime" in h)
             res[f"sft_{name}_steps_per_s_batch4"] = round(steps / train["train_runtime"], 1)

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=300)
     a = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from dermvlm.config import ModelSpec, RecipeConfig, StageSpec, load_config
+    from dermvlm.config import ModelSpec, RecipeConfig, load_config, make_stage
     from dermvlm.manifest import versions
     from dermvlm.models.nano import build_nano
     from dermvlm.recipes.build import build
@@ -49,7 +49,7 @@ def main() -> None:
         build(load_config(ROOT / "data_recipes" / "sample.yaml", RecipeConfig), data, progress=False)
         build_nano(d / "base", "nano", 0)
         spec = ModelSpec(name_or_path=str(d / "base"), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
-        pre = run_sft(StageSpec(name="pretrain", use_lora=False,
+        pre = run_sft(make_stage(name="pretrain", use_lora=False,
                                 trl={"max_steps": a.pretrain_steps, "learning_rate": 3e-3}),
                       spec, d / "base", recipe_dataset(data, ["reasoning_trace", "mcq", "open_diagnosis"]), d / "pre")
         prompts = recipe_dataset(data, ["grpo_prompt"])
@@ -57,9 +57,9 @@ def main() -> None:
                "max_completion_length": 160, "learning_rate": 1e-4, "save_strategy": "no"}
         # Zero-weight rewards are logged but do not train: both arms report exact and partial credit alike.
         arms = {
-            "plain_grpo": StageSpec(name="plain", kind="grpo", trl=trl,
+            "plain_grpo": make_stage(name="plain", kind="grpo", trl=trl,
                                     rewards={"format": 0.2, "exact": 1.0, "partial_credit": 0.0}),
-            "grpo_plus": StageSpec(name="plus", kind="grpo", trl=trl,
+            "grpo_plus": make_stage(name="plus", kind="grpo", trl=trl,
                                    rewards={"format": 0.2, "partial_credit": 1.0, "reasoning_consistency": 0.3,
                                             "overlong": 0.2, "exact": 0.0},
                                    plus={"max_resample_rounds": 1, "ref_sync_steps": 4}),

@@ -53,15 +53,15 @@ def recipe_data(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, nano_dir, recipe_data):
     """A short full-parameter pretrain on recipe data, then a LoRA SFT on it: a model that answers in the DermIQ
     format (``base`` is the pretrained model, ``merged`` the LoRA stage merged into it)."""
-    from dermvlm.config import ModelSpec, StageSpec
+    from dermvlm.config import ModelSpec, make_stage
     from dermvlm.training.common import recipe_dataset
     from dermvlm.training.sft import run_sft
 
     out = tmp_path_factory.mktemp("run")
     ds = recipe_dataset(recipe_data, ["reasoning_trace", "open_diagnosis", "mcq"])
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
-    pre = run_sft(StageSpec(name="pretrain", use_lora=False, trl={"max_steps": 150, "learning_rate": 3e-3}),
+    pre = run_sft(make_stage(name="pretrain", use_lora=False, trl={"max_steps": 150, "learning_rate": 3e-3}),
                   spec, nano_dir, ds, out / "pretrain")
-    sft = run_sft(StageSpec(name="sft", use_lora=True, trl={"max_steps": 15, "learning_rate": 2e-3}),
+    sft = run_sft(make_stage(name="sft", use_lora=True, trl={"max_steps": 15, "learning_rate": 2e-3}),
                   spec, pre.model_dir, ds, out / "sft")
     return {"base": pre.model_dir, "adapter": sft.adapter_dir, "merged": sft.model_dir, "spec": spec}

@@ -47,7 +47,7 @@ def test_nano_build_and_merge_commands(tmp_path, trained_run):
 def small_config(tmp_path: Path, steps: dict[str, int] | None = None, evaluate: bool = False, **trl: dict) -> Path:
     """configs/nano-cpu.yaml with fewer steps per stage (and extra TRL settings per stage name); its evaluation
     suites only when ``evaluate``."""
-    steps = {"pretrain": 100, "grpo": 2, "sft": 4, "dpo": 2, **(steps or {})}
+    steps = {"vision": 10, "pretrain": 100, "grpo": 2, "sft": 4, "dpo": 2, **(steps or {})}
     cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "runs")
     cfg["data"]["recipe"] = str(ROOT / "data_recipes" / "sample.yaml")
@@ -64,17 +64,18 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
     from dermvlm.config import load_config
     from dermvlm.pipeline import run_pipeline
 
-    cfg = load_config(small_config(tmp_path, {"pretrain": 4, "grpo": 1, "sft": 2, "dpo": 1}))
+    cfg = load_config(small_config(tmp_path, {"vision": 2, "pretrain": 4, "grpo": 1, "sft": 2, "dpo": 1}))
     final = run_pipeline(cfg)
     run = Path(cfg.output_dir) / cfg.name
-    names = ("pretrain", "grpo", "sft", "dpo")
+    names = ("vision", "pretrain", "grpo", "sft", "dpo")
     assert final == run / "dpo" / "model" and (final / "README.md").is_file()
     stamps = {s: (run / s / "done.json").stat().st_mtime_ns for s in names}
     run_pipeline(cfg)
     assert stamps == {s: (run / s / "done.json").stat().st_mtime_ns for s in names}
-    cfg.stages[2].trl["max_steps"] = 3
+    cfg.stages[3].trl["max_steps"] = 3
     run_pipeline(cfg)
-    assert [(run / s / "done.json").stat().st_mtime_ns == stamps[s] for s in names] == [True, True, False, False]
+    assert [(run / s / "done.json").stat().st_mtime_ns == stamps[s] for s in names] == [True, True, True, False,
+                                                                                         False]
     assert json.loads((run / "sft" / "done.json").read_text())["steps"] == 3
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["stages"]) == set(names) and manifest["final_model"] == str(run / "dpo" / "model")

@@ -22,8 +22,8 @@ from dermvlm.recipes.build import build
 from dermvlm.recipes.kinds import Context, attribute_items
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ["attribute", "conversation", "eval_item", "grpo_prompt", "mcq", "open_diagnosis", "preference_pair",
-         "reasoning_trace", "yes_no"]
+KINDS = ["attribute", "caption", "conversation", "eval_item", "grpo_prompt", "image_label", "mcq", "open_diagnosis",
+         "preference_pair", "reasoning_trace", "yes_no"]
 
 
 def recipe(name: str = "sample.yaml", **changes) -> RecipeConfig:
@@ -62,6 +62,8 @@ def test_every_kind_in_trl_formats(sample_build):
     assert grpo["prompt"][-1]["role"] == "user" and grpo["category_path"][0] == "skin_disease"
     pair = load_from_disk(str(out / "preference_pair"))["train"][0]
     assert {"images", "prompt", "chosen", "rejected", "perturbation"} <= set(pair)
+    images = load_from_disk(str(out / "image_label"))  # the vision stage's rows: every split, label per image
+    assert sorted(images) == ["test", "train", "val"] and set(images["train"][0]) >= {"images", "label", "label_name"}
     evals = load_from_disk(str(out / "eval_item"))
     assert list(evals) == ["test"]
     item = evals["test"][0]
@@ -83,7 +85,8 @@ def test_same_seed_same_bytes_other_seed_differs(sample_build, tmp_path):
 def test_never_trains_on_test_and_groups_stay_whole(sample_build):
     out, _ = sample_build
     for kind in KINDS:
-        assert "test" not in load_from_disk(str(out / kind)) or kind == "eval_item"
+        # eval items are the test; image_label's test split is read only by the vision stage's probe report
+        assert "test" not in load_from_disk(str(out / kind)) or kind in ("eval_item", "image_label")
     stats = json.loads((out / "stats.json").read_text())
     assert stats["records_by_split"]["test"] > 0 and stats["duplicates"]["cross_split_pairs"] == 0
 
@@ -217,3 +220,27 @@ def test_failed_build_leaves_nothing_and_a_fixed_rerun_is_complete(tmp_path, sha
     assert stats["records"] == 12 and sum(stats["kinds"]["reasoning_trace"].values()) > 0
     r = runner.invoke(app, ["data", "inspect", str(out)])
     assert r.exit_code == 0 and "[reasoning_trace]" in r.output and (out / "labels.png").stat().st_size > 5000
+
+
+def test_train_fraction_is_stratified_and_leaves_val_and_test_whole(shared_data):
+    from collections import Counter
+
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.knowledge import load_graph
+    from dermvlm.recipes.build import collect_records
+
+    recipe = load_config(ROOT / "data_recipes" / "dermamnist_learning_low.yaml", RecipeConfig)
+    recipe.sources[0].root = str(shared_data / "dermamnist")
+    full = recipe.model_copy(deep=True)
+    full.sources[0].train_fraction = None
+    kg = load_graph()
+    low, _, _ = collect_records(recipe, kg)
+    whole, _, _ = collect_records(full, kg)
+    by = {name: Counter((r.split, r.label) for r in recs) for name, recs in (("low", low), ("whole", whole))}
+    for (split, label), n in by["whole"].items():
+        if split == "train":
+            assert by["low"][(split, label)] == max(1, round(0.1 * n))  # 10% of every class
+        else:
+            assert by["low"][(split, label)] == n  # val and test untouched
+    again, _, _ = collect_records(recipe, kg)
+    assert [r.image for r in again] == [r.image for r in low]  # seeded

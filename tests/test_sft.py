@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dermvlm.config import ModelSpec, StageSpec
+from dermvlm.config import ModelSpec, make_stage
 from dermvlm.models.loading import load_model
 from dermvlm.recipes.text import OPEN_QUESTIONS
 from dermvlm.training.common import recipe_dataset
@@ -28,7 +28,7 @@ def test_lora_sft_20_steps_on_16_real_images_lowers_loss(tmp_path, nano_dir, rec
     ds = recipe_dataset(recipe_data, ["open_diagnosis"]).shuffle(seed=0).select(range(16))  # one row per image
     assert len({r["label"] for r in ds}) >= 4
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32", lora={"r": 8, "alpha": 16, "dropout": 0.0})
-    stage = StageSpec(name="sft", use_lora=True, trl={"max_steps": 20, "learning_rate": 5e-3})
+    stage = make_stage(name="sft", use_lora=True, trl={"max_steps": 20, "learning_rate": 5e-3})
     result = run_sft(stage, spec, nano_dir, ds, tmp_path / "sft")
     losses = result.losses()
     assert len(losses) == 20
@@ -60,7 +60,7 @@ def test_merged_model_matches_adapter_model(trained_run, isic_images):
 def test_full_finetune_changes_weights_and_saves_standalone(tmp_path, nano_dir, recipe_data):
     ds = recipe_dataset(recipe_data, ["open_diagnosis"]).select(range(8))
     spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32")
-    result = run_sft(StageSpec(name="full", use_lora=False, trl={"max_steps": 3}), spec, nano_dir, ds, tmp_path)
+    result = run_sft(make_stage(name="full", use_lora=False, trl={"max_steps": 3}), spec, nano_dir, ds, tmp_path)
     assert result.adapter_dir is None
     before, _ = load_model(spec, nano_dir)
     after, _ = load_model(spec, result.model_dir)

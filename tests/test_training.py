@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from dermvlm.config import ConfigError, GRPOPlusSpec, StageSpec, load_config
+from dermvlm.config import ConfigError, load_config, make_stage
 from dermvlm.training import rewards as R
 from dermvlm.training.common import recipe_dataset
 
@@ -70,50 +70,106 @@ def grpo_data(recipe_data):
     return recipe_dataset(recipe_data, ["grpo_prompt"])
 
 
-def test_curriculum_order_hint_fading_and_class_balance(grpo_data):
-    from dermvlm.training.grpo import order_prompts
+def test_sampler_interleaves_classes_sweeps_difficulty_and_keeps_shares():
+    from dermvlm.training.grpo.sampler import PlannedSampler, class_shares, plan_prompts
 
-    plus = GRPOPlusSpec(curriculum=True, curriculum_noise=0.0, hints=True, hint_fade_until=0.5, class_balanced=True)
-    ordered = order_prompts(grpo_data, plus, 400, seed=0)
-    diff = ordered["difficulty"]
-    assert diff == sorted(diff)  # easy → hard
-    hinted = ["Hint:" in p[-1]["content"][-1]["text"] for p in ordered["prompt"]]
-    assert sum(hinted[:40]) >= 34 and not any(hinted[200:])  # hints early, none after the fade point
-    counts = Counter(ordered["label"])
-    raw = Counter(grpo_data["label"])
-    assert max(counts.values()) / min(counts.values()) < max(raw.values()) / min(raw.values())
-    assert order_prompts(grpo_data, None, 400, 0) is grpo_data  # plain GRPO: TRL's own shuffling
+    labels = ["nv"] * 670 + ["mel"] * 110 + ["bkl"] * 110 + ["bcc"] * 50 + ["akiec"] * 30 + ["vasc"] * 20 + ["df"] * 10
+    # a difficulty that is constant per class would sort the old way into single-class blocks: give each class one
+    difficulty = [{"nv": 0.1, "mel": 0.9, "bkl": 0.5, "bcc": 0.6, "akiec": 0.8, "vasc": 0.3, "df": 0.95}[lab]
+                  + (i % 97) / 1000 for i, lab in enumerate(labels)]
+    n = 400
+    plan = plan_prompts(labels, n, seed=0, balance=0.5, difficulty=difficulty)
+    drawn = [labels[i] for i in plan]
+    runs = [len(list(g)) for _, g in itertools.groupby(drawn)]
+    assert max(runs) <= 2  # never a block of one class
+    for window in range(0, n, 40):  # every stretch of 40 prompts sees every class
+        assert len(set(drawn[window:window + 40])) == 7
+    shares = class_shares(labels, 0.5)
+    counts = Counter(drawn)
+    for c, q in shares.items():
+        assert abs(counts[c] / n - q) <= 1 / n + 1e-9  # the draw holds its square-root shares
+    assert shares["df"] / shares["nv"] == pytest.approx((10 / 670) ** 0.5)
+    for c in shares:  # within a class: one easy → hard sweep over training
+        seq = [difficulty[i] for i in plan if labels[i] == c]
+        assert seq == sorted(seq)
+    assert plan == plan_prompts(labels, n, seed=0, balance=0.5, difficulty=difficulty)  # seeded
+    natural = Counter(labels[i] for i in plan_prompts(labels, 1000, seed=0, balance=0.0))
+    assert natural["nv"] == 670 and natural["df"] == 10
+    sampler = PlannedSampler(plan[:8], mini_repeat_count=4, batch_size=2, repeat_count=2)
+    out = list(sampler)
+    assert len(out) == len(sampler) == 8 * 4 * 2
+    assert out[:16] == [plan[0]] * 4 + [plan[1]] * 4 + [plan[0]] * 4 + [plan[1]] * 4  # TRL's RepeatSampler layout
 
 
-def test_zero_variance_groups_are_filtered_and_replaced(trained_run, grpo_data, tmp_path):
-    from dermvlm.training.grpo import _make_trainer_class, grpo_config
+def test_rarity_weighted_advantages_by_hand():
+    from dermvlm.training.grpo.sampler import class_shares, rarity_weights
 
-    def flat_for_melanoma(prompts, completions, label, **kwargs):
-        return [1.0 if lab == "melanoma" else float(len(R.completion_text(c)) % 7) for c, lab in
-                zip(completions, label, strict=True)]
+    shares = class_shares(["a"] * 9 + ["b"], balance=0.5)  # q ∝ sqrt(n): 3 : 1
+    assert shares == pytest.approx({"a": 0.75, "b": 0.25})
+    w = rarity_weights(shares)
+    assert w == pytest.approx({"a": (1 / 2) / 0.75, "b": (1 / 2) / 0.25})  # 2/3 and 2
+    assert sum(shares[c] * w[c] for c in w) == pytest.approx(1.0)  # mean weight 1 under the draw
+    # expected weighted reward == balanced accuracy: class a always right, class b always wrong
+    expected = sum(shares[c] * w[c] * {"a": 1.0, "b": 0.0}[c] for c in w)
+    assert expected == pytest.approx(0.5)
+
+
+def test_hint_schedule_fades():
+    from dermvlm.training.grpo.trainer import hint_probability, with_hint
+
+    assert [hint_probability(p, 0.5) for p in (0.0, 0.25, 0.5, 0.9)] == [1.0, 0.5, 0.0, 0.0]
+    prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Q?"}]}]
+    assert with_hint(prompt, "Hint: x.")[0]["content"][1]["text"] == "Q? Hint: x."
+    assert prompt[0]["content"][1]["text"] == "Q?"  # the row itself is not changed
+
+
+def test_closed_set_partial_credit_pays_no_competing_class():
+    cols = {"label": ["melanoma"] * 4, "options": [[]] * 4, "answer": ["melanoma"] * 4,
+            "question_type": ["open"] * 4, "site": [""] * 4, "fitzpatrick": [0] * 4}
+    completions = [msg("<answer>melanocytic nevus</answer>"), msg("<answer>melanoma</answer>"),
+                   msg("<answer>dysplastic nevus</answer>"), msg("<answer>psoriasis</answer>")]
+    open_world = R.partial_credit_reward(None, completions, **cols)
+    assert open_world[0] > 0  # the old rule: the majority class earns credit on a melanoma
+    closed = R.make_partial_credit_reward(["melanoma", "melanocytic_nevus", "basal_cell_carcinoma"])
+    credit = closed(None, completions, **cols)
+    assert credit[0] == 0.0 and credit[1] == 1.0  # a competing class is a wrong answer
+    assert credit[2] == open_world[2] > 0  # a related disease outside the class set keeps its near-miss credit
+    assert credit[3] == 0.0
+
+
+def test_zero_variance_groups_are_replaced_by_same_class_groups(trained_run, grpo_data, tmp_path):
+    from dermvlm.training.grpo import grpo_config
+    from dermvlm.training.grpo.trainer import make_trainer_class
+
+    def flat_when_marked(prompts, completions, answer, **kwargs):
+        return [1.0 if a == "FLAT" else float(len(R.completion_text(c)) % 7) for c, a in
+                zip(completions, answer, strict=True)]
 
     spec = trained_run["spec"]
-    stage = StageSpec(name="g", kind="grpo", use_lora=False, trl={"max_steps": 1, "num_generations": 4,
-                                                                   "per_device_train_batch_size": 8,
-                                                                   "max_completion_length": 24})
+    stage = make_stage(name="g", kind="grpo", use_lora=False, trl={"max_steps": 1, "num_generations": 4,
+                                                                    "per_device_train_batch_size": 8,
+                                                                    "max_completion_length": 24})
     args = grpo_config(stage, tmp_path, 0, "test")
     from dermvlm.models.loading import load_model
 
     model, processor = load_model(spec, trained_run["base"])
-    pool = grpo_data.filter(lambda r: r["label"] != "melanoma")
-    trainer = _make_trainer_class()(model=model, reward_funcs=[flat_for_melanoma], args=args, train_dataset=grpo_data,
-                                    processing_class=processor, zero_variance_filter=True, max_resample_rounds=3,
-                                    replacement_pool=pool)
+    labels = sorted(set(grpo_data["label"]))
+    trainer = make_trainer_class()(model=model, reward_funcs=[flat_when_marked], args=args,
+                                   train_dataset=grpo_data, processing_class=processor, zero_variance_filter=True,
+                                   max_resample_rounds=3, replacement_pool=grpo_data,
+                                   class_weights={lab: 1.0 + i for i, lab in enumerate(labels)})
     trainer.model.train()
-    melanoma = [r for r in grpo_data if r["label"] == "melanoma"][:1]
-    other = [r for r in grpo_data if r["label"] != "melanoma"][:1]
-    batch = [r for r in melanoma + other for _ in range(4)]  # group 0 is flat by construction
+    first = next(r for r in grpo_data if r["label"] == labels[0])
+    second = next(r for r in grpo_data if r["label"] == labels[1])
+    batch = [{**first, "answer": "FLAT"}] * 4 + [second] * 4  # group 0 is flat by construction
     out = trainer._generate_and_score_completions(batch)
     metrics = trainer._metrics["train"]
     assert metrics["zero_variance/frac_before"][-1] == 0.5
     assert metrics["zero_variance/frac_after"][-1] == 0.0
     adv = out["advantages"].view(-1, 4)
     assert all(bool((row.abs() > 1e-8).any()) for row in adv)  # every group now carries signal
+    # the replacement came from the flat group's own class: its rarity weight (1.0) is the one applied
+    assert metrics["rarity/weight_mean"][-1] == pytest.approx((1.0 * 4 + 2.0 * 4) / 8)
     n = len(batch)
     assert out["prompt_ids"].shape[0] == out["completion_ids"].shape[0] == n
     assert out["prompt_mask"].shape == out["prompt_ids"].shape
@@ -125,10 +181,20 @@ def test_zero_variance_groups_are_filtered_and_replaced(trained_run, grpo_data, 
     assert torch.isfinite(loss)
 
 
+def test_plain_grpo_is_the_deepseekmath_loss_and_plus_passes_are_real(tmp_path):
+    from dermvlm.training.grpo import grpo_config
+
+    plain = grpo_config(make_stage(name="g", kind="grpo"), tmp_path, 0, "t")
+    assert (plain.loss_type, plain.beta, plain.num_iterations, plain.epsilon) == ("grpo", 0.04, 1, 0.2)
+    assert plain.epsilon_high is None  # symmetric: TRL uses epsilon for both sides
+    plus = grpo_config(make_stage(name="g", kind="grpo", plus={}), tmp_path, 0, "t")
+    assert plus.loss_type == "dapo" and plus.num_iterations == 2 and plus.epsilon_high == 0.28
+
+
 def test_grpo_plus_stage_with_lora_ref_sync_logs_everything(trained_run, grpo_data, tmp_path):
     from dermvlm.training.grpo import run_grpo
 
-    stage = StageSpec(name="grpo", kind="grpo", use_lora=True,
+    stage = make_stage(name="grpo", kind="grpo", use_lora=True,
                       plus={"ref_sync_steps": 1, "ref_sync_alpha": 0.5, "max_resample_rounds": 1},
                       trl={"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8,
                            "max_completion_length": 48})
@@ -147,7 +213,7 @@ def test_grpo_plus_stage_with_lora_ref_sync_logs_everything(trained_run, grpo_da
 def test_dpo_policy_pairs_ranked_by_kg_with_margin(trained_run, grpo_data, tmp_path):
     from dermvlm.training.dpo import run_dpo
 
-    stage = StageSpec(name="dpo", kind="dpo", pairs_from="policy", policy_samples=4, min_margin=0.1, max_prompts=8,
+    stage = make_stage(name="dpo", kind="dpo", pairs_from="policy", policy_samples=4, min_margin=0.1, max_prompts=8,
                       sample_max_new_tokens=80, trl={"max_steps": 2})
     result = run_dpo(stage, trained_run["spec"], trained_run["base"], grpo_data, tmp_path / "dpo")
     stats = json.loads((tmp_path / "dpo" / "pairs_stats.json").read_text())
@@ -166,7 +232,7 @@ def test_recipe_pairs_dpo_changes_weights(trained_run, recipe_data, tmp_path):
     from dermvlm.training.dpo import run_dpo
 
     pairs = recipe_dataset(recipe_data, ["preference_pair"])
-    stage = StageSpec(name="dpo", kind="dpo", use_lora=True, trl={"max_steps": 3, "learning_rate": 1e-3})
+    stage = make_stage(name="dpo", kind="dpo", use_lora=True, trl={"max_steps": 3, "learning_rate": 1e-3})
     result = run_dpo(stage, trained_run["spec"], trained_run["base"], pairs, tmp_path / "dpo")
     before = load_file(str(trained_run["base"] / "model.safetensors"))
     after = load_file(str(result.model_dir / "model.safetensors"))
@@ -208,7 +274,7 @@ def test_bad_stage_settings_fail_before_training(tmp_path, stage, message):
 
 def test_schema_errors_for_stage_fields(tmp_path):
     p = run_config(tmp_path, [{"name": "s", "kind": "sft", "plus": {}}])
-    with pytest.raises(ConfigError, match="'rewards' and 'plus' apply to kind grpo only"):
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.plus: unknown key 'plus'"):
         load_config(p)
     p = run_config(tmp_path, [{"name": "g", "kind": "grpo", "rewards": {"exactt": 1.0}}])
     with pytest.raises(ConfigError, match="unknown reward\\(s\\) exactt; allowed: exact, format"):

@@ -118,7 +118,7 @@ def base_model(cfg: RunConfig) -> Path:
         wait_for(info)
         return out
     log.info("building the %s model (seed %d) in %s", n.preset, n.seed, out)
-    return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels)
+    return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size)
 
 
 # ---------------------------------------------------------------------- stages
@@ -131,8 +131,9 @@ def check_stages(cfg: RunConfig, source: str = "<config>") -> None:
     from dermvlm.training.dpo import dpo_config
     from dermvlm.training.grpo import grpo_config
     from dermvlm.training.sft import sft_config
+    from dermvlm.training.vision import vision_config
 
-    build = {"sft": sft_config, "grpo": grpo_config, "dpo": dpo_config}
+    build = {"sft": sft_config, "align": sft_config, "grpo": grpo_config, "dpo": dpo_config, "vision": vision_config}
     with tempfile.TemporaryDirectory() as tmp:
         for i, stage in enumerate(cfg.stages):
             args = build[stage.kind](stage, Path(tmp), cfg.seed, f"{source}: stages[{i}] ({stage.name}).trl")
@@ -146,9 +147,18 @@ def check_stages(cfg: RunConfig, source: str = "<config>") -> None:
 
 
 def stage_dataset(stage: StageSpec, data_dir: Path, where: str):
+    """The stage's training rows (for ``vision``: every split the recipe built, by split name)."""
     from dermvlm.training.common import recipe_dataset
 
     kinds = stage.data_kinds()
+    if stage.kind == "vision":
+        splits = {"train": recipe_dataset(data_dir, kinds, "train", where)}
+        for split in ("val", "test"):
+            try:
+                splits[split] = recipe_dataset(data_dir, kinds, split, where)
+            except ConfigError:
+                continue
+        return splits
     if stage.kind == "dpo":
         kinds = ["grpo_prompt"] if stage.pairs_from == "policy" else ["preference_pair"]
     return recipe_dataset(data_dir, kinds, "train", where)
@@ -158,9 +168,10 @@ def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path
     from dermvlm.training.dpo import run_dpo
     from dermvlm.training.grpo import run_grpo
     from dermvlm.training.sft import run_sft
+    from dermvlm.training.vision import run_vision
 
     dataset = stage_dataset(stage, data_dir, where)
-    runner = {"sft": run_sft, "grpo": run_grpo, "dpo": run_dpo}[stage.kind]
+    runner = {"sft": run_sft, "align": run_sft, "grpo": run_grpo, "dpo": run_dpo, "vision": run_vision}[stage.kind]
     report_to = "none" if cfg.logging == "none" else cfg.logging
     return runner(stage, cfg.model, model_path, dataset, out, cfg.seed, where=where, report_to=report_to)
 
@@ -177,7 +188,7 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
         info["reward_end"] = round(sum(rewards[-k:]) / k, 4)
         zv = result.series("frac_reward_zero_std")
         info["frac_zero_std_mean"] = round(sum(zv) / len(zv), 4) if zv else None
-    info.update({k: v for k, v in result.extra.items() if k in ("pairs",)})
+    info.update({k: v for k, v in result.extra.items() if k in ("pairs", "probe", "trained_parameters")})
     return info
 
 

@@ -45,6 +45,8 @@ class NanoPreset:
     max_pixels: int = 112 * 112
     max_position_embeddings: int = 4096
     fullatt_block_indexes: list[int] = field(default_factory=lambda: [1])
+    patch_size: int = 14
+    window_tokens: int = 2  # window-attention window, in merged tokens per side (56 px at patch 14)
 
 
 PRESETS: dict[str, NanoPreset] = {
@@ -112,8 +114,12 @@ def build_nano(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
 ) -> Path:
-    """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically)."""
+    """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically).
+
+    ``patch_size`` overrides the preset's ViT patch (the resize factor is patch x 2, Qwen's 2x2 merge); the
+    window-attention window keeps its size in merged tokens (``window_tokens``)."""
     import numpy as np
     import torch
     from transformers import (
@@ -127,6 +133,9 @@ def build_nano(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[preset]
+    patch = patch_size or p.patch_size
+    if patch < 1:
+        raise ValueError(f"patch_size must be a positive integer (got {patch})")
     min_px = min_pixels or p.min_pixels
     max_px = max_pixels or p.max_pixels
     if min_px > max_px:
@@ -155,10 +164,10 @@ def build_nano(
         "intermediate_size": p.vision_intermediate_size,
         "num_heads": p.vision_heads,
         "out_hidden_size": p.hidden_size,
-        "patch_size": 14,
+        "patch_size": patch,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        "window_size": 56,
+        "window_size": patch * 2 * p.window_tokens,
         "fullatt_block_indexes": p.fullatt_block_indexes,
     }
     config = Qwen2_5_VLConfig(
@@ -185,8 +194,8 @@ def build_nano(
 
     size = {"shortest_edge": min_px, "longest_edge": max_px}
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
-        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2),
+        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2),
         tokenizer=tokenizer,
         chat_template=chat_template(),
     )
@@ -196,6 +205,6 @@ def build_nano(
         processor.save_pretrained(tmp)
         n_params = sum(t.numel() for t in model.parameters())
         info = {"preset": preset, "seed": seed, "parameters": n_params, **asdict(p),
-                "min_pixels": min_px, "max_pixels": max_px}
+                "min_pixels": min_px, "max_pixels": max_px, "patch_size": patch}
         (tmp / "dermvlm_nano.json").write_text(json.dumps(info, indent=2) + "\n")
     return Path(out)

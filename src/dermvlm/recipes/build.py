@@ -50,6 +50,9 @@ def _features(kind: str):
     if kind in SFT_KINDS:
         return Features({**common, "messages": message, "label": Value("string"), "kind": Value("string"),
                          "question_type": Value("string")})
+    if kind == "image_label":
+        return Features({**common, "label": Value("string"), "label_name": Value("string"),
+                         "dataset": Value("string"), "site": Value("string"), "fitzpatrick": Value("int64")})
     if kind == "grpo_prompt":
         return Features({**common, "prompt": message, "label": Value("string"), "label_name": Value("string"),
                          "category_path": List(Value("string")), "options": List(Value("string")),
@@ -85,6 +88,21 @@ def locate(path: str | None, base: Path | None) -> str | None:
     return str(base / path) if (base / path).exists() else path
 
 
+def stratified_train_fraction(records: list[Record], fraction: float, seed: str) -> list[Record]:
+    """Keep ``fraction`` of each class among the train-split records (at least one per class, seeded); records of
+    other splits are kept whole."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.split == "train":
+            by_label[r.label].append(r)
+    keep = set()
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda r: r.image)
+        keep.update(id(r) for r in rng.sample(group, max(1, round(fraction * len(group)))))
+    return [r for r in records if r.split != "train" or id(r) in keep]
+
+
 def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = None, base: Path | None = None
                     ) -> tuple[list[Record], list[tuple[str, str]], dict[str, str]]:
     """All sources' records (override the recipe's sources with ``overrides`` when given). Relative roots are
@@ -107,6 +125,11 @@ def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = Non
             recs = [r for s in sorted(by_split) for r in
                     sorted(rng.sample(by_split[s], min(len(by_split[s]), spec["limit_per_split"])),
                            key=lambda r: r.image)]
+        if spec.get("train_fraction"):
+            if not any(r.split == "train" for r in recs):
+                raise DatasetError(f"source {spec['name']}: train_fraction needs official splits (its records have "
+                                   "none); split the data first or use limit_per_split")
+            recs = stratified_train_fraction(recs, spec["train_fraction"], f"{recipe.seed}-{spec['name']}-fraction")
         records += recs
         skipped += [(path, f"{why} [{spec['name']}]") for path, why in result.skipped]
         licences[spec["name"]] = SOURCES[spec["name"]].licence

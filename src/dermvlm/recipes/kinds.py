@@ -338,9 +338,25 @@ def eval_item(ctx: Context, record: Record, rng: random.Random, spec) -> list[di
     return rows
 
 
+def image_label(ctx: Context, record: Record, rng: random.Random, spec) -> list[dict]:
+    """The image and its class, for the vision stage (which trains on train and only reports val/test)."""
+    return [{"label": record.label, "label_name": ctx.kg.name(record.label), "dataset": record.dataset,
+             "site": record.site or "", "fitzpatrick": record.fitzpatrick or 0}]
+
+
+def caption(ctx: Context, record: Record, rng: random.Random, spec) -> list[dict]:
+    """A short caption (modality, class, two typical features): the align stage's rows."""
+    kg = ctx.kg
+    feats = text.typical_features(kg, record.label, rng, text.is_dermoscopic(record), 2)
+    words = f"{text.modality(record)} of {kg.name(record.label)}" + (f": {text.join(feats)}" if feats else "")
+    return [sft_row(ctx, record, "caption", [user(rng.choice(text.CAPTION_QUESTIONS)), assistant(f"A {words}.")],
+                    "caption")]
+
+
 BUILDERS = {
+    "image_label": image_label, "caption": caption,
     "mcq": mcq, "open_diagnosis": open_diagnosis, "yes_no": yes_no, "attribute": attribute,
     "reasoning_trace": reasoning_trace, "conversation": conversation, "grpo_prompt": grpo_prompt,
     "preference_pair": preference_pair, "eval_item": eval_item,
 }
-SFT_KINDS = ("mcq", "open_diagnosis", "yes_no", "attribute", "reasoning_trace", "conversation")
+SFT_KINDS = ("caption", "mcq", "open_diagnosis", "yes_no", "attribute", "reasoning_trace", "conversation")

@@ -92,6 +92,9 @@ def metadata_sentence(kg: KnowledgeGraph, record: Record) -> str:
     return sentence
 
 
+CAPTION_QUESTIONS = ("Describe the image briefly.", "What does this image show?", "Caption this image.")
+
+
 def typical_features(kg: KnowledgeGraph, label: str, rng: random.Random, dermoscopic: bool, n: int = 4
                      ) -> list[str]:
     """A few typical features of ``label`` as phrases (morphology first), sampled reproducibly."""

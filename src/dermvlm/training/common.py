@@ -82,13 +82,20 @@ def recipe_dataset(data_dir: str | Path, kinds: list[str], split: str = "train",
     return concatenate_datasets([p.select_columns(sorted(common)) for p in parts])
 
 
-def load_for_stage(spec: ModelSpec, path: str | Path, use_lora: bool):
-    """Model and processor for a stage; 4-bit only for LoRA stages (a full fine-tune needs real weights)."""
+def load_for_stage(spec: ModelSpec, path: str | Path, stage: StageSpec):
+    """Model and processor for a stage; 4-bit only for LoRA stages (a full fine-tune needs real weights). A
+    full-parameter stage freezes the parts its ``freeze`` names; ``align`` trains the projector alone."""
     from dermvlm.models.loading import load_model
+    from dermvlm.models.parts import freeze, train_only
 
-    if not use_lora and spec.quantization.load_in_4bit:
+    if not stage.use_lora and spec.quantization.load_in_4bit:
         spec = spec.model_copy(update={"quantization": spec.quantization.model_copy(update={"load_in_4bit": False})})
-    return load_model(spec, path)
+    model, processor = load_model(spec, path)
+    if stage.kind == "align":
+        train_only(model, ["projector"])
+    elif stage.freeze and not stage.use_lora:
+        freeze(model, stage.freeze)
+    return model, processor
 
 
 def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str | Path, use_lora: bool,

@@ -172,7 +172,7 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
                           f"(best/worst mean {stats.get('mean_best_score')}/{stats.get('mean_worst_score')}); "
                           "lower min_margin or sample more answers")
     train = pairs.select_columns(["images", "prompt", "chosen", "rejected"])
-    model, processor = load_for_stage(model_spec, model_path, stage.use_lora)
+    model, processor = load_for_stage(model_spec, model_path, stage)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                          peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))

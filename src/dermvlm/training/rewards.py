@@ -7,7 +7,9 @@ Completions are conversational (``[{"role": "assistant", "content": ...}]``) or 
 - ``format``: 1 for ``<think>…</think><answer>…</answer>``, 0.5 for an answer tag alone, else 0.
 - ``exact``: 1 when the answer names the gold diagnosis (or a subtype/member of it; the right letter for MCQ).
 - ``partial_credit``: the graph's hierarchical credit (exact 1, broader 0.8, sibling 0.5, same branch 0.3/0.2,
-  same malignancy group 0.15, else 0).
+  same malignancy group 0.15, else 0), except that naming *another class of the training set* earns 0: among a
+  closed set of classes a competing class is a wrong answer, not a near miss (else "nevus" on a melanoma would
+  earn 0.2 and the majority class would be paid for most of its mistakes).
 - ``reasoning_consistency``: claims inside ``<think>`` supported vs contradicted by the gold disease's facts
   (feature score, with differential plausibility), 0 without reasoning.
 - ``kg_score``: the KG scorer's scalar (diagnosis, features, differentials, hallucinations, safety).
@@ -95,9 +97,34 @@ def exact_reward(prompts, completions, **kwargs) -> list[float]:
     return out
 
 
-def partial_credit_reward(prompts, completions, **kwargs) -> list[float]:
-    return [diagnosis_credit(answer_of(completion_text(c)), col)
-            for c, col in zip(completions, _columns(kwargs, len(completions)), strict=True)]
+def closed_set_credit(answer: str | None, col: dict, classes: frozenset[str]) -> float:
+    """``diagnosis_credit``, but 0 for an answer that names another of ``classes`` (see the module docstring)."""
+    if answer is None:
+        return 0.0
+    result = scorer().score(f"<answer>{resolve_choice(answer, col['options'])}</answer>", col["label"])
+    named, gold = result.answered, col["label"]
+    kg = scorer().kg
+    if named in classes and named != gold and not (kg.covers(gold, named) or kg.covers(named, gold)):
+        return 0.0
+    return result.diagnosis_credit
+
+
+def make_partial_credit_reward(classes: list[str] | None = None) -> Callable:
+    """The ``partial_credit`` reward; with the training set's ``classes``, competing classes earn 0."""
+    closed = frozenset(classes or ())
+
+    def partial_credit_reward(prompts, completions, **kwargs) -> list[float]:
+        cols = _columns(kwargs, len(completions))
+        if not closed:
+            return [diagnosis_credit(answer_of(completion_text(c)), col) for c, col in zip(completions, cols,
+                                                                                         strict=True)]
+        return [closed_set_credit(answer_of(completion_text(c)), col, closed)
+                for c, col in zip(completions, cols, strict=True)]
+
+    return partial_credit_reward
+
+
+partial_credit_reward = make_partial_credit_reward()
 
 
 def reasoning_consistency_reward(prompts, completions, **kwargs) -> list[float]:
@@ -150,13 +177,16 @@ REWARDS: dict[str, Callable] = {
 }
 
 
-def get_rewards(weights: dict[str, float], max_completion_length: int, overlong_buffer: int
-                ) -> tuple[list[Callable], list[float]]:
-    """Reward functions and their weights, in the order of ``weights`` (``overlong`` built for the length)."""
+def get_rewards(weights: dict[str, float], max_completion_length: int, overlong_buffer: int,
+                classes: list[str] | None = None) -> tuple[list[Callable], list[float]]:
+    """Reward functions and their weights, in the order of ``weights`` (``overlong`` built for the length,
+    ``partial_credit`` for the training set's ``classes``)."""
     funcs, ws = [], []
     for name, w in weights.items():
         if name == "overlong":
             funcs.append(make_overlong_reward(max_completion_length, overlong_buffer))
+        elif name == "partial_credit":
+            funcs.append(make_partial_credit_reward(classes))
         elif name in REWARDS:
             funcs.append(REWARDS[name])
         else:

@@ -43,7 +43,7 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     args = sft_config(stage, output_dir, seed, where, report_to)
     set_seed(seed)
     started = time.perf_counter()
-    model, processor = load_for_stage(model_spec, model_path, stage.use_lora)
+    model, processor = load_for_stage(model_spec, model_path, stage)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
                          peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
