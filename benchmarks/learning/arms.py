@@ -1,15 +1,16 @@
-"""The learning benchmark's arms, derived from ``configs/dermamnist-micro.yaml``.
+"""The learning benchmark's regimes and arms, derived from ``configs/dermamnist-micro.yaml``.
 
-Every arm starts from the same pretrained micro model of its seed (the config's ``pretrain`` stage, full parameters,
-from scratch) and then spends the same post-training budget of ``BUDGET`` optimizer sequences (an SFT row, a GRPO
-completion, half a DPO pair):
+Regimes: ``full`` (DermaMNIST's train split) and ``low_resource`` (a stratified, seeded 10% of it), each with its
+own recipe. Per regime and seed one **base** is trained (the config's ``vision`` stage, then the language
+``pretrain`` with the vision tower frozen), and every arm of that seed starts from it and spends the same
+post-training budget of ``BUDGET`` training sequences (an SFT row, a generated GRPO completion, half a DPO pair):
 
-- ``pretrain``: the shared start, no post-training (for reference);
 - ``sft_only``: more SFT on the same rows;
-- ``plain_grpo``: GRPO with TRL's defaults (``plus: null``), same rewards and generations;
-- ``grpo_plus``: GRPO++ with every switch on;
+- ``plain_grpo``: the DeepSeekMath GRPO loss (``loss_type: grpo``, KL 0.04, one pass per generation, shuffled);
+- ``grpo_plus``: GRPO++ as configured (``plus:``);
 - ``dermiq``: the DermIQ order, GRPO++ (1/2) → SFT (1/4) → DPO on KG-ranked policy pairs (1/4);
-- ``no_<switch>``: GRPO++ with one switch off (ablations, one seed).
+- ablations: GRPO++ with exactly one switch flipped (``no_<switch>``, or ``with_hints`` for the one switch that is
+  off by default).
 """
 
 from __future__ import annotations
@@ -22,23 +23,37 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = ROOT / "configs" / "dermamnist-micro.yaml"
-BUDGET = 3200  # post-training optimizer sequences per arm
+BUDGET = 3200  # post-training sequences per arm
+REGIMES = {"full": "data_recipes/dermamnist_learning.yaml",
+           "low_resource": "data_recipes/dermamnist_learning_low.yaml"}
 MAIN_ARMS = ["sft_only", "plain_grpo", "grpo_plus", "dermiq"]
-# GRPO++ switches and the value that turns each off (DESIGN.md: GRPO++).
+# GRPO++ switches and the value that flips each (DESIGN.md: GRPO++).
 SWITCHES: dict[str, dict[str, Any]] = {
-    "clip_higher": {"clip_higher": None},
-    "token_level_loss": {"token_level_loss": False},
-    "zero_variance_filter": {"zero_variance_filter": False},
-    "ref_sync": {"ref_sync": False, "kl_beta": 0.0},
-    "curriculum": {"curriculum": False},
-    "hints": {"hints": False},
-    "class_balanced": {"class_balanced": False},
+    "no_clip_higher": {"clip_higher": None},
+    "no_token_level_loss": {"token_level_loss": False},
+    "no_zero_variance_filter": {"zero_variance_filter": False},
+    "no_ref_sync": {"ref_sync": False},
+    "no_curriculum": {"curriculum": False},
+    "with_hints": {"hints": True},
+    "no_class_balanced": {"class_balanced": False},
+    "no_rarity_weight": {"rarity_weight": False},
 }
-ABLATIONS = [f"no_{s}" for s in SWITCHES]
+ABLATIONS = list(SWITCHES)
+# Per-regime settings of the base: the low-resource split has a tenth of the images, so its vision stage runs more
+# epochs over them and its language pretrain fewer steps (the same rows would otherwise repeat ~27 times).
+REGIME_BASE = {"full": {}, "low_resource": {"vision": {"num_train_epochs": 60}, "pretrain": {"max_steps": 300}}}
+# The optional align stage (LLaVA stage 1: projector only, on short captions), run as a base variant to decide
+# whether it earns its place.
+ALIGN_STAGE = {"name": "align", "kind": "align", "data": ["caption"],
+               "trl": {"max_steps": 150, "learning_rate": 1.0e-3, "per_device_train_batch_size": 32,
+                       "save_steps": 75, "logging_steps": 10, "gradient_checkpointing": False}}
+BASE_VARIANTS = {"base_align": "vision → align → pretrain"}
 
 
-def base_config() -> dict[str, Any]:
-    return yaml.safe_load(BASE_CONFIG.read_text())
+def base_config(regime: str = "full") -> dict[str, Any]:
+    cfg = yaml.safe_load(BASE_CONFIG.read_text())
+    cfg["data"]["recipe"] = REGIMES[regime]
+    return cfg
 
 
 def _stage(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -46,9 +61,11 @@ def _stage(cfg: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _steps_for(stage: dict[str, Any], sequences: int) -> dict[str, Any]:
-    """Set ``max_steps`` so that the stage spends ``sequences`` optimizer sequences."""
+    """Set ``max_steps`` so that the stage spends ``sequences`` training sequences (GRPO: generated completions,
+    each used for ``iterations`` optimizer passes)."""
     per_step = stage["trl"]["per_device_train_batch_size"] * (2 if stage["kind"] == "dpo" else 1)
-    stage["trl"]["max_steps"] = max(1, sequences // per_step)
+    passes = (stage.get("plus") or {}).get("iterations", 2) if stage["kind"] == "grpo" and stage.get("plus") else 1
+    stage["trl"]["max_steps"] = max(1, sequences // per_step) * passes
     stage["trl"]["save_steps"] = max(1, stage["trl"]["max_steps"] // 2)
     return stage
 
@@ -56,7 +73,7 @@ def _steps_for(stage: dict[str, Any], sequences: int) -> dict[str, Any]:
 def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
     cfg = base_config()
     grpo, sft, dpo = _stage(cfg, "grpo"), _stage(cfg, "sft"), _stage(cfg, "dpo")
-    if arm == "pretrain":
+    if arm == "base":
         return []
     if arm == "sft_only":
         return [_steps_for(sft, budget)]
@@ -68,35 +85,39 @@ def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
         return [_steps_for(grpo, budget)]
     if arm == "dermiq":
         return [_steps_for(grpo, budget // 2), _steps_for(sft, budget // 4), _steps_for(dpo, budget // 4)]
-    if arm.startswith("no_") and arm[3:] in SWITCHES:
-        grpo["plus"].update(SWITCHES[arm[3:]])
+    if arm in SWITCHES:
+        grpo["plus"].update(SWITCHES[arm])
         grpo["name"] = f"grpo_{arm}"
         return [_steps_for(grpo, budget)]
-    raise KeyError(f"unknown arm {arm!r}; arms: pretrain, {', '.join(MAIN_ARMS + ABLATIONS)}")
+    raise KeyError(f"unknown arm {arm!r}; arms: base, {', '.join(MAIN_ARMS + ABLATIONS)}")
 
 
-def pretrain_config(seed: int, out_root: Path, pretrain_steps: int | None = None) -> dict[str, Any]:
-    """The shared start of a seed: the micro model built with this seed, trained by the ``pretrain`` stage."""
-    cfg = base_config()
-    cfg["name"] = f"s{seed}-pretrain"
+def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int | None = None,
+                    variant: str = "base") -> dict[str, Any]:
+    """The shared start of a regime and seed: the micro model built with this seed, its vision stage, then the
+    language pretrain (vision tower frozen); ``variant`` ``base_align`` puts the align stage between them."""
+    cfg = base_config(regime)
+    cfg["name"] = f"s{seed}-{variant}"
     cfg["seed"] = seed
-    cfg["output_dir"] = str(out_root)
+    cfg["output_dir"] = str(out_root / regime)
     cfg["model"]["nano"]["seed"] = seed
-    pre = _stage(cfg, "pretrain")
+    vision, pre = _stage(cfg, "vision"), _stage(cfg, "pretrain")
+    vision["trl"].update(REGIME_BASE[regime].get("vision", {}))
+    pre["trl"].update(REGIME_BASE[regime].get("pretrain", {}))
     if pretrain_steps:
         pre["trl"]["max_steps"] = pretrain_steps
-        pre["trl"]["save_steps"] = max(1, pretrain_steps // 3)
-    cfg["stages"] = [pre]
+    pre["trl"]["save_steps"] = max(1, pre["trl"]["max_steps"] // 3)
+    cfg["stages"] = [vision, copy.deepcopy(ALIGN_STAGE), pre] if variant == "base_align" else [vision, pre]
     return cfg
 
 
-def arm_config(arm: str, seed: int, out_root: Path, budget: int = BUDGET) -> dict[str, Any]:
-    """An arm of a seed: its stages, starting from the seed's pretrained model."""
-    cfg = base_config()
+def arm_config(arm: str, regime: str, seed: int, out_root: Path, budget: int = BUDGET) -> dict[str, Any]:
+    """An arm of a regime and seed: its stages, starting from that seed's base model."""
+    cfg = base_config(regime)
     cfg["name"] = f"s{seed}-{arm}"
     cfg["seed"] = seed
-    cfg["output_dir"] = str(out_root)
-    start = out_root / f"s{seed}-pretrain" / "pretrain" / "model"
+    cfg["output_dir"] = str(out_root / regime)
+    start = out_root / regime / f"s{seed}-base" / "pretrain" / "model"
     cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "nano"} | {"name_or_path": str(start)}
     cfg["stages"] = arm_stages(arm, budget)
     return cfg

@@ -1,9 +1,11 @@
-"""Run the DermaMNIST learning benchmark: per seed, the shared pretrain, then every arm, each evaluated on val and
-test through the served model (vLLM), two jobs at a time (one CPU core each). Finished runs are reused (the
-pipeline's stage keys), so a killed benchmark resumes. Then ``report.py`` tabulates and plots.
+"""Run the DermaMNIST learning benchmark v2: per regime (full, low_resource) and seed, the shared base (vision stage
++ language pretrain), then every arm and the CNN baseline (same rows, augmentation and wall budget as the base),
+each VLM evaluated on val and test through the served model (vLLM); two jobs at a time, one CPU core each.
+Finished runs are reused (the pipeline's stage keys; the CNN's result file), so a killed benchmark resumes where
+it stopped. Then ``report.py`` tabulates and plots.
 
-    python benchmarks/learning/run.py                          # 3 seeds x main arms + ablations on seed 0
-    python benchmarks/learning/run.py --seeds 0 --arms grpo_plus --no-ablations
+    python benchmarks/learning/run.py                          # both regimes, 3 seeds, main arms + ablations
+    python benchmarks/learning/run.py --regimes low_resource --seeds 0 --arms grpo_plus --no-ablations
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import ABLATIONS, BUDGET, MAIN_ARMS, ROOT, arm_config, pretrain_config
+from arms import ABLATIONS, BASE_VARIANTS, BUDGET, MAIN_ARMS, REGIMES, ROOT, arm_config, base_run_config
 
 OUT = ROOT / "runs" / "learning"
 
@@ -33,20 +35,84 @@ def job_env() -> dict[str, str]:
     return env
 
 
-def run_job(cfg: dict, out_root: Path) -> dict:
-    """Write the config and run the pipeline on it; return timing and status."""
-    cfg_dir = out_root / "configs"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    path = cfg_dir / f"{cfg['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = out_root / "logs" / f"{cfg['name']}.log"
+def run_job(name: str, job, out_root: Path) -> dict:
+    """Run one job: a pipeline config (dict) or a command (callable returning argv, or None when already done)."""
+    log = out_root / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(job, dict):
+        path = out_root / "configs" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(job, sort_keys=False))
+        argv = [str(Path(sys.executable).parent / "dermvlm"), "pipeline", str(path)]
+    else:
+        argv = job()
+        if argv is None:
+            return {"name": name, "rc": 0, "seconds": 0.0, "log": str(log), "reused": True}
     start = time.time()
     with log.open("a") as fh:
-        cli = str(Path(sys.executable).parent / "dermvlm")
-        rc = subprocess.call([cli, "pipeline", str(path)], cwd=ROOT, env=job_env(), stdout=fh,
-                             stderr=subprocess.STDOUT)
-    return {"name": cfg["name"], "rc": rc, "seconds": round(time.time() - start, 1), "log": str(log)}
+        rc = subprocess.call(argv, cwd=ROOT, env=job_env(), stdout=fh, stderr=subprocess.STDOUT)
+    return {"name": name, "rc": rc, "seconds": round(time.time() - start, 1), "log": str(log)}
+
+
+def base_seconds(run: Path) -> float:
+    """Wall seconds of a finished base (vision stage + pretrain), from the stages' done.json."""
+    return sum(json.loads((run / st / "done.json").read_text())["seconds"] for st in ("vision", "pretrain"))
+
+
+def cnn_job(regime: str, seed: int, out_root: Path):
+    """The CNN baseline of a regime and seed: the base's data and wall budget (a callable, resolved when run)."""
+    base = out_root / regime / f"s{seed}-base"
+    result = out_root / regime / f"cnn-s{seed}.json"
+
+    def argv():
+        if result.exists():
+            return None
+        return [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data",
+                str(base / "data"), "--seconds", str(round(base_seconds(base))), "--seed", str(seed), "--out",
+                str(result)]
+
+    return argv
+
+
+def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers: int) -> dict[str, dict]:
+    """Run ``(name, job, dependency)`` jobs on ``workers`` threads, in priority order; a job waits for its
+    dependency and is skipped when it failed. Returns each job's status."""
+    done: dict[str, dict] = {}
+    running: set[str] = set()
+    lock = threading.Condition()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                while True:
+                    pending = [j for j in jobs if j[0] not in done and j[0] not in running]
+                    if not pending:
+                        return
+                    ready = [j for j in pending if j[2] is None or j[2] in done]
+                    if ready:
+                        name, job, dep = ready[0]
+                        if dep and done[dep]["rc"] != 0:
+                            done[name] = {"name": name, "rc": -1, "skipped": f"{dep} failed"}
+                            lock.notify_all()
+                            continue
+                        running.add(name)
+                        break
+                    lock.wait()
+            print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
+            result = run_job(name, job, out_root)
+            print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s",
+                  flush=True)
+            with lock:
+                running.discard(name)
+                done[name] = result
+                lock.notify_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done
 
 
 def limited_suites(out_root: Path, limit: int) -> list[str]:
@@ -67,72 +133,53 @@ def limited_suites(out_root: Path, limit: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=MAIN_ARMS)
-    ap.add_argument("--ablations", nargs="*", default=ABLATIONS, help="GRPO++ ablation arms (seed --ablation-seed)")
+    ap.add_argument("--ablations", nargs="*", default=ABLATIONS, help="GRPO++ ablation arms")
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--ablation-regimes", nargs="+", default=["low_resource"], choices=list(REGIMES))
     ap.add_argument("--no-ablations", action="store_true")
-    ap.add_argument("--ablation-seed", type=int, default=0)
-    ap.add_argument("--budget", type=int, default=BUDGET, help="post-training optimizer sequences per arm")
+    ap.add_argument("--base-variants", nargs="*", default=list(BASE_VARIANTS),
+                    help="base variants (one seed, the ablation regimes): e.g. base_align")
+    ap.add_argument("--no-cnn", action="store_true")
+    ap.add_argument("--budget", type=int, default=BUDGET, help="post-training sequences per arm")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="override the config's pretrain max_steps")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N items only (smoke runs)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     out_root = args.out.resolve()
-    suites = None
-    if args.eval_limit:
-        suites = limited_suites(out_root, args.eval_limit)
+    suites = limited_suites(out_root, args.eval_limit) if args.eval_limit else None
 
-    # Jobs in priority order; an arm waits for its seed's pretrain.
-    jobs: list[tuple[str, dict, str | None]] = []
+    # Jobs in priority order: bases first (every arm waits for its base), then arms and CNNs, then ablations.
+    jobs: list[tuple[str, object, str | None]] = []
+    for regime in args.regimes:
+        for seed in args.seeds:
+            jobs.append((f"{regime}/s{seed}-base", base_run_config(regime, seed, out_root, args.pretrain_steps), None))
     for seed in args.seeds:
-        jobs.append((f"s{seed}-pretrain", pretrain_config(seed, out_root, args.pretrain_steps), None))
-    for seed in args.seeds:
-        for arm in args.arms:
-            jobs.append((f"s{seed}-{arm}", arm_config(arm, seed, out_root, args.budget), f"s{seed}-pretrain"))
+        for regime in args.regimes:
+            dep = f"{regime}/s{seed}-base"
+            for arm in args.arms:
+                jobs.append((f"{regime}/s{seed}-{arm}", arm_config(arm, regime, seed, out_root, args.budget), dep))
+            if not args.no_cnn:
+                jobs.append((f"{regime}/cnn-s{seed}", cnn_job(regime, seed, out_root), dep))
     if not args.no_ablations:
-        for arm in args.ablations:
-            s = args.ablation_seed
-            jobs.append((f"s{s}-{arm}", arm_config(arm, s, out_root, args.budget), f"s{s}-pretrain"))
-
+        for regime in args.ablation_regimes:
+            for seed in args.ablation_seeds:
+                for arm in args.ablations:
+                    jobs.append((f"{regime}/s{seed}-{arm}", arm_config(arm, regime, seed, out_root, args.budget),
+                                 f"{regime}/s{seed}-base"))
+                for variant in args.base_variants:
+                    jobs.append((f"{regime}/s{seed}-{variant}",
+                                 base_run_config(regime, seed, out_root, args.pretrain_steps, variant),
+                                 f"{regime}/s{seed}-base"))
+    jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
     if suites:
-        for _, cfg, _ in jobs:
-            cfg["evaluate"] = suites
-    done: dict[str, dict] = {}
-    running: set[str] = set()
-    lock = threading.Condition()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                while True:
-                    pending = [j for j in jobs if j[0] not in done and j[0] not in running]
-                    if not pending:
-                        return
-                    ready = [j for j in pending if j[2] is None or j[2] in done]
-                    if ready:
-                        name, cfg, dep = ready[0]
-                        if dep and done[dep]["rc"] != 0:
-                            done[name] = {"name": name, "rc": -1, "skipped": f"{dep} failed"}
-                            lock.notify_all()
-                            continue
-                        running.add(name)
-                        break
-                    lock.wait()
-            print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
-            result = run_job(cfg, out_root)
-            print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s",
-                  flush=True)
-            with lock:
-                running.discard(name)
-                done[name] = result
-                lock.notify_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(args.workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        for _, job, _ in jobs:
+            if isinstance(job, dict):
+                job["evaluate"] = suites
+    done = run_jobs(jobs, out_root, args.workers)
     (out_root / "jobs.json").write_text(json.dumps(done, indent=2) + "\n")
     failed = [n for n, r in done.items() if r["rc"] != 0]
     print(f"{len(done) - len(failed)} of {len(done)} runs finished" + (f"; failed: {', '.join(failed)}" if failed
