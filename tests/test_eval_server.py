@@ -1,12 +1,16 @@
 """Evaluation through a real vLLM server (CPU build): a suite end to end, 200 concurrent requests, malformed requests,
-and a run that resumes after the server is killed mid-evaluation with the same final metrics."""
+a run that resumes after the server is killed mid-evaluation with the same final metrics, answers reused only for
+the same setup, request errors kept apart from answers, and SIGTERM to `eval --serve` stopping its server."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +23,11 @@ from typer.testing import CliRunner
 
 from dermvlm.cli import app
 from dermvlm.config import SuiteConfig, load_config
+from dermvlm.evaluation import suite as suite_module
+from dermvlm.evaluation.cache import CacheMismatch
 from dermvlm.evaluation.runner import EndpointOptions
 from dermvlm.evaluation.suite import run_suite
+from dermvlm.recipes.text import SYSTEM_PROMPT
 from dermvlm.serving.server import ServeOptions, VLLMServer
 
 pytestmark = pytest.mark.vllm
@@ -55,6 +62,11 @@ def test_suite_end_to_end_report_plots_and_compare(server, tmp_path, recipe_data
     types = result["metrics"]["types"]
     assert set(types) == {"mcq", "open"} and types["mcq"]["n"] + types["open"]["n"] == 12
     assert result["metrics"]["latency"]["p50_s"] > 0 and result["metrics"]["errors"] == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings == json.loads((out / "cache_key.json").read_text())
+    assert settings["model"] == "derm" and settings["model_id"]["root"] == str(server.options.model)
+    assert settings["weights"] and settings["endpoint"] == "http://127.0.0.1:*/v1"  # a local folder: keyed by weights
+    assert "- settings: model `derm`" in report
     # the suite evaluates on images the training recipe kept out of training
     from datasets import Image as HFImage
     from datasets import List, load_from_disk
@@ -180,3 +192,143 @@ def test_serve_command_stops_cleanly_on_sigterm(trained_run, tmp_path):
     assert proc.wait(timeout=60) == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+def cli_eval(*args: str):
+    return CliRunner().invoke(app, ["eval", str(SUITE), *args])
+
+
+def test_wrong_model_or_url_stop_with_one_line_and_no_answers(server, tmp_path):
+    out = tmp_path / "out"
+    r = cli_eval("--endpoint", server.base_url, "--model", "dermm", "--out", str(out))
+    assert r.exit_code == 2 and r.stderr.strip() == (f"error: {server.base_url}: model 'dermm' is not served there "
+                                                     "(it serves 'derm'): check --model"), r.output
+    r = cli_eval("--endpoint", server.url, "--model", "derm", "--out", str(out))  # no /v1
+    assert r.exit_code == 2 and r.stderr.strip() == (f"error: {server.url}: 404 Not Found on GET /models: not an "
+                                                     "OpenAI-compatible API base URL (it usually ends in /v1)")
+    assert not (out / "predictions.jsonl").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_malformed_image_is_an_error_not_an_answer_and_is_retried(server, tmp_path, monkeypatch):
+    suite = load_config(SUITE, SuiteConfig)
+    real = suite_module.build_items
+
+    def one_broken(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        rows[1] = rows[1] | {"image": b"\xff\xd8\xff\xe0" + b"not a jpeg" * 40}
+        return rows
+
+    monkeypatch.setattr(suite_module, "build_items", one_broken)
+    out = tmp_path / "out"
+    result = run_suite(suite, out, endpoint=endpoint(server), base=SUITE.parent, limit=4, show_progress=False)
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert result["errors"] == 1 and result["metrics"]["errors"] == 1 and len(errors) == 1
+    assert errors[0]["status"] == 400 and errors[0]["error"].startswith("HTTP 400")
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and errors[0]["id"] not in {p["id"] for p in preds}
+    assert "**1 of 4 items errored**" in (out / "report.md").read_text()
+    monkeypatch.setattr(suite_module, "build_items", real)
+    again = run_suite(suite, out, endpoint=endpoint(server), base=SUITE.parent, limit=4, show_progress=False)
+    assert again["run"]["asked"] == 1 and again["run"]["skipped_as_done"] == 3 and again["errors"] == 0
+    assert not (out / "errors.jsonl").exists() and again["metrics"]["n"] == 4
+
+
+def test_answers_are_reused_only_for_the_same_setup(server, tmp_path):
+    suite = load_config(SUITE, SuiteConfig)
+    out = tmp_path / "out"
+    run_suite(suite, out, endpoint=endpoint(server), base=SUITE.parent, limit=3, show_progress=False)
+    with pytest.raises(CacheMismatch, match=r"system prompt differs.*--fresh"):
+        run_suite(suite, out, endpoint=endpoint(server), base=SUITE.parent, limit=3, system_prompt="dermiq",
+                  show_progress=False)
+    hot = suite.model_copy(update={"temperature": 1.0})
+    with pytest.raises(CacheMismatch, match=r"temperature 0\.0 → 1\.0"):
+        run_suite(hot, out, endpoint=endpoint(server), base=SUITE.parent, limit=3, show_progress=False)
+    fresh = run_suite(suite, out, endpoint=endpoint(server), base=SUITE.parent, limit=3, system_prompt="dermiq",
+                      fresh=True, show_progress=False)
+    assert fresh["run"]["asked"] == 3 and fresh["run"]["skipped_as_done"] == 0
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["settings"]["system_prompt"] == SYSTEM_PROMPT
+    assert recorded["suite_config"]["system_prompt"] == "dermiq" and recorded["suite_config"]["limit"] == 3
+
+
+def _stats() -> list[tuple[int, str, int, int]]:
+    """(pid, state, ppid, pgid) of every process."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                out.append((int(d.name), f[0], int(f[1]), int(f[2])))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    return [p for p, _, ppid, _ in _stats() if ppid == pid]
+
+
+def _listening_ports(pid: int) -> list[int]:
+    """TCP ports that process ``pid`` listens on (its socket inodes in /proc/net/tcp*, state LISTEN)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                f = row.split()
+                if f[3] == "0A" and f[9] in inodes:
+                    ports.append(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process (not a zombie) of process group ``pgid`` is running."""
+    return any(g == pgid and state != "Z" for _, state, _, g in _stats())
+
+
+def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "dermvlm.cli", "eval", str(SUITE), "--serve", str(trained_run["merged"]),
+           "--dtype", "float32", "--out", str(tmp_path / "out"), "--concurrency", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    groups: set[int] = set()  # the server's processes: children of the command, each group of its own
+    try:
+        deadline = time.monotonic() + 300
+        port = None
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            for kid in _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    groups.add(os.getpgid(kid))
+                port = port or next(iter(_listening_ports(kid)), None)
+            if port is not None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        assert groups and os.getpgid(proc.pid) not in groups
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 60
+        assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM: stopped the vLLM server")
+        assert "Traceback" not in stderr
+        gone = time.monotonic() + 10
+        while any(_group_alive(g) for g in groups) and time.monotonic() < gone:
+            time.sleep(0.2)
+        assert not any(_group_alive(g) for g in groups), "a process of the vLLM server's groups is still running"
+    finally:
+        proc.kill()
+        for g in groups:
+            if _group_alive(g):
+                os.killpg(g, signal.SIGKILL)

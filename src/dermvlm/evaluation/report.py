@@ -74,6 +74,21 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
     return made
 
 
+def settings_line(key: dict[str, Any]) -> str:
+    """The settings of a cache key (``evaluation.cache``) in one line."""
+    s = key.get("sampling") or {}
+    prompt = key.get("system_prompt")
+    flat = " ".join(str(prompt).split()).replace("`", "'")
+    shown = "none" if prompt is None else f"`{flat[:60]}{'…' if len(flat) > 60 else ''}`"
+    weights = f", weights `{key['weights'][:12]}`" if key.get("weights") else ""
+    serve = f" ({', '.join(f'{k} {v}' for k, v in key['serve'].items())})" if key.get("serve") else ""
+    items = key.get("items") or {}
+    return (f"model `{key.get('model')}`{weights} at `{key.get('endpoint')}`{serve}; temperature "
+            f"{s.get('temperature')}, max_tokens {s.get('max_tokens')}, seed {s.get('seed')}, guided format "
+            f"{'on' if s.get('guided_format') else 'off'}; system prompt {shown}; suite items "
+            f"`{str(items.get('sha256', ''))[:12]}` ({items.get('n')})")
+
+
 def write_report(result: dict[str, Any], out_dir: Path) -> Path:
     """The human-readable report of one run of one suite."""
     m = result["metrics"]
@@ -82,7 +97,14 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
              f"- endpoint: `{result['endpoint']}`, {m['n']} items, {m['errors']} request errors, "
              f"format compliance {m['format_compliance']:.3f}",
              f"- latency p50 {_fmt(m['latency']['p50_s'])} s, p95 {_fmt(m['latency']['p95_s'])} s, "
-             f"{_fmt(m['latency']['tokens_per_s_per_request'])} tokens/s per request", ""]
+             f"{_fmt(m['latency']['tokens_per_s_per_request'])} tokens/s per request"]
+    if result.get("settings"):
+        lines.append(f"- settings: {settings_line(result['settings'])}")
+    if result.get("errors"):
+        lines.append(f"- **{result['errors']} of {result.get('n_items', '?')} items errored**: their requests failed, "
+                     "they are not scored, they are listed in `errors.jsonl` and asked again on the next run"
+                     + (f" (e.g. {result['error_examples'][0]})" if result.get("error_examples") else ""))
+    lines.append("")
     lines += ["| type | n | accuracy [95% CI] | balanced acc. [95% CI] | macro-F1 [95% CI] | unparsable | abstained |",
               "|---|---|---|---|---|---|---|"]
     for kind, t in m["types"].items():

@@ -1,16 +1,21 @@
 """Run one suite against an endpoint (or a model folder served for the occasion): items → answers → metrics →
-``metrics.json``, ``predictions.jsonl``, ``report.md`` and plots in the output folder."""
+``metrics.json``, ``predictions.jsonl``, ``errors.jsonl``, ``cache_key.json``, ``report.md`` and plots in the output
+folder. A rerun continues from ``predictions.jsonl`` only when its cache key (``evaluation.cache``) is the same."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from dermvlm.config import SuiteConfig
+from dermvlm.evaluation import cache
 from dermvlm.evaluation.items import build_items
 from dermvlm.evaluation.report import plots, write_report
-from dermvlm.evaluation.runner import EndpointOptions, ask_all, read_predictions
+from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, probe, read_predictions
+from dermvlm.evaluation.runner import system_prompt as system_text
 from dermvlm.evaluation.score import score_predictions
 from dermvlm.io import atomic_write_text
 from dermvlm.knowledge import load_graph
@@ -19,38 +24,93 @@ from dermvlm.knowledge import load_graph
 def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | None = None,
               serve_model: str | Path | None = None, serve_options: dict[str, Any] | None = None,
               overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
-              system_prompt: str | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate and write the outputs; a rerun continues from ``predictions.jsonl``."""
+              system_prompt: str | None = None, show_progress: bool = True, fresh: bool = False,
+              reset_on_mismatch: bool = False) -> dict[str, Any]:
+    """Evaluate and write the outputs. A rerun continues from ``predictions.jsonl`` when the cache key matches,
+    else raises ``CacheMismatch`` (``reset_on_mismatch``: start over instead); ``fresh`` starts over anyway.
+    ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if limit:
-        suite = suite.model_copy(update={"limit": limit})
-    items = build_items(suite, out / "items", overrides, base)
+    if serve_model is None and endpoint is None:
+        raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
+    override = system_prompt
+    system = system_text(suite, override)
+    suite = suite.model_copy(update={"limit": limit or suite.limit,
+                                     **({"system_prompt": override} if override is not None else {})})
+    every = build_items(suite.model_copy(update={"limit": None}), out / "items", overrides, base)
+    items = every[: suite.limit] if suite.limit else every
     if not items:
         raise ValueError(f"suite {suite.name}: no items (split {suite.split!r} is empty)")
+
+    def start_over_or_check(key: dict[str, Any]) -> None:
+        if fresh:
+            cache.clear(out)
+        cache.check_and_store(out, key, reset_on_mismatch)
+
     if serve_model is not None:
-        from dermvlm.serving.server import ServeOptions, VLLMServer
+        from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
 
         folder = Path(serve_model)
+        if folder.exists():
+            folder = folder.resolve()
+        elif os.environ.get("HF_HUB_OFFLINE") == "1" or folder.is_absolute() or str(folder).startswith("."):
+            raise ServerError(f"model folder not found: {serve_model}")  # else a hub name, on a connected machine
         name = f"{folder.parent.name}" if folder.name == "model" else None  # runs/<run>/<stage>/model → <stage>
         opts = ServeOptions(model=str(folder), log_file=str(out / "server.log"), served_model_name=name,
                             **(serve_options or {}))
-        with VLLMServer(opts) as server:
-            endpoint = EndpointOptions(base_url=server.base_url, model=server.model_name,
-                                       api_key=opts.api_key or "EMPTY",
-                                       concurrency=endpoint.concurrency if endpoint else 8)
-            timing = ask_all(items, suite, endpoint, out, system_prompt, show_progress)
-    elif endpoint is not None:
-        timing = ask_all(items, suite, endpoint, out, system_prompt, show_progress)
+        model = opts.model_name
+        key = cache.make_key(model=model, model_id={"id": model, "root": str(folder), "parent": None,
+                                                    "max_model_len": opts.max_model_len},
+                             endpoint="", serve={"dtype": opts.dtype, "max_model_len": opts.max_model_len},
+                             weights_dir=folder, suite=suite, system_prompt=system, items=every,
+                             format_regex=FORMAT_REGEX)
+        start_over_or_check(key)  # before the server starts: a refusal costs nothing
+        server = VLLMServer(opts)
+        try:
+            server.start()
+            where = {"base_url": server.base_url, "model": server.model_name, "api_key": opts.api_key or "EMPTY"}
+            endpoint = dataclasses.replace(endpoint, **where) if endpoint else EndpointOptions(**where)
+            probe(endpoint)
+            timing = ask_all(items, suite, endpoint, out, override, show_progress)
+        finally:
+            _stop(server)
     else:
-        raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
-    ids = {it["id"] for it in items}
-    preds = [p for p in read_predictions(out / "predictions.jsonl") if p["id"] in ids]
+        assert endpoint is not None
+        card = probe(endpoint)  # a wrong URL, key or model name stops here, before anything is written
+        root = card.get("root")
+        local = root if root and cache.is_loopback(endpoint.base_url) and Path(root).is_dir() else None
+        key = cache.make_key(model=endpoint.model, model_id=card, endpoint=endpoint.base_url, weights_dir=local,
+                             suite=suite, system_prompt=system, items=every, format_regex=FORMAT_REGEX)
+        start_over_or_check(key)
+        timing = ask_all(items, suite, endpoint, out, override, show_progress)
+    by_id = {it["id"]: it for it in items}
+    answers: dict[str, dict[str, Any]] = {}
+    for p in read_predictions(out / cache.PREDICTIONS):
+        if p.get("id") in by_id and p["id"] not in answers:  # the gold fields come from the current items
+            answers[p["id"]] = p | {k: v for k, v in by_id[p["id"]].items() if k != "image"}
+    preds = [answers[i] for i in by_id if i in answers]
+    failed = {e["id"]: e for e in read_predictions(out / cache.ERRORS) if e.get("id") in by_id}
+    failed = {i: e for i, e in failed.items() if i not in answers}
     metrics = score_predictions(preds, load_graph(), suite.bootstrap, suite.seed)
+    metrics["errors"] = len(failed)
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,
-              "endpoint": endpoint.base_url, "run": timing, "metrics": metrics,
-              "suite_config": suite.model_dump()}
+              "endpoint": endpoint.base_url, "run": timing, "n_items": len(items), "errors": len(failed),
+              "error_examples": [e["error"] for e in list(failed.values())[:3]],
+              "settings": key, "metrics": metrics, "suite_config": suite.model_dump()}
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     plots(result, out)
     write_report(result, out)
     return result
+
+
+def _stop(server) -> None:
+    """Stop the server even if a signal (SIGTERM → KeyboardInterrupt) arrives while it is being stopped."""
+    interrupted = False
+    for _ in range(3):
+        try:
+            server.stop()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
