@@ -65,9 +65,12 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, nano_dir):
 def test_micro_preset_size_and_pixel_settings(tmp_path):
     out = build_nano(tmp_path / "micro", "micro", seed=0, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     info = json.loads((out / "dermvlm_nano.json").read_text())
-    assert 5_000_000 <= info["parameters"] <= 20_000_000
+    assert 5_000_000 <= info["parameters"] <= 20_000_000 and info["patch_size"] == 7
     proc = json.loads((out / "processor_config.json").read_text())
     assert proc["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 12544}
+    assert proc["image_processor"]["patch_size"] == 7
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_config"]["patch_size"] == 7 and config["vision_config"]["window_size"] == 28
 
 
 def test_bad_preset_and_pixel_bounds_fail_clearly(tmp_path):

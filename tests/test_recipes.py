@@ -209,6 +209,9 @@ def test_failed_build_leaves_nothing_and_a_fixed_rerun_is_complete(tmp_path, sha
     args = ["data", "build", str(ROOT / "data_recipes" / "my_images.yaml"), "--out", str(out), "--images",
             str(images[0].parent), "--labels", str(labels), "--image-col", "file", "--label-col", "dx",
             "--group-col", "patient"]
+    r = runner.invoke(app, args)  # broken.jpg lies outside --images: refused unless allowed
+    assert r.exit_code == 2 and "row 14, column 'file'" in r.output and "outside the images folder" in r.output
+    args.append("--allow-outside-images")
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "'melanomma' (1 images)" in r.output and "closest: melanoma" in r.output
     assert not out.exists() and not any(p.name.startswith(".mine") for p in tmp_path.iterdir())

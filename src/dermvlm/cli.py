@@ -60,14 +60,62 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_DEBUG = False
+
+
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an unexpected error.")] = False,
 ) -> None:
+    global _DEBUG
+    _DEBUG = debug
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _setup_logging(verbose)
+
+
+DISK_ERRORS = {"EROFS": "the file system is read-only", "ENOSPC": "no space left on the device",
+               "EDQUOT": "the disk quota is exceeded", "EACCES": "permission denied"}
+
+
+def run() -> None:
+    """The console entry point: ``app`` with every error that escapes a command as one line and a non-zero exit
+    (disk problems named as such; ``--debug`` shows the traceback)."""
+    import errno
+    import sys
+
+    def _stop(signum, _frame):  # SIGTERM unwinds like Ctrl-C, so every started server is stopped on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.secho("error: interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except OSError as err:
+        if _DEBUG:
+            raise
+        name = errno.errorcode.get(err.errno or 0, "")
+        what = DISK_ERRORS.get(name, err.strerror or str(err))
+        where = f"{err.filename}: " if err.filename else ""
+        typer.secho(f"error: cannot write or read {where}{what} ({name or type(err).__name__}); free space, fix the "
+                    f"permissions or choose another folder", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except Exception as err:
+        if _DEBUG:
+            raise
+        text = str(err)
+        for name, phrase in (("ENOSPC", "No space left on device"), ("EROFS", "Read-only file system")):
+            if phrase in text:  # an OSError wrapped by a library (safetensors, arrow)
+                typer.secho(f"error: cannot write: {DISK_ERRORS[name]} ({name}, in {type(err).__name__}); free "
+                            f"space or choose another folder", fg=typer.colors.RED, err=True)
+                sys.exit(1)
+        typer.secho(f"error: unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                    f"(rerun with --debug for the traceback)", fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 @nano_app.command("build")
@@ -77,16 +125,20 @@ def nano_build(
     seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer corpus.")] = 0,
     min_pixels: Annotated[int | None, typer.Option(help="Image processor minimum pixels.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
 ) -> None:
     """Build a Qwen2.5-VL-architecture model with random weights and a locally trained tokenizer."""
     import json
 
+    from dermvlm.io import check_output
     from dermvlm.models.nano import PRESETS, build_nano
 
     if preset not in PRESETS:
         _fail(f"--preset: unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     try:
-        path = build_nano(out, preset, seed, min_pixels, max_pixels)
+        check_output(out, "nano build", force)
+        path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size)
     except ValueError as err:
         _fail(str(err))
     info = json.loads((path / "dermvlm_nano.json").read_text())
@@ -112,13 +164,14 @@ def model_merge(
 
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="A run config YAML.")]) -> None:
-    """Validate a run config, including each stage's TRL fields."""
+    """Validate a run config: every field, each stage's trainer settings as TRL will read them, and every path."""
     from dermvlm.config import load_config
-    from dermvlm.pipeline import check_stages
+    from dermvlm.pipeline import check_paths, check_stages
 
     try:
         cfg = load_config(config)
         check_stages(cfg, str(config))
+        check_paths(cfg, str(config))
     except ConfigError as err:
         _fail(str(err))
     typer.echo(f"{config}: ok ({len(cfg.stages)} stages: {', '.join(s.name for s in cfg.stages)})")
@@ -137,43 +190,86 @@ def _parse_loras(items: list[str]) -> dict[str, str]:
 @app.command()
 def serve(
     model_dir: Annotated[str, typer.Argument(help="Model folder (or hub name on a connected machine).")],
+    vllm_args: Annotated[list[str] | None, typer.Argument(
+        help="Extra vLLM flags after --, e.g. `dermvlm serve DIR -- --max-num-seqs 8`.", show_default=False)] = None,
     lora: Annotated[list[str] | None, typer.Option(help="Serve an adapter as NAME=DIR (repeatable).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 unless told otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
-    api_key: Annotated[str | None, typer.Option(help="Require this API key.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="DERMVLM_API_KEY", help="Require this key (Authorization: Bearer KEY) on every route but /health.")
+    ] = None,
+    allow_image_domain: Annotated[list[str] | None, typer.Option(
+        help="Let image URLs point at this host (repeatable); by default only inline data: URLs are read.")] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="Name to answer to (default: the folder's).")] = None,
     max_model_len: Annotated[int, typer.Option(help="Context length (must hold the image tokens).")] = 1024,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
     kv_cache_memory: Annotated[str, typer.Option(help="KV cache size on CPU (e.g. 128M, 1G).")] = "128M",
-    max_lora_rank: Annotated[int, typer.Option(help="Largest LoRA rank to accept.")] = 16,
+    enforce_eager: Annotated[bool | None, typer.Option(
+        "--enforce-eager/--no-enforce-eager", help="Eager mode (default: on the CPU build only).",
+        show_default=False)] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs to split the model over.")] = 1,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        help="Fraction of GPU memory for vLLM (CUDA build only; vLLM's default 0.92).")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(
+        help="Largest LoRA rank to accept (default: the adapters' largest r).")] = None,
+    vllm_arg: Annotated[list[str] | None, typer.Option(
+        help="Extra vLLM flags, shell-split (repeatable), e.g. --vllm-arg '--max-num-seqs 8'.")] = None,
     log_file: Annotated[Path | None, typer.Option(help="Server log file.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 300.0,
 ) -> None:
-    """Start vLLM's OpenAI-compatible server; stop it cleanly on Ctrl-C or SIGTERM."""
-    from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
+    """Start vLLM's OpenAI-compatible server behind dermvlm's front door; stop both on Ctrl-C or SIGTERM.
 
-    options = ServeOptions(
-        model=model_dir, host=host, port=port, api_key=api_key, loras=_parse_loras(lora or []),
-        max_model_len=max_model_len, dtype=dtype, kv_cache_memory=kv_cache_memory, max_lora_rank=max_lora_rank,
-        log_file=str(log_file or Path(f"vllm-serve-{os.getpid()}.log")), startup_timeout=timeout,
-    )
-    server = VLLMServer(options)
+    The front door checks the API key on every route but /health, keeps /invocations closed (404) and refuses
+    image URLs that are not data: URLs or on an --allow-image-domain host (400); vLLM itself is on a private socket.
+    """
+    from dermvlm.serving.server import ServeConfigError, ServeOptions, ServerError, VLLMServer, split_vllm_args
 
     def _stop(signum, _frame):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal must not cut the shutdown
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    try:
+        extra = split_vllm_args(vllm_arg or []) + list(vllm_args or [])
+        if vllm_args and not vllm_args[0].startswith("-"):
+            raise ServeConfigError(f"unexpected argument {vllm_args[0]!r}: put vLLM flags after -- "
+                                   f"(dermvlm serve MODEL_DIR -- --flag value)")
+        options = ServeOptions(
+            model=model_dir, host=host, port=port, api_key=api_key, loras=_parse_loras(lora or []),
+            served_model_name=served_model_name, max_model_len=max_model_len, dtype=dtype,
+            kv_cache_memory=kv_cache_memory, max_lora_rank=max_lora_rank, enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            allowed_image_domains=list(allow_image_domain or []), extra_args=extra,
+            log_file=str(log_file or Path(f"vllm-serve-{os.getpid()}.log")), startup_timeout=timeout,
+        )
+        options.validate()
+    except ServerError as err:
+        _fail(str(err).splitlines()[0])
+    server = VLLMServer(options)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    for sig, handler in previous.items():
+        if sig != signal.SIGHUP or handler is not signal.SIG_IGN:  # under nohup SIGHUP stays ignored
+            signal.signal(sig, _stop)
     try:
         server.start()
-        typer.echo(f"serving {server.model_name} at {server.base_url} (log: {server.log_path}); Ctrl-C stops")
-        while server.proc is not None and server.proc.poll() is None:
-            time.sleep(1.0)
-        _fail(f"vLLM exited with code {server.proc.returncode if server.proc else '?'}; see {server.log_path}")
+        media = ", ".join(options.allowed_image_domains) or "none (data: URLs only)"
+        typer.echo(f"serving {server.model_name} at {server.base_url} (log: {server.log_path}); API key "
+                   f"{'required' if api_key else 'off'}; image hosts: {media}; Ctrl-C stops")
+        while server.alive():
+            time.sleep(0.5)
+        dead = "vLLM" if server.proc is None or server.proc.poll() is not None else "the front door"
+        code = (server.proc if dead == "vLLM" else server.proxy_proc).poll()
+        _fail(f"{dead} exited with code {code}; see {server.log_path}")
     except ServerError as err:
-        _fail(str(err))
+        _fail(str(err).splitlines()[0])
     except KeyboardInterrupt:
-        typer.echo("stopping vLLM")
+        typer.echo("stopping vLLM and the front door")
     finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -185,12 +281,13 @@ def pipeline(
     """Data → stages → merged model, resuming finished stages and checkpoints (runs/<name>/)."""
     from dermvlm.config import load_config
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
 
     try:
         cfg = load_config(config)
         final = run_pipeline(cfg, str(config), from_stage, to_stage)
-    except (ConfigError, DatasetError) as err:
+    except (ConfigError, DatasetError, OutputError) as err:
         _fail(str(err))
     typer.echo(f"final model: {final}")
     typer.echo(f"manifest: {Path(cfg.output_dir) / cfg.name / 'manifest.json'}")
@@ -198,24 +295,30 @@ def pipeline(
 
 @app.command()
 def train(
-    kind: Annotated[str, typer.Argument(help="sft, grpo or dpo.")],
+    kind: Annotated[str, typer.Argument(help="vision, align, sft, grpo or dpo.")],
     config: Annotated[Path, typer.Argument(help="Run config.")],
-    stage: Annotated[str | None, typer.Option(help="Stage name (default: the first stage of that kind).")] = None,
+    stage: Annotated[str | None, typer.Option(help="Stage name (needed when the config has several of KIND).")
+                     ] = None,
+    fresh: Annotated[bool, typer.Option(help="Train the stage again from its start, even if it finished.")] = False,
 ) -> None:
-    """Run one stage of a config (and whatever it needs before it), e.g. `dermvlm train grpo configs/x.yaml`."""
-    from dermvlm.config import load_config
+    """Run one stage of a config (and whatever it needs before it), e.g. `dermvlm train grpo configs/x.yaml`.
+    A finished stage is reused and an interrupted one resumes from its last checkpoint, unless --fresh."""
+    from dermvlm.config import STAGE_KINDS, load_config
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
 
-    if kind not in ("sft", "grpo", "dpo"):
-        _fail(f"kind {kind!r}: choose sft, grpo or dpo")
+    if kind not in STAGE_KINDS:
+        _fail(f"kind {kind!r}: choose one of {', '.join(STAGE_KINDS)}")
     try:
         cfg = load_config(config)
         names = [s.name for s in cfg.stages if s.kind == kind and (stage is None or s.name == stage)]
         if not names:
             _fail(f"{config}: no {kind} stage" + (f" named {stage!r}" if stage else ""))
-        final = run_pipeline(cfg, str(config), from_stage=names[0], to_stage=names[0])
-    except (ConfigError, DatasetError) as err:
+        if len(names) > 1:
+            _fail(f"{config}: {len(names)} {kind} stages ({', '.join(names)}); choose one with --stage NAME")
+        final = run_pipeline(cfg, str(config), from_stage=names[0] if fresh else None, to_stage=names[0])
+    except (ConfigError, DatasetError, OutputError) as err:
         _fail(str(err))
     typer.echo(f"stage {names[0]} finished: {final}")
 
@@ -229,13 +332,15 @@ def eval_cmd(
     model: Annotated[str | None, typer.Option(help="Model name at --endpoint.")] = None,
     serve: Annotated[Path | None, typer.Option(help="Serve this model folder with vLLM for the evaluation.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (predictions, metrics, report).")] = None,
-    concurrency: Annotated[int, typer.Option(help="Concurrent requests.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items only.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent requests (at least 1).")] = 8,
+    limit: Annotated[int | None, typer.Option(min=0, help="Evaluate the first N items only (0: all).")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for --endpoint.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="'dermiq', 'none' or a prompt (overrides the suite).")
                              ] = None,
     dtype: Annotated[str, typer.Option(help="dtype for --serve.")] = "auto",
-    max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 1024,
+    max_model_len: Annotated[int, typer.Option(min=1, help="Context length for --serve.")] = 1024,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the answers (and other files) an earlier eval "
+                                        "wrote in --out and start over.")] = False,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -243,7 +348,11 @@ def eval_cmd(
     image_col: ImageColOpt = "image",
     label_col: LabelColOpt = "label",
 ) -> None:
-    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs."""
+    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs.
+
+    Answers are reused on a rerun only if the model, endpoint, sampling settings, system prompt and suite items are
+    the same (cache_key.json); exit code 1 when some items' requests failed (errors.jsonl), 2 on any other error,
+    128 + the signal number on SIGINT/SIGTERM (the vLLM server of --serve is stopped)."""
     if suite == "compare":
         from dermvlm.evaluation.report import compare
 
@@ -251,12 +360,14 @@ def eval_cmd(
             _fail("eval compare needs one or more output folders")
         try:
             typer.echo(compare(folders))
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             _fail(str(err))
         return
+    import threading
+
     from dermvlm.config import SuiteConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
-    from dermvlm.evaluation.runner import EndpointDown, EndpointOptions
+    from dermvlm.evaluation.runner import EndpointError, EndpointOptions
     from dermvlm.evaluation.suite import run_suite
     from dermvlm.serving.server import ServerError
 
@@ -264,23 +375,56 @@ def eval_cmd(
         _fail("give exactly one of --endpoint URL (with --model) and --serve MODEL_DIR")
     if endpoint is not None and not model:
         _fail("--endpoint needs --model NAME (the name the server answers to)")
+
+    def one_line(err: BaseException) -> str:  # a server's log tail: its first and last lines
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+
+    caught: list[int] = []
+
+    def on_signal(signum, _frame) -> None:  # unwind, so that the vLLM server's context manager stops it
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the shutdown
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    out_dir = out or Path("runs") / "eval" / Path(suite).stem
     try:
         cfg = load_config(Path(suite), SuiteConfig)
         out_dir = out or Path("runs") / "eval" / cfg.name
         overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
         ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
                              concurrency=concurrency)
-        result = run_suite(cfg, out_dir, ep if endpoint else EndpointOptions("", "", concurrency=concurrency),
-                           serve_model=serve, serve_options={"dtype": dtype, "max_model_len": max_model_len}
-                           if serve else None, overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
-                           system_prompt=system_prompt)
-    except (ConfigError, DatasetError, ServerError, EndpointDown, ValueError) as err:
-        _fail(str(err))
+        result = run_suite(cfg, out_dir, ep, serve_model=serve,
+                           serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
+                           overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
+                           system_prompt=system_prompt, fresh=fresh)
+    except KeyboardInterrupt:
+        signum = caught[0] if caught else signal.SIGINT
+        typer.secho(f"error: interrupted by {signal.Signals(signum).name}: "
+                    f"{'stopped the vLLM server; ' if serve else ''}the answers so far are kept in "
+                    f"{out_dir / 'predictions.jsonl'}; rerun the same command to continue", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(128 + signum) from None
+    except (ConfigError, DatasetError, ServerError, EndpointError, ValueError, OSError) as err:
+        _fail(one_line(err))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     m = result["metrics"]
     for kind, t in m["types"].items():
         typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
                    f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")
     typer.echo(f"report: {out_dir / 'report.md'}")
+    if result["errors"]:
+        example = f" (e.g. {result['error_examples'][0][:120]})" if result.get("error_examples") else ""
+        typer.secho(f"error: {result['errors']} of {result['n_items']} items got no answer; they are listed in "
+                    f"{out_dir / 'errors.jsonl'}, not scored, and asked again on the next run{example}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -312,12 +456,15 @@ def demo(
 
 
 def source_overrides(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
-                     image_col: str, label_col: str, group_col: str | None) -> list[dict] | None:
+                     image_col: str, label_col: str, group_col: str | None, allow_outside_images: bool = False
+                     ) -> list[dict] | None:
     """Command-line sources that replace a recipe's (or a suite's) declared sources."""
     if labels is not None or images is not None:
         if labels is None:
             _fail("--images needs --labels CSV (or use --source imagefolder --root DIR)")
         options = {"labels": str(labels), "image_col": image_col, "label_col": label_col}
+        if allow_outside_images:
+            options["allow_outside_images"] = True
         if images is not None:
             options["images"] = str(images)
         if group_col:
@@ -341,18 +488,23 @@ def data_build(
     image_col: ImageColOpt = "image",
     label_col: LabelColOpt = "label",
     group_col: Annotated[str | None, typer.Option(help="Patient/lesion column of --labels.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+    allow_outside_images: Annotated[bool, typer.Option(help="Accept --labels paths that leave --images.")] = False,
 ) -> None:
     """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv)."""
     from dermvlm.config import RecipeConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError, check_output
     from dermvlm.knowledge import UnknownLabelError
     from dermvlm.recipes.build import build
 
     try:
+        check_output(out, "data build", force)
         cfg = load_config(recipe, RecipeConfig)
-        overrides = source_overrides(source, root, images, labels, image_col, label_col, group_col)
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, group_col,
+                                     allow_outside_images)
         result = build(cfg, out, overrides, base=recipe.resolve().parent)
-    except (ConfigError, DatasetError, UnknownLabelError) as err:
+    except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         _fail(str(err))
     s = result.stats
     by_split = ", ".join(f"{k} {v}" for k, v in s["records_by_split"].items())
@@ -534,4 +686,4 @@ def kg_derive(
 
 
 if __name__ == "__main__":
-    app()
+    run()

@@ -1,25 +1,74 @@
-"""Atomic writes: a file or folder appears complete at its path, or not at all."""
+"""Atomic writes and the one output rule: a file or folder appears complete at its path, or not at all, and a
+command replaces only a folder that dermvlm itself wrote (it carries a marker file naming the command)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+MARKER = ".dermvlm-output.json"
+
+
+class OutputError(ValueError):
+    """An output folder that a command must not write into or replace; ``str()`` is the message for the user."""
+
+
+def written_by(path: str | Path) -> str | None:
+    """The dermvlm command that wrote the folder ``path`` (from its marker), or None."""
+    marker = Path(path) / MARKER
+    try:
+        return json.loads(marker.read_text()).get("written_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output(path: str | Path, command: str, force: bool = False, option: str = "--out") -> Path:
+    """Refuse an output folder that ``command`` may not replace: the working folder or one above it, a file, or
+    a non-empty folder that no dermvlm command wrote (``force`` lifts the last rule). Returns the path."""
+    path = Path(path)
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise OutputError(f"{option} {path}: that is the working folder or one above it; give a new folder "
+                          f"(e.g. {option} runs/{command.split()[-1]})")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: exists and is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        owner = written_by(path)
+        if owner is None:
+            raise OutputError(f"{option} {path}: the folder exists and was not written by dermvlm (no {MARKER}); "
+                              f"choose another {option}, empty it, or pass --force to replace it")
+        if owner != command:
+            raise OutputError(f"{option} {path}: the folder holds the output of `dermvlm {owner}`, not of "
+                              f"`dermvlm {command}`; choose another {option} or pass --force to replace it")
+    return path
+
+
+def mark_output(folder: str | Path, command: str) -> None:
+    """Write the marker that says ``command`` wrote ``folder``."""
+    (Path(folder) / MARKER).write_text(json.dumps({"written_by": command}) + "\n")
+
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path``, on error it is removed."""
+def atomic_dir(path: str | Path, overwrite: bool = True, command: str | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path``, on error it is removed. With
+    ``command``, the folder carries the marker that lets that command replace it later."""
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise OutputError(f"{path}: not a folder name that can be written atomically; give a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        if command:
+            mark_output(tmp, command)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -201,29 +202,38 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
         if name is not None and name not in names:
             raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
     check_stages(cfg, source)
+    check_paths(cfg, source)
     root = run_dir(cfg)
-    root.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(root)
     data_dir, data_key = build_data(cfg, source)
     manifest = Manifest(root, write=is_main_process())
     manifest.start(cfg.model_dump(), cfg.seed, {"data_recipe": cfg.data.recipe, "data_key": data_key,
                                                 "data_stats_sha256": sha256_text((data_dir / "stats.json")
                                                                                  .read_text())})
     current = base_model(cfg)
-    upstream = sha256_text(str(current.resolve()) + data_key)
+    upstream = sha256_text(str(current.resolve()) + data_key + model_identity(current))
     forced = False
     for i, stage in enumerate(cfg.stages):
         stage_dir = root / stage.name
+        # the key chains the upstream stage's key *and its run*: retraining a stage invalidates all after it
         key = sha256_text(upstream + json.dumps(stage.model_dump(), sort_keys=True)
                           + json.dumps(cfg.model.model_dump(), sort_keys=True) + str(cfg.seed))
         forced = forced or stage.name == from_stage
         done = stage_dir / "done.json"
-        if not forced and done.exists() and json.loads(done.read_text()).get("key") == key:
+        finished = json.loads(done.read_text()) if done.exists() else {}
+        if not forced and finished.get("key") == key:
             log.info("stage %s: finished earlier, reusing %s", stage.name, stage_dir / "model")
+            run_id = finished.get("run_id", key)
         else:
             key_file = stage_dir / "key.txt"
             if is_main_process():
+                if stage_dir.exists() and not key_file.exists() and any(stage_dir.iterdir()):
+                    raise ConfigError(f"{stage_dir}: the folder exists and was not written by the pipeline (no "
+                                      f"key.txt); move it away or rename the stage")
                 if stage_dir.exists() and (forced or not key_file.exists() or key_file.read_text() != key):
-                    shutil.rmtree(stage_dir)  # settings or inputs changed: no stale checkpoint may be resumed
+                    log.info("stage %s: settings, inputs or an upstream stage changed; training it again",
+                             stage.name)
+                    shutil.rmtree(stage_dir)  # no stale checkpoint may be resumed
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(key_file, key)
             else:
@@ -233,11 +243,15 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
                      "LoRA" if stage.use_lora else "full", current)
             with PeakRSS() as mem:
                 result = run_stage(stage, cfg, current, data_dir, stage_dir, where)
-            info = {"key": key, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
+            run_id = uuid.uuid4().hex
+            info = {"key": key, "run_id": run_id, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
             if is_main_process():
                 atomic_write_text(done, json.dumps(info, indent=2) + "\n")
                 manifest.stage_done(stage.name, info)
-        current, upstream = stage_dir / "model", key
+            else:
+                wait_for(done)
+                run_id = json.loads(done.read_text())["run_id"]
+        current, upstream = stage_dir / "model", sha256_text(key + run_id)
         if stage.name == to_stage:
             break
     if is_main_process() and (to_stage is None or to_stage == cfg.stages[-1].name):
@@ -250,6 +264,50 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             manifest.data["evaluation"] = reports
             manifest.save()
     return current
+
+
+def model_identity(path: Path) -> str:
+    """What identifies a starting checkpoint beyond its path: its config and weight files' names, sizes, times."""
+    if not path.is_dir():
+        return str(path)
+    parts = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir())
+             if f.is_file() and (f.suffix in (".safetensors", ".bin") or f.name.endswith(".json"))]
+    return "|".join(parts)
+
+
+def claim_run_dir(root: Path) -> None:
+    """Create the run folder, or refuse one that exists with content the pipeline did not write."""
+    from dermvlm.io import OutputError, mark_output, written_by
+
+    if root.exists() and any(root.iterdir()) and written_by(root) != "pipeline" \
+            and not (root / "manifest.json").exists():
+        raise OutputError(f"{root}: the run folder exists and was not written by `dermvlm pipeline`; change the "
+                          f"config's name or output_dir")
+    if is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        if written_by(root) is None:
+            mark_output(root, "pipeline")
+
+
+def check_paths(cfg: RunConfig, source: str = "<config>") -> None:
+    """Every path the run will read, resolved before anything is built: recipe, evaluation suites, start model."""
+    from dermvlm.config import SuiteConfig
+
+    recipe = Path(cfg.data.recipe)
+    if not recipe.is_file() and source != "<config>":
+        recipe = Path(source).resolve().parent.parent / cfg.data.recipe
+    if not recipe.is_file():
+        raise ConfigError(f"{source}: data.recipe: recipe file not found: {cfg.data.recipe}")
+    load_config(recipe, RecipeConfig)
+    for i, suite in enumerate(cfg.evaluate):
+        path = resolve_path(suite, source)
+        if not path.is_file():
+            raise ConfigError(f"{source}: evaluate[{i}]: suite file not found: {suite}")
+        load_config(path, SuiteConfig)
+    name = cfg.model.name_or_path
+    hub_id = name is not None and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if name is not None and not Path(name).exists() and not hub_id:  # a hub id is checked when it loads
+        raise ConfigError(f"{source}: model.name_or_path: no such model folder: {name}")
 
 
 def resolve_path(path: str, source: str) -> Path:

@@ -34,7 +34,7 @@ def merge_adapter(
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     processor_src = adapter_dir if (Path(adapter_dir) / "processor_config.json").exists() else base
     processor = AutoProcessor.from_pretrained(str(processor_src))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, command="model merge") as tmp:
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(out)

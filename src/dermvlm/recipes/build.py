@@ -22,6 +22,7 @@ from typing import Any
 from dermvlm.config import RecipeConfig
 from dermvlm.datasets.adapters import SOURCES, load_source
 from dermvlm.datasets.adapters.common import DatasetError
+from dermvlm.datasets.conflicts import resolve_conflicts
 from dermvlm.datasets.dedup import find_duplicates, resolve
 from dermvlm.datasets.images import ImageProblem, load_image
 from dermvlm.datasets.records import Record
@@ -147,6 +148,9 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     datasets.disable_progress_bars()
     kg = load_graph()
     records, skipped, licences = collect_records(recipe, kg, overrides, base)
+    keep, dup = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), recipe.dedup.on_conflict)
+    records = [records[i] for i in keep]
+    skipped += dup
     assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
     # -- images
     clean, kept = [], []
@@ -166,6 +170,9 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         bar.stop()
     if not kept:
         raise DatasetError("no image could be used (see the skipped list)")
+    keep, dup = resolve_conflicts(kept, lambda i, r: clean[i].sha256, recipe.dedup.on_conflict, "image content")
+    kept, clean = [kept[i] for i in keep], [clean[i] for i in keep]
+    skipped += dup
     # -- duplicates and leakage
     report = find_duplicates([c.sha256 for c in clean], [c.phash for c in clean], recipe.dedup.near_threshold)
     survivors = resolve(kept, report, recipe.dedup.policy)
@@ -208,7 +215,7 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         kinds_out[kind] = rows
     stats = _stats(recipe, records, kinds_out, skipped, report.summary(kept), licences)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, command="data build") as tmp:
         for kind, rows in kinds_out.items():
             feats = _features(kind)
             dd = DatasetDict({s: Dataset.from_dict({k: [row[k] for row in rows[s]] for k in feats}, features=feats)

@@ -46,7 +46,7 @@ def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir
     values fail here, before any model loads, naming ``where`` (file and stage)."""
     from dermvlm.models.loading import cuda_available, resolve_dtype
 
-    check_dataclass_kwargs(cls, stage.trl, where)
+    checked = check_dataclass_kwargs(cls, stage.trl, where)
     kwargs = {**COMMON_DEFAULTS, **defaults, "seed": seed, "data_seed": seed,
               "output_dir": str(output_dir / "checkpoints"), "report_to": report_to}
     if report_to != "none":
@@ -57,7 +57,7 @@ def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir
         import torch
 
         kwargs["bf16"] = resolve_dtype("auto") == torch.bfloat16
-    kwargs.update(stage.trl)
+    kwargs.update(checked)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
@@ -119,10 +119,10 @@ def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str 
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The stage's newest complete checkpoint (see ``training/resume.py``)."""
+    from dermvlm.training.resume import last_checkpoint as newest_complete
 
-    ckpt = output_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    return newest_complete(output_dir)
 
 
 def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, output_dir: Path,

@@ -18,6 +18,7 @@ from dermvlm.config import ModelSpec, StageSpec
 from dermvlm.io import atomic_write_text
 from dermvlm.knowledge import KGScorer
 from dermvlm.training.common import StageResult, finish, last_checkpoint, load_for_stage, trl_config
+from dermvlm.training.resume import strict_resume
 
 DPO_DEFAULTS: dict[str, Any] = {
     "beta": 0.1,
@@ -27,10 +28,30 @@ DPO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def dpo_config(stage: StageSpec, output_dir: Path, seed: int, where: str, report_to: str = "none"):
+def dpo_loss_types() -> list[str]:
+    """The loss types the installed TRL's ``DPOConfig`` documents (read from its field help, so it follows TRL)."""
+    import dataclasses
+    import re
+
     from trl import DPOConfig
 
-    return trl_config(DPOConfig, DPO_DEFAULTS, stage, output_dir, seed, where, report_to)
+    help_text = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type").metadata.get("help", "")
+    return re.findall(r"`'([a-z0-9_]+)'`", help_text)
+
+
+def dpo_config(stage: StageSpec, output_dir: Path, seed: int, where: str, report_to: str = "none"):
+    """TRL ``DPOConfig``; a loss type TRL would only reject at the first step is refused here."""
+    from trl import DPOConfig
+
+    from dermvlm.config import ConfigError, did_you_mean
+
+    args = trl_config(DPOConfig, DPO_DEFAULTS, stage, output_dir, seed, where, report_to)
+    allowed = dpo_loss_types()
+    for loss in args.loss_type:
+        if allowed and loss not in allowed:
+            raise ConfigError(f"{where}.loss_type: {loss!r} is not a DPO loss type{did_you_mean(loss, allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
+    return args
 
 
 def _text(messages: list[dict]) -> str:
@@ -173,7 +194,8 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
                           "lower min_margin or sample more answers")
     train = pairs.select_columns(["images", "prompt", "chosen", "rejected"])
     model, processor = load_for_stage(model_spec, model_path, stage)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                         peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
+    trainer = strict_resume(DPOTrainer)(
+        model=model, args=args, train_dataset=train, processing_class=processor,
+        peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started, {"pairs": stats})

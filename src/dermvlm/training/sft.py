@@ -38,13 +38,15 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     from trl import SFTTrainer
 
     from dermvlm.models.loading import lora_config
+    from dermvlm.training.resume import strict_resume
 
     output_dir = Path(output_dir)
     args = sft_config(stage, output_dir, seed, where, report_to)
     set_seed(seed)
     started = time.perf_counter()
     model, processor = load_for_stage(model_spec, model_path, stage)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
-                         peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
+    trainer = strict_resume(SFTTrainer)(
+        model=model, args=args, train_dataset=train_dataset, processing_class=processor,
+        peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started)

@@ -29,19 +29,27 @@ def load_imagefolder(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
 
 def load_csv(labels: Path, images: Path | None = None, image_col: str = "image", label_col: str = "label",
              group_col: str | None = None, split_col: str | None = None, site_col: str | None = None,
-             fitzpatrick_col: str | None = None, encoding: str = "utf-8") -> tuple[list[RawRow], list]:
-    """A CSV naming image files (relative to ``images`` or absolute) and their labels."""
+             fitzpatrick_col: str | None = None, encoding: str = "utf-8", allow_outside_images: bool = False
+             ) -> tuple[list[RawRow], list]:
+    """A CSV naming image files (relative to ``images`` or absolute) and their labels. When ``images`` is given, a
+    path that leaves it (``../x.jpg``, an absolute path elsewhere, a link out) is refused unless
+    ``allow_outside_images``."""
     labels = Path(labels)
     required = [c for c in (image_col, label_col, group_col, split_col, site_col, fitzpatrick_col) if c]
     rows = read_csv(labels, required=required, encoding=encoding)
     base = Path(images) if images else labels.parent
     found = index_images(base) if base.is_dir() else {}
+    inside = base.resolve()
     out, skipped = [], []
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
         name = r[image_col]
         path = Path(name) if Path(name).is_absolute() else base / name
         if not path.exists():
             path = found.get(name) or found.get(Path(name).stem) or path
+        if images and not allow_outside_images and not path.resolve().is_relative_to(inside):
+            raise DatasetError(f"{labels}: row {line}, column {image_col!r}: {name!r} points outside the images "
+                               f"folder {base} (to {path.resolve()}); move the image in, or set the source option "
+                               f"allow_outside_images: true")
         if not r[label_col]:
             skipped.append((name, "empty label"))
             continue

@@ -42,7 +42,9 @@ def make_trainer_class():
     from trl import GRPOTrainer
     from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-    class GRPOPlusTrainer(GRPOTrainer):
+    from dermvlm.training.resume import strict_resume
+
+    class GRPOPlusTrainer(strict_resume(GRPOTrainer)):
         """See the module docstring. With every option at its default it behaves as ``GRPOTrainer``."""
 
         def __init__(self, *args, zero_variance_filter: bool = False, max_resample_rounds: int = 2,
@@ -87,8 +89,11 @@ def make_trainer_class():
 
         # ---- zero-variance replacement
         def _flat_groups(self, out: dict) -> list[int]:
+            """Groups whose completions were all rewarded alike. Their advantages are equal but not always 0:
+            ``reward - mean`` keeps the mean's rounding error (0.9 x 8 / 8 != 0.9 in float32), which TRL's std
+            scaling then magnifies, so compare the advantages with each other, not with 0."""
             adv = out["advantages"].view(-1, self.num_generations)
-            return [i for i, row in enumerate(adv) if bool((row.abs() < 1e-8).all())]
+            return [i for i, row in enumerate(adv) if float(row.max() - row.min()) < 1e-6]
 
         def _draw(self, classes: list[str | None]) -> list[dict]:
             """One fresh prompt per entry of ``classes`` (that class's pool; any prompt for None), each repeated
