@@ -46,12 +46,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--collect-only", action="store_true", help="tabulate finished runs, train nothing")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "geometry_sweep.json")
     args = ap.parse_args()
     out_root = args.out.resolve()
     jobs = [(f"geometry-{g}", geometry_config(g, *GEOMETRIES[g], args.epochs, args.seed, out_root), None)
             for g in args.geometries]
-    run_jobs(jobs, out_root, args.workers)
+    if not args.collect_only:
+        run_jobs(jobs, out_root, args.workers)
     rows = []
     for g in args.geometries:
         patch, side = GEOMETRIES[g]
