@@ -141,7 +141,7 @@ def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_pa
                        seconds=time.perf_counter() - started, extra=extra or {})
 
 
-def plot_curves(history: list[dict], out: Path, title: str = "") -> Path | None:
+def plot_curves(history: list[dict], out: Path, title: str = "") -> Path:
     """Loss and reward curves (one panel each, reward components included) as a PNG."""
     import matplotlib
 
@@ -149,8 +149,14 @@ def plot_curves(history: list[dict], out: Path, title: str = "") -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [h for h in history if "loss" in h]
+    if not steps:  # fewer steps than logging_steps: the trainer's closing summary is the only point
+        steps = [{"step": h.get("step", 0), "loss": h["train_loss"]} for h in history if "train_loss" in h]
     if not steps:
-        return None
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.text(0.5, 0.5, "no step logged (logging_steps > steps)", ha="center", va="center")
+        ax.set_title(title or "loss")
+        ax.set_axis_off()
+        return _save_figure(fig, out)
     reward_keys = sorted({k for h in steps for k in h if k == "reward" or (k.startswith("rewards/")
                                                                           and k.endswith("/mean"))})
     panels = 1 + bool(reward_keys) + any("rewards/chosen" in h for h in steps)
@@ -174,6 +180,12 @@ def plot_curves(history: list[dict], out: Path, title: str = "") -> Path | None:
         ax.set_title("DPO implicit rewards")
         ax.legend(fontsize=7)
     fig.suptitle(title)
+    return _save_figure(fig, out)
+
+
+def _save_figure(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
