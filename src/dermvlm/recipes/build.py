@@ -69,7 +69,8 @@ def _features(kind: str):
                      "label_name": Value("string"), "dataset": Value("string"), "split": Value("string"),
                      "group_id": Value("string"), "fitzpatrick": Value("int64"),
                      "fitzpatrick_group": Value("string"), "site": Value("string"), "malignancy": Value("string"),
-                     "source_label": Value("string")})
+                     "source_label": Value("string"), "skin_tone_ita": Value("float64"),
+                     "tone_group": Value("string"), "artefacts": List(Value("string"))})
 
 
 def _progress():
