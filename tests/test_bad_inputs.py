@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from dermvlm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DERMVLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 runner = CliRunner()
 
 
@@ -51,7 +53,7 @@ def snapshot(root: Path, exclude: list[Path]) -> dict[str, tuple[int, int]]:
 
 
 def isic(tmp: Path, n: int = 6) -> list[Path]:
-    src = sorted((ROOT.parent / "shared" / "data" / "isic_cc0" / "images").glob("*.jpg"))[:n]
+    src = sorted((SHARED_DATA / "isic_cc0" / "images").glob("*.jpg"))[:n]
     (tmp / "imgs").mkdir(exist_ok=True)
     out = []
     for p in src:

@@ -56,7 +56,8 @@ def load_split(data: Path, split: str, side: int | None = None):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="a built recipe folder with the image_label kind")
-    ap.add_argument("--seconds", type=float, default=None, help="budget in CPU seconds (one thread); sets the step count")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="budget in CPU seconds (one thread); sets the step count")
     ap.add_argument("--steps", type=int, default=None, help="exact step count (overrides --seconds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
