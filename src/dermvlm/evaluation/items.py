@@ -17,7 +17,18 @@ def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = No
     rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
     if suite.limit:
         rows = rows[: suite.limit]
+    if suite.corruption:
+        rows = corrupted(rows, suite.corruption.name, suite.corruption.severity, suite.seed)
     return rows
+
+
+def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The items with every image corrupted (``evaluation.corruptions``) and ids of their own (``<id>~<name>-<k>``),
+    so answers about clean and corrupted images never mix in a cache."""
+    from dermvlm.evaluation.corruptions import corrupt_bytes
+
+    return [r | {"id": f"{r['id']}~{name}-{severity}", "image": corrupt_bytes(r["image"], name, severity, seed),
+                 "corruption": f"{name}-{severity}"} for r in rows]
 
 
 def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:
