@@ -42,7 +42,11 @@ class BuildResult:
 
 
 def recipe_hash(recipe: RecipeConfig) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    """The recipe's content key. Fields added later enter it only when set, so existing builds keep their keys."""
+    data = recipe.model_dump()
+    if not data.get("exclude"):
+        data.pop("exclude", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _features(kind: str):
