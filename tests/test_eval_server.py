@@ -332,3 +332,29 @@ def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
         for g in groups:
             if _group_alive(g):
                 os.killpg(g, signal.SIGKILL)
+
+
+def test_robustness_sweep_one_server_cached_runs_and_summary(server, tmp_path, recipe_data):
+    from dermvlm.config import RobustnessSpec
+    from dermvlm.evaluation.robustness import run_robustness
+
+    suite = load_config(SUITE, SuiteConfig).model_copy(update={"robustness": RobustnessSpec(
+        corruptions=["brightness_down", "black_corner"], severities=[1, 5], limit=6), "bootstrap": 50})
+    out = tmp_path / "rob"
+    summary = run_robustness(suite, out, endpoint(server), base=SUITE.parent, show_progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
+        ["clean", "brightness_down-1", "brightness_down-5", "black_corner-1", "black_corner-5"])
+    ids = {json.loads(line)["id"] for line in (out / "black_corner-5" / "predictions.jsonl").read_text().splitlines()}
+    assert len(ids) == 6 and all(i.endswith("~black_corner-5") for i in ids)
+    cell = summary["corruptions"]["black_corner"]["5"]
+    assert cell["n"] == summary["clean"]["n"] and summary["worst_corruption"] in ("brightness_down", "black_corner")
+    clean_ba = summary["clean"]["balanced_accuracy"]
+    if clean_ba:
+        assert cell["balanced_accuracy_relative"] == pytest.approx(cell["balanced_accuracy"] / clean_ba, abs=1e-3)
+    for name in ("robustness.json", "robustness.md", "robustness.png"):
+        assert (out / name).is_file()
+    assert "| black_corner |" in (out / "robustness.md").read_text()
+    again = run_robustness(suite, out, endpoint(server), base=SUITE.parent, show_progress=False)
+    assert again == summary  # every run answered from its own cache
+    run = json.loads((out / "brightness_down-1" / "metrics.json").read_text())["run"]
+    assert run["asked"] == 0 and run["skipped_as_done"] == 6

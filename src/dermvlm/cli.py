@@ -341,6 +341,13 @@ def eval_cmd(
     max_model_len: Annotated[int, typer.Option(min=1, help="Context length for --serve.")] = 1024,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the answers (and other files) an earlier eval "
                                         "wrote in --out and start over.")] = False,
+    corruption: Annotated[str | None, typer.Option(help="Corrupt every image (MedMNIST-C dermatoscopy: pixelate, "
+                                                   "jpeg_compression, gaussian_noise, ..., black_corner, characters).")
+                          ] = None,
+    severity: Annotated[int | None, typer.Option(min=1, max=5, help="Severity 1-5 of --corruption.")] = None,
+    robustness: Annotated[bool, typer.Option("--robustness", help="Run the suite clean and under every corruption "
+                                             "x severity of its robustness: block (default all 15 x 5) into --out "
+                                             "and write robustness.md/json/png.")] = False,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -373,6 +380,15 @@ def eval_cmd(
 
     if (endpoint is None) == (serve is None):
         _fail("give exactly one of --endpoint URL (with --model) and --serve MODEL_DIR")
+    if (corruption is None) != (severity is None):
+        _fail("--corruption NAME and --severity K (1-5) go together")
+    if corruption is not None and robustness:
+        _fail("--robustness runs every corruption of the suite's robustness: block; leave out --corruption")
+    if corruption is not None:
+        from dermvlm.evaluation.corruptions import NAMES
+
+        if corruption not in NAMES:
+            _fail(f"--corruption: unknown corruption {corruption!r}; choose one of: {', '.join(NAMES)}")
     if endpoint is not None and not model:
         _fail("--endpoint needs --model NAME (the name the server answers to)")
 
@@ -398,10 +414,17 @@ def eval_cmd(
         overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
         ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
                              concurrency=concurrency)
-        result = run_suite(cfg, out_dir, ep, serve_model=serve,
-                           serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
-                           overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
-                           system_prompt=system_prompt, fresh=fresh)
+        if corruption is not None:
+            from dermvlm.config import CorruptionSpec
+
+            cfg = cfg.model_copy(update={"corruption": CorruptionSpec(name=corruption, severity=severity)})
+        runner = run_suite
+        if robustness:
+            from dermvlm.evaluation.robustness import run_robustness as runner
+        result = runner(cfg, out_dir, ep, serve_model=serve,
+                        serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
+                        overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
+                        system_prompt=system_prompt, fresh=fresh)
     except KeyboardInterrupt:
         signum = caught[0] if caught else signal.SIGINT
         typer.secho(f"error: interrupted by {signal.Signals(signum).name}: "
@@ -414,6 +437,16 @@ def eval_cmd(
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+    if robustness:
+        worst = result["worst_corruption"]
+        typer.echo(f"clean balanced accuracy {result['clean']['balanced_accuracy']:.3f}; worst corruption {worst} "
+                   f"(mean relative {result['mean_relative_balanced_accuracy'][worst]:.2f}); "
+                   f"table in {out_dir / 'robustness.md'}")
+        if result["errors"]:
+            typer.secho(f"error: {result['errors']} items got no answer across the runs; rerun the same command to "
+                        "ask them again", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
+        return
     m = result["metrics"]
     for kind, t in m["types"].items():
         typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
@@ -515,6 +548,50 @@ def data_build(
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} file(s): "
                    + ", ".join(f"{k} ({v})" for k, v in s["skipped_by_reason"].items()) + f"; see {out}/skipped.csv")
+
+
+@data_app.command("audit")
+def data_audit(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML, or an image folder with a labels.csv (image,label).")],
+    out: Annotated[Path, typer.Option(help="Report folder (audit.md/html/json, contact sheets, exclude.yaml).")],
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds for label-error candidates.")] = 5,
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+) -> None:
+    """Rank a dataset's duplicates, off-topic images and label-error candidates, worst first, and propose an
+    exclude list a recipe can use (`exclude: OUT/exclude.yaml`)."""
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError, check_output
+    from dermvlm.knowledge import UnknownLabelError
+    from dermvlm.recipes.audit import audit
+
+    try:
+        check_output(out, "data audit", force)
+        if recipe.is_dir():
+            if images is None and labels is None and source is None:
+                images, labels = recipe, recipe / "labels.csv"
+                if not labels.is_file():
+                    _fail(f"{recipe}: a folder to audit needs a labels.csv (or give --labels CSV)")
+            cfg = RecipeConfig.model_validate({"name": recipe.name, "sources": [{"name": "csv"}],
+                                               "kinds": {"image_label": {"splits": ["train", "val", "test"]}}})
+            base = Path.cwd()
+        else:
+            cfg = load_config(recipe, RecipeConfig)
+            base = recipe.resolve().parent
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
+        result = audit(cfg, out, overrides, base=base, folds=folds)
+    except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
+        _fail(str(err))
+    d = result["duplicates"]
+    typer.echo(f"audited {result['images']} images: {d['exact_pairs']} exact / {d['near_pairs']} near duplicate "
+               f"pairs ({d['cross_split_pairs']} across splits), {len(result['conflicts'])} label conflicts, "
+               f"{len(result['exclude'])} proposed exclusions; report: {out / 'audit.md'}")
 
 
 @data_app.command("inspect")

@@ -446,6 +446,9 @@ class RecipeConfig(Strict):
     dedup: DedupSpec = DedupSpec()
     kinds: KindsSpec
     system_prompt: str | None = None
+    # images left out: their ids (file stem), names or paths, or the path of an ``exclude.yaml`` that
+    # ``dermvlm data audit`` wrote (relative to the recipe's folder)
+    exclude: str | list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _never_train_on_test(self) -> RecipeConfig:
@@ -458,6 +461,34 @@ class RecipeConfig(Strict):
 
 
 # ---------------------------------------------------------------- evaluation suites
+
+
+CORRUPTION_NAMES = Literal["pixelate", "jpeg_compression", "gaussian_noise", "speckle_noise", "impulse_noise",
+                           "shot_noise", "defocus_blur", "motion_blur", "zoom_blur", "brightness_up",
+                           "brightness_down", "contrast_up", "contrast_down", "black_corner", "characters"]
+
+
+class CorruptionSpec(Strict):
+    """One MedMNIST-C corruption (``evaluation.corruptions``) applied to every image of a suite."""
+
+    name: CORRUPTION_NAMES
+    severity: int = Field(ge=1, le=5)
+
+
+class RobustnessSpec(Strict):
+    """The sweep ``dermvlm eval SUITE --robustness`` runs: each corruption at each severity, beside the clean run."""
+
+    corruptions: list[CORRUPTION_NAMES] = Field(default_factory=lambda: list(typing.get_args(CORRUPTION_NAMES)),
+                                                min_length=1)
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+    limit: int | None = Field(default=None, gt=0)  # items per run (the first N of the suite), for a quicker sweep
+
+    @model_validator(mode="after")
+    def _severities(self) -> RobustnessSpec:
+        bad = [s for s in self.severities if not 1 <= s <= 5]
+        if bad:
+            raise ValueError(f"severities: {bad} outside 1-5")
+        return self
 
 
 class SuiteConfig(Strict):
@@ -480,6 +511,8 @@ class SuiteConfig(Strict):
     temperature: float = Field(default=0.0, ge=0)
     guided_format: bool = False  # vLLM structured output forces <think>…</think><answer>…</answer>
     bootstrap: int = Field(default=1000, ge=0)
+    corruption: CorruptionSpec | None = None  # every image corrupted (``--corruption NAME --severity K``)
+    robustness: RobustnessSpec | None = None  # the sweep ``--robustness`` runs (default: all 15 x 5)
 
     @model_validator(mode="after")
     def _has_images(self) -> SuiteConfig:

@@ -17,7 +17,18 @@ def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = No
     rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
     if suite.limit:
         rows = rows[: suite.limit]
+    if suite.corruption:
+        rows = corrupted(rows, suite.corruption.name, suite.corruption.severity, suite.seed)
     return rows
+
+
+def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The items with every image corrupted (``evaluation.corruptions``) and ids of their own (``<id>~<name>-<k>``),
+    so answers about clean and corrupted images never mix in a cache."""
+    from dermvlm.evaluation.corruptions import corrupt_bytes
+
+    return [r | {"id": f"{r['id']}~{name}-{severity}", "image": corrupt_bytes(r["image"], name, severity, seed),
+                 "corruption": f"{name}-{severity}"} for r in rows]
 
 
 def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:
@@ -68,6 +79,6 @@ def nonskin_items(crops_per_image: int = 4) -> list[dict[str, Any]]:
                 "answer": "abstain", "type": "abstention", "label": "not_skin", "label_name": "not skin",
                 "dataset": f"sklearn:{Path(path).name}#{i}", "split": "test", "group_id": Path(path).stem,
                 "fitzpatrick": 0, "fitzpatrick_group": "", "site": "", "malignancy": "", "source_label": "not skin",
-                "image": data_bytes,
+                "skin_tone_ita": None, "tone_group": "", "artefacts": [], "image": data_bytes,
             })
     return rows

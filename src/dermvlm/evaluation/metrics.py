@@ -97,3 +97,56 @@ def strata(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, dict[str
         if g:
             by[g].append(c)
     return {g: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for g, v in sorted(by.items())}
+
+
+def _balanced_accuracy_codes(t, p, classes: int):
+    """Balanced accuracy of integer-coded labels, over the classes present in ``t`` (numpy, for resampling)."""
+    import numpy as np
+
+    support = np.bincount(t, minlength=classes)
+    hits = np.bincount(t[t == p], minlength=classes)
+    present = support > 0
+    return float((hits[present] / support[present]).mean()) if present.any() else 0.0
+
+
+def fairness(groups: Sequence[str | Sequence[str]], y_true: Sequence[str], y_pred: Sequence[str],
+             bootstrap: int = 1000, seed: int = 0, min_n: int = 10) -> dict[str, Any]:
+    """Per-group accuracy, balanced accuracy (with seeded percentile-bootstrap intervals over the group's items),
+    per-class recall and n, for one stratification (an item may belong to several groups, e.g. artefact tags;
+    empty names are left out); the worst group and the largest gap by balanced accuracy among groups of at
+    least ``min_n`` items (smaller groups are reported but never named worst)."""
+    import numpy as np
+
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        for name in ([g] if isinstance(g, str) else list(g)):
+            if name:
+                members[name].append(i)
+    codes = {c: k for k, c in enumerate(sorted(set(y_true) | set(y_pred)))}
+    t_all = np.array([codes[v] for v in y_true], dtype=int)
+    p_all = np.array([codes[v] for v in y_pred], dtype=int)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"groups": {}, "min_n": min_n}
+    for name, idx in sorted(members.items()):
+        t, p = t_all[idx], p_all[idx]
+        entry: dict[str, Any] = {"n": len(idx), "accuracy": round(float((t == p).mean()), 4),
+                                 "balanced_accuracy": round(_balanced_accuracy_codes(t, p, len(codes)), 4)}
+        if bootstrap > 0 and len(idx) >= 2:
+            draws = rng.integers(0, len(idx), size=(bootstrap, len(idx)))
+            acc = np.sort((t[draws] == p[draws]).mean(axis=1))
+            bal = np.sort([_balanced_accuracy_codes(t[d], p[d], len(codes)) for d in draws])
+            lo, hi = int(0.025 * (bootstrap - 1)), int(0.975 * (bootstrap - 1))
+            entry["ci95"] = {"accuracy": (round(float(acc[lo]), 4), round(float(acc[hi]), 4)),
+                             "balanced_accuracy": (round(float(bal[lo]), 4), round(float(bal[hi]), 4))}
+        gold = [y_true[i] for i in idx]
+        entry["recall"] = {c: round(sum(y_pred[i] == c for i in idx if y_true[i] == c) / gold.count(c), 4)
+                           for c in sorted(set(gold))}
+        out["groups"][name] = entry
+    eligible = {g: v for g, v in out["groups"].items() if v["n"] >= min_n}
+    if eligible:
+        worst = min(eligible, key=lambda g: (eligible[g]["balanced_accuracy"], g))
+        best = max(eligible, key=lambda g: (eligible[g]["balanced_accuracy"], g))
+        out["worst_group"] = {"group": worst, **{k: eligible[worst][k] for k in ("n", "balanced_accuracy")}}
+        out["largest_gap"] = {"between": [best, worst], "balanced_accuracy": round(
+            eligible[best]["balanced_accuracy"] - eligible[worst]["balanced_accuracy"], 4)}
+    return out

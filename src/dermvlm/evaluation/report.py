@@ -1,4 +1,5 @@
-"""``report.md`` and PNG plots (confusion matrix, per-class recall, per-Fitzpatrick accuracy) for one evaluation,
+"""``report.md`` and PNG plots (confusion matrix, per-class recall, per-Fitzpatrick accuracy, fairness by
+stratum) for one evaluation,
 and the side-by-side table of ``dermvlm eval compare``."""
 
 from __future__ import annotations
@@ -71,7 +72,52 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("accuracy")
         ax.set_title("accuracy by Fitzpatrick type")
         made.append(_save(fig, out_dir / "per_fitzpatrick.png"))
+    fair = {k: v for k, v in (primary.get("fairness") or {}).items() if v.get("groups")}
+    if fair:
+        fig, axes = plt.subplots(1, len(fair), figsize=(3.2 * len(fair) + 0.5, 3.4), squeeze=False)
+        for ax, (name, f) in zip(axes[0], fair.items(), strict=True):
+            groups = list(f["groups"])
+            vals = [f["groups"][g]["balanced_accuracy"] for g in groups]
+            cis = [f["groups"][g].get("ci95", {}).get("balanced_accuracy") or (v, v) for g, v in zip(groups, vals,
+                                                                                                        strict=True)]
+            err = np.array([[v - lo for v, (lo, _) in zip(vals, cis, strict=True)],
+                            [hi - v for v, (_, hi) in zip(vals, cis, strict=True)]]).clip(min=0)
+            worst = (f.get("worst_group") or {}).get("group")
+            colours = ["tab:red" if g == worst else ("lightgrey" if f["groups"][g]["n"] < f["min_n"] else "tab:blue")
+                       for g in groups]
+            ax.bar(range(len(groups)), vals, yerr=err, color=colours, capsize=2)
+            ax.set_xticks(range(len(groups)), [f"{g}\nn={f['groups'][g]['n']}" for g in groups], rotation=45,
+                          ha="right", fontsize=7)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"by {name}", fontsize=9)
+        axes[0][0].set_ylabel("balanced accuracy (95% CI)")
+        fig.suptitle("fairness: worst group in red, groups under min n in grey", fontsize=9)
+        made.append(_save(fig, out_dir / "fairness.png"))
     return made
+
+
+def fairness_lines(primary: dict[str, Any], kind: str) -> list[str]:
+    """The report's fairness section: per stratification, groups with n, accuracy, balanced accuracy and interval;
+    the worst group and the largest gap (groups of at least ``min_n`` items)."""
+    fair = {k: v for k, v in (primary.get("fairness") or {}).items() if v.get("groups")}
+    if not fair:
+        return []
+    lines = ["", f"## Fairness ({kind})", ""]
+    for name, f in fair.items():
+        worst, gap = f.get("worst_group"), f.get("largest_gap")
+        lines += [f"**By {name}**: " + (f"worst group **{worst['group']}** (balanced accuracy "
+                                        f"{worst['balanced_accuracy']:.3f}, n={worst['n']}); largest gap "
+                                        f"{gap['balanced_accuracy']:.3f} ({gap['between'][0]} vs "
+                                        f"{gap['between'][1]})" if worst else
+                                        f"no group has {f['min_n']} items; no worst group named"), "",
+                  f"| {name} | n | accuracy | balanced accuracy | 95% CI |", "|---|---|---|---|---|"]
+        for g, v in f["groups"].items():
+            ci = (v.get("ci95") or {}).get("balanced_accuracy")
+            small = " (under min n)" if v["n"] < f["min_n"] else ""
+            lines.append(f"| {g}{small} | {v['n']} | {v['accuracy']:.3f} | {v['balanced_accuracy']:.3f} | "
+                         f"{_fmt(list(ci)) if ci else ''} |")
+        lines.append("")
+    return lines
 
 
 def settings_line(key: dict[str, Any]) -> str:
@@ -142,7 +188,8 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
         if st:
             lines += ["", f"## By {name} ({m['primary']})", "", f"| {name} | n | accuracy |", "|---|---|---|"]
             lines += [f"| {g} | {v['n']} | {v['accuracy']:.3f} |" for g, v in st.items()]
-    for png in ("confusion_matrix.png", "per_class.png", "per_fitzpatrick.png"):
+    lines += fairness_lines(primary, m["primary"])
+    for png in ("confusion_matrix.png", "per_class.png", "per_fitzpatrick.png", "fairness.png"):
         if (out_dir / png).exists():
             lines += ["", f"![{png[:-4]}]({png})"]
     lines += ["", "Research use only: these numbers describe a model on a benchmark, not a diagnostic device.", ""]

@@ -55,6 +55,19 @@ def open_label_pair(label: str, prediction: str | None, kg: KnowledgeGraph) -> t
     return label, node or M.UNPARSABLE
 
 
+def fairness_groups(rows: list[dict[str, Any]]) -> dict[str, list[str | list[str]]]:
+    """The stratifications every report carries: labelled Fitzpatrick band, ITA tone group (for images without a
+    Fitzpatrick label too), body site, and artefact tags (an item may have several; "none" when it has none).
+    A stratification no item has is left out."""
+    out: dict[str, list[str | list[str]]] = {
+        "fitzpatrick": [r.get("fitzpatrick_group") or "" for r in rows],
+        "tone": [r.get("tone_group") or "" for r in rows],
+        "site": [r.get("site") or "" for r in rows],
+        "artefact": [(list(r["artefacts"]) or ["none"]) if r.get("artefacts") is not None else [] for r in rows],
+    }
+    return {k: v for k, v in out.items() if any(v)}
+
+
 def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, scorer: KGScorer, bootstrap: int,
                 seed: int) -> dict[str, Any]:
     res: dict[str, Any] = {"n": len(rows)}
@@ -102,6 +115,8 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
         abstention_rate=round(sum(r["parsed"]["prediction"] == "abstain" for r in rows) / len(rows), 4),
         strata={"fitzpatrick": M.strata([r.get("fitzpatrick_group") or "" for r in rows], correct),
                 "site": M.strata([r.get("site") or "" for r in rows], correct)},
+        fairness={name: M.fairness(groups, y_true, y_pred, bootstrap, seed + 3)
+                  for name, groups in fairness_groups(rows).items()},
     )
     if kind in ("mcq", "open"):
         gold_nodes = [r["label"] for r in rows]

@@ -48,16 +48,10 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
         cache.check_and_store(out, key, reset_on_mismatch)
 
     if serve_model is not None:
-        from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
+        from dermvlm.serving.server import VLLMServer
 
-        folder = Path(serve_model)
-        if folder.exists():
-            folder = folder.resolve()
-        elif os.environ.get("HF_HUB_OFFLINE") == "1" or folder.is_absolute() or str(folder).startswith("."):
-            raise ServerError(f"model folder not found: {serve_model}")  # else a hub name, on a connected machine
-        name = f"{folder.parent.name}" if folder.name == "model" else None  # runs/<run>/<stage>/model → <stage>
-        opts = ServeOptions(model=str(folder), log_file=str(out / "server.log"), served_model_name=name,
-                            **(serve_options or {}))
+        opts = serve_options_for(serve_model, serve_options, out / "server.log")
+        folder = Path(opts.model)
         model = opts.model_name
         key = cache.make_key(model=model, model_id={"id": model, "root": str(folder), "parent": None,
                                                     "max_model_len": opts.max_model_len},
@@ -101,6 +95,19 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     plots(result, out)
     write_report(result, out)
     return result
+
+
+def serve_options_for(serve_model: str | Path, serve_options: dict[str, Any] | None, log_file: Path):
+    """The ``ServeOptions`` for evaluating a model folder (served under its stage's name)."""
+    from dermvlm.serving.server import ServeOptions, ServerError
+
+    folder = Path(serve_model)
+    if folder.exists():
+        folder = folder.resolve()
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" or folder.is_absolute() or str(folder).startswith("."):
+        raise ServerError(f"model folder not found: {serve_model}")  # else a hub name, on a connected machine
+    name = f"{folder.parent.name}" if folder.name == "model" else None  # runs/<run>/<stage>/model → <stage>
+    return ServeOptions(model=str(folder), log_file=str(log_file), served_model_name=name, **(serve_options or {}))
 
 
 def _stop(server) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dermvlm.config import RecipeConfig
 from dermvlm.datasets.adapters import SOURCES, load_source
 from dermvlm.datasets.adapters.common import DatasetError
@@ -40,7 +42,11 @@ class BuildResult:
 
 
 def recipe_hash(recipe: RecipeConfig) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    """The recipe's content key. Fields added later enter it only when set, so existing builds keep their keys."""
+    data = recipe.model_dump()
+    if not data.get("exclude"):
+        data.pop("exclude", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _features(kind: str):
@@ -69,7 +75,8 @@ def _features(kind: str):
                      "label_name": Value("string"), "dataset": Value("string"), "split": Value("string"),
                      "group_id": Value("string"), "fitzpatrick": Value("int64"),
                      "fitzpatrick_group": Value("string"), "site": Value("string"), "malignancy": Value("string"),
-                     "source_label": Value("string")})
+                     "source_label": Value("string"), "skin_tone_ita": Value("float64"),
+                     "tone_group": Value("string"), "artefacts": List(Value("string"))})
 
 
 def _progress():
@@ -104,6 +111,31 @@ def stratified_train_fraction(records: list[Record], fraction: float, seed: str)
     return [r for r in records if r.split != "train" or id(r) in keep]
 
 
+def exclusions(recipe: RecipeConfig, base: Path | None = None) -> dict[str, str]:
+    """The recipe's ``exclude:`` as image key → why (keys: id/stem, file name or path)."""
+    entries = recipe.exclude
+    if isinstance(entries, str):
+        path = Path(locate(entries, base) or entries)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise DatasetError(f"exclude: cannot read {path} ({err}); give a list of image ids or the exclude.yaml "
+                               "that 'dermvlm data audit' wrote") from None
+        items = data.get("exclude") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(e, dict) and e.get("image") for e in items):
+            raise DatasetError(f"{path}: expected 'exclude:' with a list of {{image, why}} entries")
+        return {str(e["image"]): str(e.get("why") or "listed in " + path.name) for e in items}
+    return {str(e): "listed in the recipe" for e in entries}
+
+
+def _excluded(record: Record, keys: dict[str, str]) -> str | None:
+    p = Path(record.image)
+    for k in (record.image, p.name, p.stem, str(p.resolve())):
+        if k in keys:
+            return keys[k]
+    return None
+
+
 def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = None, base: Path | None = None
                     ) -> tuple[list[Record], list[tuple[str, str]], dict[str, str]]:
     """All sources' records (override the recipe's sources with ``overrides`` when given). Relative roots are
@@ -134,6 +166,16 @@ def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = Non
         records += recs
         skipped += [(path, f"{why} [{spec['name']}]") for path, why in result.skipped]
         licences[spec["name"]] = SOURCES[spec["name"]].licence
+    keys = exclusions(recipe, base)
+    if keys:
+        kept = []
+        for r in records:
+            why = _excluded(r, keys)
+            if why is None:
+                kept.append(r)
+            else:
+                skipped.append((r.image, f"excluded by the recipe: {why}"))
+        records = kept
     if not records:
         raise DatasetError("the sources yielded no usable records (see the skipped list)")
     return records, skipped, licences

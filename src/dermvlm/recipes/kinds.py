@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dermvlm.datasets.adapters.common import DatasetError, fitzpatrick_group
+from dermvlm.datasets.image_facts import image_facts
 from dermvlm.datasets.records import Record
 from dermvlm.knowledge import KnowledgeGraph
 from dermvlm.recipes import text
@@ -309,6 +310,16 @@ def preference_pair(ctx: Context, record: Record, rng: random.Random, spec) -> l
     return []
 
 
+def _image_strata(record: Record) -> dict[str, Any]:
+    """The strata an image gives itself (``datasets.image_facts``): ITA skin tone, its group, artefact tags; a
+    dataset's own values in ``meta`` win."""
+    facts = image_facts(record.image)
+    ita = record.meta.get("skin_tone_ita", facts["skin_tone_ita"])
+    return {"skin_tone_ita": float(ita) if ita is not None else None,
+            "tone_group": record.meta.get("tone_group") or facts["tone_group"],
+            "artefacts": list(record.meta.get("artefacts") or facts["artefacts"])}
+
+
 def eval_item(ctx: Context, record: Record, rng: random.Random, spec) -> list[dict]:
     kg = ctx.kg
     types = list(spec.types)
@@ -317,7 +328,7 @@ def eval_item(ctx: Context, record: Record, rng: random.Random, spec) -> list[di
             "split": record.split, "group_id": record.group_id, "fitzpatrick": record.fitzpatrick or 0,
             "fitzpatrick_group": fitzpatrick_group(record.fitzpatrick) or record.meta.get("fitzpatrick_group") or "",
             "site": record.site or "", "malignancy": kg.malignancy(record.label) or "",
-            "source_label": record.source_label}
+            "source_label": record.source_label, **_image_strata(record)}
     for t in types:
         if t == "mcq":
             opts, letter = options_for(ctx, record.label, spec.options, rng, spec.distractors,
