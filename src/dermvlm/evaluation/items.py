@@ -22,13 +22,17 @@ def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = No
     return rows
 
 
-def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 0) -> list[dict[str, Any]]:
-    """The items with every image corrupted (``evaluation.corruptions``) and ids of their own (``<id>~<name>-<k>``),
-    so answers about clean and corrupted images never mix in a cache."""
+def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 0, first: int | None = None
+              ) -> list[dict[str, Any]]:
+    """The items with their images corrupted (``evaluation.corruptions``) and ids of their own
+    (``<id>~<name>-<k>``), so answers about clean and corrupted images never mix in a cache. With ``first``, only the
+    first ``first`` images are corrupted and the rest carry no image (they only name the suite's items)."""
     from dermvlm.evaluation.corruptions import corrupt_bytes
 
-    return [r | {"id": f"{r['id']}~{name}-{severity}", "image": corrupt_bytes(r["image"], name, severity, seed),
-                 "corruption": f"{name}-{severity}"} for r in rows]
+    n = len(rows) if first is None else first
+    return [r | {"id": f"{r['id']}~{name}-{severity}", "corruption": f"{name}-{severity}",
+                 "image": corrupt_bytes(r["image"], name, severity, seed) if i < n else None}
+            for i, r in enumerate(rows)]
 
 
 def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:

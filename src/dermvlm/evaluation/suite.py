@@ -12,7 +12,7 @@ from typing import Any
 
 from dermvlm.config import SuiteConfig
 from dermvlm.evaluation import cache
-from dermvlm.evaluation.items import build_items
+from dermvlm.evaluation.items import build_items, corrupted
 from dermvlm.evaluation.report import plots, write_report
 from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, probe, read_predictions
 from dermvlm.evaluation.runner import system_prompt as system_text
@@ -37,7 +37,9 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     system = system_text(suite, override)
     suite = suite.model_copy(update={"limit": limit or suite.limit,
                                      **({"system_prompt": override} if override is not None else {})})
-    every = build_items(suite.model_copy(update={"limit": None}), out / "items", overrides, base)
+    every = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base)
+    if suite.corruption:  # only the items to be asked need corrupted pixels; all of them name the suite
+        every = corrupted(every, suite.corruption.name, suite.corruption.severity, suite.seed, suite.limit)
     items = every[: suite.limit] if suite.limit else every
     if not items:
         raise ValueError(f"suite {suite.name}: no items (split {suite.split!r} is empty)")
