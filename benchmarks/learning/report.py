@@ -229,6 +229,8 @@ def load_cnn(regime_dir: Path) -> dict[str, Any]:
                                                / len(per_seed), 4)
                                       for c in next(iter(per_seed.values()))["test"]["per_class_recall"]},
             "train_seconds_mean": round(sum(r["train_seconds"] for r in per_seed.values()) / len(per_seed), 1),
+            "cpu_seconds_mean": round(sum(r.get("cpu_seconds", r["train_seconds"]) for r in per_seed.values())
+                                      / len(per_seed), 1),
             "per_seed": {s: {k: v for k, v in r.items() if k not in ("val", "test")} | {
                 "test": {k: v for k, v in r["test"].items() if k not in ("predictions", "gold")}}
                 for s, r in per_seed.items()}}
@@ -383,11 +385,12 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{v.get('balanced_accuracy', float('nan')):.3f} | {a['training_seconds_mean']} |")
         if cnn:
             t = cnn["test_mean"]
-            lines.append(f"| CNN: ResNet-18 from scratch (same rows, augmentation, wall) | {len(cnn['seeds'])} | "
+            lines.append(f"| CNN: ResNet-18 from scratch (same rows, augmentation, compute; training s = CPU s) | "
+                         f"{len(cnn['seeds'])} | "
                          f"{_per_seed(cnn['test_per_seed']['balanced_accuracy'])} | {t['balanced_accuracy']:.3f} "
                          f"{_ci(cnn['test_seed_ci95']['balanced_accuracy'])} | "
                          f"{_per_seed(cnn['test_per_seed']['accuracy'])} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} | "
-                         f"{cnn['val_mean']['balanced_accuracy']:.3f} | {cnn['train_seconds_mean']} |")
+                         f"{cnn['val_mean']['balanced_accuracy']:.3f} | {cnn['cpu_seconds_mean']} |")
         maj = r.get("majority_class")
         if maj:
             lines.append(f"| always the majority class ({maj['class']}) | – | – | {1 / maj['classes']:.3f} | – | "

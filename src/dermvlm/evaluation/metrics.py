@@ -147,6 +147,7 @@ def fairness(groups: Sequence[str | Sequence[str]], y_true: Sequence[str], y_pre
         worst = min(eligible, key=lambda g: (eligible[g]["balanced_accuracy"], g))
         best = max(eligible, key=lambda g: (eligible[g]["balanced_accuracy"], g))
         out["worst_group"] = {"group": worst, **{k: eligible[worst][k] for k in ("n", "balanced_accuracy")}}
-        out["largest_gap"] = {"between": [best, worst], "balanced_accuracy": round(
-            eligible[best]["balanced_accuracy"] - eligible[worst]["balanced_accuracy"], 4)}
+        if len(eligible) >= 2:
+            out["largest_gap"] = {"between": [best, worst], "balanced_accuracy": round(
+                eligible[best]["balanced_accuracy"] - eligible[worst]["balanced_accuracy"], 4)}
     return out

@@ -105,11 +105,14 @@ def fairness_lines(primary: dict[str, Any], kind: str) -> list[str]:
     lines = ["", f"## Fairness ({kind})", ""]
     for name, f in fair.items():
         worst, gap = f.get("worst_group"), f.get("largest_gap")
-        lines += [f"**By {name}**: " + (f"worst group **{worst['group']}** (balanced accuracy "
-                                        f"{worst['balanced_accuracy']:.3f}, n={worst['n']}); largest gap "
-                                        f"{gap['balanced_accuracy']:.3f} ({gap['between'][0]} vs "
-                                        f"{gap['between'][1]})" if worst else
-                                        f"no group has {f['min_n']} items; no worst group named"), "",
+        if not worst:
+            head = f"no group has {f['min_n']} items; no worst group named"
+        else:
+            head = (f"worst group **{worst['group']}** (balanced accuracy {worst['balanced_accuracy']:.3f}, "
+                    f"n={worst['n']})")
+            head += (f"; largest gap {gap['balanced_accuracy']:.3f} ({gap['between'][0]} vs {gap['between'][1]})"
+                     if gap else f"; the only group with {f['min_n']} items or more")
+        lines += [f"**By {name}**: {head}", "",
                   f"| {name} | n | accuracy | balanced accuracy | 95% CI |", "|---|---|---|---|---|"]
         for g, v in f["groups"].items():
             ci = (v.get("ci95") or {}).get("balanced_accuracy")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import CorruptionSpec, RobustnessSpec, SuiteConfig
+from dermvlm.evaluation.items import build_items
 from dermvlm.evaluation.runner import EndpointOptions
 from dermvlm.io import atomic_write_text
 
@@ -48,10 +49,13 @@ def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOption
                      or "EMPTY"}
             endpoint = dataclasses.replace(endpoint, **where) if endpoint else EndpointOptions(**where)
         assert endpoint is not None
+        clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
+                                  overrides, base)  # built once, corrupted per run
         for name, corruption in runs(spec):
             one = suite.model_copy(update={"corruption": corruption})
             results[name] = run_suite(one, out / name, endpoint, overrides=overrides, base=base, limit=limit,
-                                      system_prompt=system_prompt, show_progress=show_progress, fresh=fresh)
+                                      system_prompt=system_prompt, show_progress=show_progress, fresh=fresh,
+                                      clean_items=clean_items)
     finally:
         if server is not None:
             _stop(server)

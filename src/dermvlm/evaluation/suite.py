@@ -25,10 +25,11 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
               serve_model: str | Path | None = None, serve_options: dict[str, Any] | None = None,
               overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
               system_prompt: str | None = None, show_progress: bool = True, fresh: bool = False,
-              reset_on_mismatch: bool = False) -> dict[str, Any]:
+              reset_on_mismatch: bool = False, clean_items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Evaluate and write the outputs. A rerun continues from ``predictions.jsonl`` when the cache key matches,
     else raises ``CacheMismatch`` (``reset_on_mismatch``: start over instead); ``fresh`` starts over anyway.
-    ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``."""
+    ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``.
+    ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if serve_model is None and endpoint is None:
@@ -37,7 +38,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     system = system_text(suite, override)
     suite = suite.model_copy(update={"limit": limit or suite.limit,
                                      **({"system_prompt": override} if override is not None else {})})
-    every = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base)
+    every = clean_items if clean_items is not None else build_items(
+        suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base)
     if suite.corruption:  # only the items to be asked need corrupted pixels; all of them name the suite
         every = corrupted(every, suite.corruption.name, suite.corruption.severity, suite.seed, suite.limit)
     items = every[: suite.limit] if suite.limit else every
