@@ -343,7 +343,8 @@ def test_robustness_sweep_one_server_cached_runs_and_summary(server, tmp_path, r
     out = tmp_path / "rob"
     summary = run_robustness(suite, out, endpoint(server), base=SUITE.parent, show_progress=False)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
-        ["clean", "brightness_down-1", "brightness_down-5", "black_corner-1", "black_corner-5"])
+        ["items", "clean", "brightness_down-1", "brightness_down-5", "black_corner-1", "black_corner-5"])
+    assert not (out / "black_corner-5" / "items").exists()  # the suite's items are built once, in out/items
     ids = {json.loads(line)["id"] for line in (out / "black_corner-5" / "predictions.jsonl").read_text().splitlines()}
     assert len(ids) == 6 and all(i.endswith("~black_corner-5") for i in ids)
     cell = summary["corruptions"]["black_corner"]["5"]
