@@ -35,12 +35,11 @@ from dermvlm.datasets.conflicts import resolve_conflicts
 from dermvlm.datasets.contact_sheet import contact_sheet
 from dermvlm.datasets.dedup import find_duplicates
 from dermvlm.datasets.image_facts import image_facts
-from dermvlm.datasets.images import ImageProblem, load_image
 from dermvlm.datasets.skin_tone import lab, rgb_array
 from dermvlm.datasets.splits import assign_splits
 from dermvlm.io import atomic_dir
 from dermvlm.knowledge import load_graph
-from dermvlm.recipes.build import collect_records
+from dermvlm.recipes.build import collect_records, load_checked
 
 OFF_TOPIC_THRESHOLD = 8.0  # robust z of the distance to the nearest images (blank or 90% clipped: 2x this)
 LABEL_ERROR_THRESHOLD = 0.02  # self-confidence under this goes to exclude.yaml
@@ -116,13 +115,7 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     keep, conflicts = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), "first")
     records = [records[i] for i in keep]
     assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
-    kept, images = [], []
-    for r in records:
-        try:
-            images.append(load_image(r.image, recipe.image.max_side, recipe.image.max_pixels))
-            kept.append(r)
-        except ImageProblem as err:
-            skipped.append((r.image, str(err)))
+    kept, images = load_checked(records, recipe, skipped)
     if len(kept) < 2:
         raise DatasetError("audit: fewer than two usable images")
     dup = find_duplicates([c.sha256 for c in images], [c.phash for c in images], recipe.dedup.near_threshold)

@@ -15,6 +15,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,21 @@ def collect_records(recipe: RecipeConfig, kg, overrides: list[dict] | None = Non
     return records, skipped, licences
 
 
+def load_checked(records: list[Record], recipe: RecipeConfig, skipped: list[tuple[str, str]],
+                 advance: Callable[[], None] | None = None) -> tuple[list[Record], list]:
+    """The records whose image loads cleanly and their ``CleanImage``s; the others go to ``skipped`` with why."""
+    kept, clean = [], []
+    for r in records:
+        try:
+            clean.append(load_image(r.image, recipe.image.max_side, recipe.image.max_pixels))
+            kept.append(r)
+        except ImageProblem as err:
+            skipped.append((r.image, str(err)))
+        if advance:
+            advance()
+    return kept, clean
+
+
 def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = None, progress: bool = True,
           base: Path | None = None) -> BuildResult:
     """Build every kind the recipe enables and write them (atomically) to ``out``."""
@@ -195,21 +211,15 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     skipped += dup
     assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
     # -- images
-    clean, kept = [], []
     bar = _progress() if progress else None
     if bar:
         bar.start()
         task = bar.add_task("checking images", total=len(records))
-    for r in records:
-        try:
-            clean.append(load_image(r.image, recipe.image.max_side, recipe.image.max_pixels))
-            kept.append(r)
-        except ImageProblem as err:
-            skipped.append((r.image, str(err)))
+    try:
+        kept, clean = load_checked(records, recipe, skipped, (lambda: bar.advance(task)) if bar else None)
+    finally:
         if bar:
-            bar.advance(task)
-    if bar:
-        bar.stop()
+            bar.stop()
     if not kept:
         raise DatasetError("no image could be used (see the skipped list)")
     keep, dup = resolve_conflicts(kept, lambda i, r: clean[i].sha256, recipe.dedup.on_conflict, "image content")
