@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from dermvlm.audit import audit, blank_or_clipped
 from dermvlm.cli import app
 from dermvlm.config import RecipeConfig
-from dermvlm.recipes.audit import audit, blank_or_clipped
 from dermvlm.recipes.build import build
 
 

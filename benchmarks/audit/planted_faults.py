@@ -15,16 +15,17 @@ import csv
 import json
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
+from dermvlm.audit import audit
 from dermvlm.config import RecipeConfig
 from dermvlm.datasets.adapters import load_source
 from dermvlm.io import atomic_write_text
 from dermvlm.knowledge import load_graph
-from dermvlm.recipes.audit import audit
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "dermamnist"
@@ -58,8 +59,13 @@ def main() -> None:
     kg = load_graph()
     records = load_source("dermamnist", kg, root=str(DATA)).records
     classes = sorted({r.label for r in records})
-    shutil.rmtree(args.work, ignore_errors=True)
+    marker = args.work / ".planted_faults"
+    if args.work.exists() and any(args.work.iterdir()):
+        if not marker.exists():
+            sys.exit(f"error: {args.work} exists and was not written by this script; give another --work")
+        shutil.rmtree(args.work)  # our own earlier planted set
     (args.work / "images").mkdir(parents=True)
+    marker.write_text("written by benchmarks/audit/planted_faults.py\n")
     rows, flipped, extra, dups = [], set(), set(), set()
     for r in records:
         label = r.label

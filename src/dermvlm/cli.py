@@ -565,11 +565,11 @@ def data_audit(
 ) -> None:
     """Rank a dataset's duplicates, off-topic images and label-error candidates, worst first, and propose an
     exclude list a recipe can use (`exclude: OUT/exclude.yaml`)."""
+    from dermvlm.audit import audit
     from dermvlm.config import RecipeConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.io import OutputError, check_output
     from dermvlm.knowledge import UnknownLabelError
-    from dermvlm.recipes.audit import audit
 
     try:
         check_output(out, "data audit", force)
