@@ -94,6 +94,80 @@ def test_report_bootstrap_metrics_match_the_evaluation_metrics():
     assert lo < M.balanced_accuracy(y_true, y_pred) < hi
 
 
+def _record(arm: str, seed: int, ids: list[str] | None, gold: list[str], pred: list[str]) -> dict:
+    return {"kind": "vlm", "regime": "full", "run": f"s{seed}-{arm}", "arm": arm, "seed": seed, "source": "test",
+            "test": {"ids": ids, "gold": gold, "pred": pred}, "stages": {}, "curves": {}, "data": {}}
+
+
+def test_paired_delta_pairs_items_by_id_and_falls_back_to_unpaired_without_ids():
+    import random
+
+    import report
+
+    from dermvlm.evaluation import metrics as M
+
+    rng = random.Random(5)
+    classes = ["akiec", "bcc", "mel", "nv"]
+    a_runs, b_runs, a_lost, b_lost = {}, {}, {}, {}
+    for seed in (0, 1, 2):
+        ids = [f"x{i:04d}" for i in range(300)]
+        gold = [rng.choice(classes) for _ in ids]
+        b = [g if rng.random() < 0.6 else rng.choice(classes) for g in gold]
+        a = [g if rng.random() < 0.3 else p for g, p in zip(gold, b, strict=True)]  # a = b with some mistakes fixed
+        order = list(range(300))
+        rng.shuffle(order)  # b's record lists the same items in another order: pairing is by id, not position
+        a_runs[seed] = _record("grpo_plus", seed, ids, gold, a)
+        b_runs[seed] = _record("sft_only", seed, [ids[i] for i in order], [gold[i] for i in order],
+                               [b[i] for i in order])
+        a_lost[seed] = a_runs[seed] | {"test": a_runs[seed]["test"] | {"ids": None}}
+        b_lost[seed] = b_runs[seed] | {"test": b_runs[seed]["test"] | {"ids": None}}
+    paired = report.paired_delta(a_runs, b_runs, "balanced_accuracy", n=300)
+    for s, d in zip((0, 1, 2), paired["per_seed"], strict=True):
+        ta, tb = a_runs[s]["test"], b_runs[s]["test"]
+        assert d == round(M.balanced_accuracy(ta["gold"], ta["pred"]) - M.balanced_accuracy(tb["gold"], tb["pred"]), 4)
+    assert paired["item_bootstrap"] == {"paired_seeds": [0, 1, 2], "unpaired_seeds": []}
+    assert paired["a_beats_b"] and paired["ci95"][0] > 0
+    unpaired = report.paired_delta(a_lost, b_lost, "balanced_accuracy", n=300)
+    assert unpaired["per_seed"] == paired["per_seed"] and unpaired["seed_ci95"] == paired["seed_ci95"]
+    assert unpaired["item_bootstrap"] == {"paired_seeds": [], "unpaired_seeds": [0, 1, 2]}
+    width = [d["ci95"][1] - d["ci95"][0] for d in (paired, unpaired)]
+    assert width[0] < width[1]  # pairing removes the items' shared difficulty from the interval
+
+
+def test_legacy_records_keep_every_per_seed_metric(tmp_path):
+    import json
+
+    import records
+    import report
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "learning.json"
+    records.import_legacy(results, tmp_path)
+    old = json.loads(results.read_text())["regimes"]["full"]
+    recs = records.load_regime("full", tmp_path)
+    assert {r["kind"] for r in recs.values()} == {"vlm", "cnn"}
+    again = report.summarize_arm({r["seed"]: r for r in recs.values() if r.get("arm") == "grpo_plus"})
+    assert again["test_per_seed"] == old["arms"]["grpo_plus"]["test_per_seed"]
+    assert again["per_class_recall_mean"] == old["arms"]["grpo_plus"]["per_class_recall_mean"]
+    assert records.import_legacy(results, tmp_path) == []  # never overwrites a record
+
+
+def test_a_recorded_run_is_not_run_again_and_its_base_only_while_needed(tmp_path):
+    import records
+    import run
+
+    for name in ("s0-base", "s0-sft_only", "s1-base", "cnn-s0"):
+        records.write(records.record_path("full", name, tmp_path), {"kind": "vlm"})
+    jobs = [("full/s0-base", None, None), ("full/s1-base", None, None),
+            ("full/s0-sft_only", None, "full/s0-base"), ("full/cnn-s0", None, "full/s0-base"),
+            ("full/s1-sft_only", None, "full/s1-base"), ("full/cnn-s1", None, "full/s1-base")]
+    todo = {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path)}
+    # seed 0: all recorded, nothing runs; seed 1: the arm needs its base again (its folder may be gone); the CNN
+    # needs only the data, so it waits for the base only because the base runs anyway.
+    assert todo == {"full/s1-base": None, "full/s1-sft_only": "full/s1-base", "full/cnn-s1": "full/s1-base"}
+    records.write(records.record_path("full", "s1-sft_only", tmp_path), {"kind": "vlm"})
+    assert {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path)} == {"full/cnn-s1": None}
+
+
 def test_readme_tables_replace_only_their_block(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from readme_tables import update_readme

@@ -1,6 +1,6 @@
-"""Tabulate and plot the learning benchmark v2 (after ``run.py``): ``benchmarks/results/learning.json``, a markdown
-table (``benchmarks/results/learning.md``, also written into the README) and plots
-(``benchmarks/results/learning/*.png``).
+"""Tabulate and plot the learning benchmark v2 from the committed run records (``records.py``; the finished runs
+under ``runs/learning/`` get fresh records first): ``benchmarks/results/learning.json``, a markdown table
+(``benchmarks/results/learning.md``, also written into the README) and plots (``benchmarks/results/learning/*.png``).
 
 Per regime and arm: accuracy, balanced accuracy and macro-F1 on DermaMNIST test, per seed and as a mean with two
 intervals: over seeds (Student t on the per-seed values: what another seed would give) and over items (bootstrap of
@@ -13,7 +13,6 @@ arms, with the VLM/CNN balanced-accuracy ratio per seed.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import ABLATIONS, BASE_VARIANTS, BUDGET, MAIN_ARMS, REGIMES, ROOT
+from records import RECORDS, export, load_regime
 
 from dermvlm.evaluation import metrics as M
 
@@ -35,13 +35,6 @@ ARM_ORDER = ["base", *MAIN_ARMS, *ABLATIONS, *BASE_VARIANTS]
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 COMPARISONS = (("grpo_plus", "sft_only"), ("grpo_plus", "plain_grpo"), ("dermiq", "grpo_plus"),
                ("dermiq", "sft_only"), ("plain_grpo", "sft_only"), ("sft_only", "base"), ("grpo_plus", "base"))
-
-
-def load_predictions(run: Path, suite: str) -> list[dict[str, Any]] | None:
-    path = run / "eval" / suite / "predictions.jsonl"
-    if not path.exists():
-        return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _encode(y_true: list[str], y_pred: list[str], classes: list[str] | None = None):
@@ -110,51 +103,26 @@ def seed_ci(values: list[float]) -> list[float] | None:
     return [round(float(v.mean() - half), 4), round(float(v.mean() + half), 4)]
 
 
-@functools.cache
-def _graph():
-    from dermvlm.knowledge import load_graph
-
-    return load_graph()
+Record = dict[str, Any]
 
 
-def pairs(preds: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(gold, predicted) classes of open answers, read exactly as the evaluation reads them."""
-    from dermvlm.evaluation.parsing import parse
-    from dermvlm.evaluation.score import open_label_pair
-
-    kg = _graph()
-    rows = [open_label_pair(p["label"], parse(p.get("response"), p, kg).prediction, kg) for p in preds]
-    return [t for t, _ in rows], [q for _, q in rows]
-
-
-def stage_info(run: Path) -> dict[str, Any]:
-    out = {}
-    for done in sorted(run.glob("*/done.json")):
-        info = json.loads(done.read_text())
-        out[done.parent.name] = {k: info.get(k) for k in ("kind", "steps", "seconds", "peak_rss_mb", "first_loss",
-                                                           "last_loss", "reward_start", "reward_end", "pairs",
-                                                           "probe")}
-    return out
-
-
-def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
+def summarize_arm(runs: dict[int, Record]) -> dict[str, Any]:
+    """Per-seed test/val metrics (with item bootstraps), their mean and seed-level interval, of one arm's records."""
     per_seed: dict[int, Any] = {}
     seed_pairs: list[tuple[list[str], list[str]]] = []
-    for seed, run in sorted(runs.items()):
-        test = load_predictions(run, "learning_test")
-        val = load_predictions(run, "learning_val")
-        if test is None:
-            continue
-        yt, yp = pairs(test)
+    for seed, rec in sorted(runs.items()):
+        yt, yp = rec["test"]["gold"], rec["test"]["pred"]
         seed_pairs.append((yt, yp))
         entry: dict[str, Any] = {"test": {m: round(getattr(M, m)(yt, yp), 4) for m in METRICS}}
         entry["test"]["ci95"] = {m: fast_ci(m, yt, yp, 1000, seed) for m in METRICS}
         entry["test"]["per_class_recall"] = {k: round(v["recall"], 4) for k, v in M.per_class(yt, yp).items()}
-        entry["test"]["confusion"] = M.confusion(yt, yp) if hasattr(M, "confusion") else None
-        if val is not None:
-            vt, vp = pairs(val)
-            entry["val"] = {m: round(getattr(M, m)(vt, vp), 4) for m in METRICS}
-        entry["stages"] = stage_info(run)
+        entry["test"]["confusion"] = M.confusion(yt, yp)
+        if rec.get("val"):
+            entry["val"] = {m: round(getattr(M, m)(rec["val"]["gold"], rec["val"]["pred"]), 4) for m in METRICS}
+        elif rec.get("val_metrics"):
+            entry["val"] = rec["val_metrics"]
+        entry["stages"] = rec.get("stages", {})
+        entry["source"] = rec.get("source", "run")
         per_seed[seed] = entry
     if not per_seed:
         return {}
@@ -174,50 +142,66 @@ def summarize_arm(runs: dict[int, Path]) -> dict[str, Any]:
             "training_seconds_mean": round(sum(seconds) / len(seconds), 1), "per_seed": per_seed}
 
 
-def paired_delta(a_runs: dict[int, Path], b_runs: dict[int, Path], metric: str, n: int = 1000) -> dict[str, Any]:
-    """Mean over shared seeds of metric(a) - metric(b): per-seed values, a seed-level t interval, a paired
-    bootstrap over test items, and whether "a beats b" holds (every seed ahead, or the seed interval above 0)."""
+def _aligned(a: Record, b: Record) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]] | None:
+    """The two records' (gold, pred) on their shared test items, item by item; None when either lost its ids."""
+    if not a["test"].get("ids") or not b["test"].get("ids"):
+        return None
+    bmap = dict(zip(b["test"]["ids"], b["test"]["pred"], strict=True))
+    rows = [(g, p, bmap[i]) for i, g, p in zip(a["test"]["ids"], a["test"]["gold"], a["test"]["pred"], strict=True)
+            if i in bmap]
+    gold = [r[0] for r in rows]
+    return (gold, [r[1] for r in rows]), (gold, [r[2] for r in rows])
+
+
+def paired_delta(a_runs: dict[int, Record], b_runs: dict[int, Record], metric: str, n: int = 1000
+                 ) -> dict[str, Any]:
+    """Mean over shared seeds of metric(a) - metric(b): per-seed values, a seed-level t interval, an item bootstrap
+    (paired on the seeds whose records keep item ids, each arm resampled on its own where they were lost), and
+    whether "a beats b" holds (every seed ahead, or the seed interval above 0)."""
     import numpy as np
 
     seeds = sorted(set(a_runs) & set(b_runs))
-    data, used = [], []
-    for s in seeds:
-        a, b = load_predictions(a_runs[s], "learning_test"), load_predictions(b_runs[s], "learning_test")
-        if a is None or b is None:
-            continue
-        bmap = {p["id"]: p for p in b}
-        common = [p for p in a if p["id"] in bmap]
-        data.append((pairs(common), pairs([bmap[p["id"]] for p in common])))
-        used.append(s)
-    if not data:
+    if not seeds:
         return {}
     fn = getattr(M, metric)
-    per_seed = [round(fn(*da) - fn(*db), 4) for da, db in data]
+    per_seed, encoded, paired, unpaired = [], [], [], []
+    for s in seeds:
+        a, b = a_runs[s], b_runs[s]
+        aligned = _aligned(a, b)
+        if aligned is not None:
+            (ta, pa), (_, pb) = aligned
+            per_seed.append(round(fn(ta, pa) - fn(ta, pb), 4))
+            t, ea, k = _encode(ta, pa)
+            _, eb, _ = _encode(ta, pb, sorted(set(ta)))
+            encoded.append(((t, ea, k), (t, eb, k)))
+            paired.append(s)
+        else:
+            per_seed.append(round(fn(a["test"]["gold"], a["test"]["pred"]) - fn(b["test"]["gold"], b["test"]["pred"]),
+                                  4))
+            encoded.append((_encode(a["test"]["gold"], a["test"]["pred"]),
+                            _encode(b["test"]["gold"], b["test"]["pred"], sorted(set(a["test"]["gold"])))))
+            unpaired.append(s)
     rng = np.random.default_rng(0)
-    encoded = []
-    for (ta, pa), (_, pb) in data:
-        t, a, k = _encode(ta, pa)
-        _, b, _ = _encode(ta, pb, sorted(set(ta)))
-        encoded.append((t, a, b, k))
     draws = []
     for _ in range(n):
         total = 0.0
-        for t, a, b, k in encoded:
+        for s, ((t, a, k), (tb, b, _)) in zip(seeds, encoded, strict=True):
             i = rng.integers(0, len(t), len(t))
-            total += _fast(metric, t[i], a[i], k) - _fast(metric, t[i], b[i], k)
-        draws.append(total / len(data))
+            j = i if s in paired else rng.integers(0, len(tb), len(tb))
+            total += _fast(metric, t[i], a[i], k) - _fast(metric, tb[j], b[j], k)
+        draws.append(total / len(seeds))
     sci = seed_ci(per_seed)
     holds = len(per_seed) >= 2 and (all(d > 0 for d in per_seed) or (sci is not None and sci[0] > 0))
     reversed_ = len(per_seed) >= 2 and (all(d < 0 for d in per_seed) or (sci is not None and sci[1] < 0))
     return {"delta": round(sum(per_seed) / len(per_seed), 4), "per_seed": per_seed, "seed_ci95": sci,
             "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)],
-            "seeds": used, "a_beats_b": holds, "b_beats_a": reversed_}
+            "seeds": seeds, "item_bootstrap": {"paired_seeds": paired, "unpaired_seeds": unpaired},
+            "a_beats_b": holds, "b_beats_a": reversed_}
 
 
-def load_cnn(regime_dir: Path) -> dict[str, Any]:
-    per_seed = {}
-    for path in sorted(regime_dir.glob("cnn-s*.json")):
-        per_seed[int(path.stem.split("-s")[1])] = json.loads(path.read_text())
+def load_cnn(records: dict[int, Record]) -> dict[str, Any]:
+    """The CNN baseline's per-seed results (its records) summarised like an arm."""
+    per_seed = dict(sorted(records.items()))
     if not per_seed:
         return {}
     values = {m: [r["test"][m] for r in per_seed.values()] for m in METRICS}
@@ -231,7 +215,8 @@ def load_cnn(regime_dir: Path) -> dict[str, Any]:
             "train_seconds_mean": round(sum(r["train_seconds"] for r in per_seed.values()) / len(per_seed), 1),
             "cpu_seconds_mean": round(sum(r.get("cpu_seconds", r["train_seconds"]) for r in per_seed.values())
                                       / len(per_seed), 1),
-            "per_seed": {s: {k: v for k, v in r.items() if k not in ("val", "test")} | {
+            "budget_seconds": sorted({r.get("budget_seconds") for r in per_seed.values()}, key=str),
+            "per_seed": {s: {k: v for k, v in r.items() if k not in ("val", "test", "kind", "regime", "run")} | {
                 "test": {k: v for k, v in r["test"].items() if k not in ("predictions", "gold")}}
                 for s, r in per_seed.items()}}
 
@@ -250,17 +235,7 @@ def vlm_vs_cnn(arm: dict[str, Any], cnn: dict[str, Any], metric: str = "balanced
             "vlm_beats_cnn": len(deltas) >= 2 and (all(d > 0 for d in deltas) or (sci is not None and sci[0] > 0))}
 
 
-def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per stage, the logged training loss (vision, SFT, DPO) or mean reward (GRPO) by step."""
-    out = {}
-    for hist in sorted(run.glob("*/log_history.json")):
-        rows = json.loads(hist.read_text())
-        key = "reward" if any("reward" in r for r in rows) else "loss"
-        out[f"{hist.parent.name}:{key}"] = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
-    return out
-
-
-def plot_regime(regime: str, arms: dict[str, dict[int, Path]], summary: dict[str, Any], cnn: dict[str, Any],
+def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[str, Any], cnn: dict[str, Any],
                 out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -276,8 +251,8 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Path]], summary: dict[str
     rows = max(1, (len(shown) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, arm in zip(axes.flat, shown, strict=False):
-        for seed, run in sorted(arms[arm].items()):
-            for name, pts in curves(run).items():
+        for seed, rec in sorted(arms[arm].items()):
+            for name, pts in (rec.get("curves") or {}).items():
                 if pts:
                     ax.plot(*zip(*pts, strict=True), label=f"s{seed} {name}", lw=0.9)
         ax.set_title(arm)
@@ -310,14 +285,13 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Path]], summary: dict[str
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
-    # Confusion matrices (seed 0 of each main arm).
+    # Confusion matrices (the first seed of each main arm).
     main = [a for a in ["base", *MAIN_ARMS] if a in shown]
     if main:
         fig, axes = plt.subplots(1, len(main), figsize=(3.2 * len(main), 3.4), squeeze=False)
         for ax, arm in zip(axes[0], main, strict=True):
             seed = summary[arm]["seeds"][0]
-            preds = load_predictions(arms[arm][seed], "learning_test")
-            yt, yp = pairs(preds)
+            yt, yp = arms[arm][seed]["test"]["gold"], arms[arm][seed]["test"]["pred"]
             index = {c: i for i, c in enumerate(classes)}
             mat = np.zeros((len(classes), len(classes) + 1))
             for t, p in zip(yt, yp, strict=True):
@@ -424,11 +398,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def regime_result(regime: str, regime_dir: Path, plots_dir: Path) -> dict[str, Any]:
-    arms: dict[str, dict[int, Path]] = {}
-    for run in sorted(p for p in regime_dir.glob("s*-*") if p.is_dir()):
-        seed, arm = run.name.split("-", 1)
-        arms.setdefault(arm, {})[int(seed[1:])] = run
+def regime_result(regime: str, records: dict[str, Record], plots_dir: Path) -> dict[str, Any]:
+    arms: dict[str, dict[int, Record]] = {}
+    cnn_records: dict[int, Record] = {}
+    for rec in records.values():
+        if rec["kind"] == "cnn":
+            cnn_records[rec["seed"]] = rec
+        else:
+            arms.setdefault(rec["arm"], {})[rec["seed"]] = rec
     summary = {arm: summarize_arm(runs) for arm, runs in arms.items()}
     comparisons = {}
     for metric in ("balanced_accuracy", "accuracy"):
@@ -443,40 +420,43 @@ def regime_result(regime: str, regime_dir: Path, plots_dir: Path) -> dict[str, A
         if variant in arms and "base" in arms:
             for metric in ("balanced_accuracy", "accuracy"):
                 comparisons[f"{variant} - base ({metric})"] = paired_delta(arms[variant], arms["base"], metric)
-    cnn = load_cnn(regime_dir)
+    cnn = load_cnn(cnn_records)
     out: dict[str, Any] = {"arms": summary, "comparisons": comparisons, "cnn_baseline": cnn,
                            "vlm_vs_cnn": {arm: vlm_vs_cnn(summary[arm], cnn) for arm in ["base", *MAIN_ARMS]
                                           if summary.get(arm) and cnn}}
     bases = arms.get("base", {})
-    out["base_minutes"] = {s: round(sum((i.get("seconds") or 0) for i in stage_info(r).values()) / 60, 1)
+    out["base_minutes"] = {s: round(sum((i.get("seconds") or 0) for i in r["stages"].values()) / 60, 1)
                            for s, r in sorted(bases.items())}
-    out["vision_probe"] = {s: (stage_info(r).get("vision", {}).get("probe") or {}) for s, r in sorted(bases.items())}
+    out["vision_probe"] = {s: (r["stages"].get("vision", {}).get("probe") or {}) for s, r in sorted(bases.items())}
     first = next(iter(bases.values()), None)
-    if first is not None and (first / "data" / "stats.json").exists():
-        stats = json.loads((first / "data" / "stats.json").read_text())
-        out["train_images"] = stats["records_by_split"].get("train")
-    if first is not None and (first / "base" / "dermvlm_nano.json").exists():
-        out["parameters"] = json.loads((first / "base" / "dermvlm_nano.json").read_text()).get("parameters")
-    any_run = next((r for runs in arms.values() for r in runs.values()
-                    if (r / "eval" / "learning_test" / "predictions.jsonl").exists()), None)
+    if first is not None:
+        out["train_images"] = first["data"].get("train_images")
+        out["parameters"] = first["data"].get("parameters")
+    any_run = next((r for runs in arms.values() for r in runs.values()), None)
     if any_run is not None:
-        gold = [p["label"] for p in load_predictions(any_run, "learning_test")]
+        gold = any_run["test"]["gold"]
         top = max(set(gold), key=gold.count)
         out["majority_class"] = {"class": top, "accuracy": round(gold.count(top) / len(gold), 4),
                                  "classes": len(set(gold))}
+    out["sources"] = {rec["run"]: rec.get("source", "run") for rec in records.values()}
     out["plots"] = plot_regime(regime, arms, summary, cnn, plots_dir)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning",
+                    help="run folders whose finished runs get (fresh) records first; records are the input")
+    ap.add_argument("--records", type=Path, default=RECORDS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="leave README.md's table as it is")
     args = ap.parse_args()
     from dermvlm.manifest import versions
 
-    regimes = {r: regime_result(r, args.runs / r, args.out / "learning") for r in REGIMES if (args.runs / r).is_dir()}
+    if args.runs.is_dir():
+        export(args.runs.resolve(), args.records)
+    regimes = {r: regime_result(r, recs, args.out / "learning") for r in REGIMES
+               if (recs := load_regime(r, args.records))}
     result = {
         "benchmark": "DermaMNIST learning benchmark v2 (micro VLM from scratch: vision stage + language pretrain, then "
                      "post-training arms; served by vLLM; in-run CNN baseline)",

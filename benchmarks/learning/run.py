@@ -2,7 +2,9 @@
 + language pretrain), then every arm and the CNN baseline (same rows, augmentation and wall budget as the base),
 each VLM evaluated on val and test through the served model (vLLM); two jobs at a time, one CPU core each.
 Finished runs are reused (the pipeline's stage keys; the CNN's result file), so a killed benchmark resumes where
-it stopped. Then ``report.py`` tabulates and plots.
+it stopped; each finished run leaves a committed record (``records.py``), and a run whose record exists is not run
+again, on this machine or another, so the benchmark can be run in parts across sessions (commit the records).
+Then ``report.py`` tabulates and plots.
 
     python benchmarks/learning/run.py                          # both regimes, 3 seeds, main arms + ablations
     python benchmarks/learning/run.py --regimes low_resource --seeds 0 --arms grpo_plus --no-ablations
@@ -23,6 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import ABLATIONS, BASE_VARIANTS, BUDGET, MAIN_ARMS, REGIMES, ROOT, arm_config, base_run_config
+from records import RECORDS, export_one, load_regime, record_path
 
 OUT = ROOT / "runs" / "learning"
 
@@ -54,31 +57,59 @@ def run_job(name: str, job, out_root: Path) -> dict:
     return {"name": name, "rc": rc, "seconds": round(time.time() - start, 1), "log": str(log)}
 
 
-def base_seconds(run: Path) -> float:
-    """Wall seconds of a finished base (vision stage + pretrain), from the stages' done.json."""
-    return sum(json.loads((run / st / "done.json").read_text())["seconds"] for st in ("vision", "pretrain"))
+def run_and_record(name: str, job, out_root: Path, records: bool) -> dict:
+    """Run one job and, when it finished, write its committed record (unless smoke-run suites are in use)."""
+    result = run_job(name, job, out_root)
+    if result["rc"] == 0 and records:
+        path = export_one(name, out_root)
+        result["record"] = str(path) if path else None
+    return result
 
 
-def cnn_budget(regime_dir: Path) -> float:
-    """The CNN's wall budget: the least wall time any finished base of the regime took (vision + pretrain). Bases
-    that shared the cores with other work took longer for the same work; the least is the closest to the base's
-    own cost, and every seed's CNN gets the same budget."""
-    times = [base_seconds(b) for b in sorted(regime_dir.glob("s*-base")) if (b / "pretrain" / "done.json").exists()]
-    return min(times)
+def base_seconds(record: dict) -> float:
+    """Wall seconds of a finished base (vision stage + pretrain), from its record's stages."""
+    return sum((record["stages"].get(st) or {}).get("seconds") or 0 for st in ("vision", "pretrain"))
+
+
+def cnn_budget(regime: str) -> float:
+    """The CNN's budget (CPU seconds of its one thread): the budget the regime's first CNN got, so that every seed's
+    CNN gets the same; for the first, the least wall time any finished base of the regime took (vision +
+    pretrain): bases that shared the cores with other work took longer for the same work, and the least is the
+    closest to the base's own cost."""
+    records = load_regime(regime)
+    budgets = [r["budget_seconds"] for r in records.values() if r["kind"] == "cnn" and r.get("budget_seconds")]
+    if budgets:
+        return budgets[0]
+    return min(base_seconds(r) for r in records.values() if r["kind"] == "vlm" and r["arm"] == "base")
+
+
+_DATA_LOCK = threading.Lock()
+
+
+def regime_data(regime: str, seed: int, out_root: Path) -> Path:
+    """The regime's built recipe: the seed's base has it; without that base (its record is committed, its folder
+    is gone) it is built once into ``<regime>/data`` (the recipe does not depend on the benchmark seed)."""
+    base = out_root / regime / f"s{seed}-base" / "data"
+    if (base / "image_label").exists():
+        return base
+    out = out_root / regime / "data"
+    with _DATA_LOCK:
+        if not (out / "image_label").exists():
+            subprocess.check_call([str(Path(sys.executable).parent / "dermvlm"), "data", "build",
+                                   str(ROOT / REGIMES[regime]), "--out", str(out)], cwd=ROOT, env=job_env())
+    return out
 
 
 def cnn_job(regime: str, seed: int, out_root: Path):
-    """The CNN baseline of a regime and seed: the base's data and the regime's base wall budget (a callable,
-    resolved when run)."""
-    base = out_root / regime / f"s{seed}-base"
+    """The CNN baseline of a regime and seed: the regime's data and budget (a callable, resolved when run)."""
     result = out_root / regime / f"cnn-s{seed}.json"
 
     def argv():
         if result.exists():
             return None
         return [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data",
-                str(base / "data"), "--seconds", str(round(cnn_budget(out_root / regime))), "--seed", str(seed),
-                "--out", str(result)]
+                str(regime_data(regime, seed, out_root)), "--seconds", str(round(cnn_budget(regime))),
+                "--seed", str(seed), "--out", str(result)]
 
     return argv
 
@@ -102,7 +133,24 @@ def finished_base(cfg: dict, out_root: Path):
     return argv
 
 
-def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers: int) -> dict[str, dict]:
+def recorded(name: str, root: Path = RECORDS) -> bool:
+    """True when the job ``<regime>/<run>`` has a committed record."""
+    regime, run = name.split("/", 1)
+    return record_path(regime, run, root).exists()
+
+
+def drop_recorded(jobs: list[tuple[str, object, str | None]], root: Path = RECORDS
+                  ) -> list[tuple[str, object, str | None]]:
+    """The jobs still to run: those without a record, and a base only while a job that needs it has none (the CNN
+    needs only the base's data, which it can build itself)."""
+    todo = [j for j in jobs if not recorded(j[0], root)]
+    needed = {j[2] for j in todo if j[2] and not j[0].split("/", 1)[1].startswith("cnn-")}
+    return [(n, job, dep if dep in needed else None) for n, job, dep in jobs
+            if n in needed or not recorded(n, root)]
+
+
+def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers: int, records: bool = True
+             ) -> dict[str, dict]:
     """Run ``(name, job, dependency)`` jobs on ``workers`` threads, in priority order; a job waits for its
     dependency and is skipped when it failed. Returns each job's status."""
     done: dict[str, dict] = {}
@@ -127,7 +175,7 @@ def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers
                         break
                     lock.wait()
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
-            result = run_job(name, job, out_root)
+            result = run_and_record(name, job, out_root, records)
             print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s",
                   flush=True)
             with lock:
@@ -176,6 +224,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N items only (smoke runs)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rerun", action="store_true", help="run jobs even when their records are committed")
     args = ap.parse_args()
     out_root = args.out.resolve()
     suites = limited_suites(out_root, args.eval_limit) if args.eval_limit else None
@@ -208,7 +257,9 @@ def main() -> None:
         for _, job, _ in jobs:
             if isinstance(job, dict):
                 job["evaluate"] = suites
-    done = run_jobs(jobs, out_root, args.workers)
+    elif not args.rerun:
+        jobs = drop_recorded(jobs)
+    done = run_jobs(jobs, out_root, args.workers, records=not suites)
     (out_root / "jobs.json").write_text(json.dumps(done, indent=2) + "\n")
     failed = [n for n, r in done.items() if r["rc"] != 0]
     print(f"{len(done) - len(failed)} of {len(done)} runs finished" + (f"; failed: {', '.join(failed)}" if failed
