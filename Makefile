@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: setup setup-gpu demo test lint clean bench bench-learning bench-throughput
+.PHONY: setup setup-gpu browser demo test lint clean bench bench-learning bench-throughput
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 setup-gpu:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e '.[gpu,dev]'
+
+# Debian's Chromium for the chat app's browser tests (tests/test_chat_app.py skips them without it); needs root.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 demo: $(STAMP)
 	$(VENV)/bin/dermvlm demo configs/nano-cpu.yaml

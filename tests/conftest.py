@@ -65,3 +65,21 @@ def trained_run(tmp_path_factory, nano_dir, recipe_data):
     sft = run_sft(make_stage(name="sft", use_lora=True, trl={"max_steps": 15, "learning_rate": 2e-3}),
                   spec, pre.model_dir, ds, out / "sft")
     return {"base": pre.model_dir, "adapter": sft.adapter_dir, "merged": sft.model_dir, "spec": spec}
+
+
+VLLM_API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(trained_run, tmp_path_factory):
+    """One real vLLM server for the session (its start costs over a minute on 2 cores): the pretrained ``base``
+    in float32 with the LoRA SFT stage as adapter ``derm``, behind the front door with ``VLLM_API_KEY``."""
+    from dermvlm.serving.server import ServeOptions, VLLMServer
+
+    options = ServeOptions(
+        model=str(trained_run["base"]), served_model_name="base", dtype="float32", api_key=VLLM_API_KEY,
+        loras={"derm": str(trained_run["adapter"])}, max_lora_rank=8,
+        log_file=str(tmp_path_factory.mktemp("vllm") / "server.log"),
+    )
+    with VLLMServer(options) as srv:
+        yield srv

@@ -304,6 +304,11 @@ CASES = [
     Case("serve: bad --lora", lambda t: ["serve", str(t), "--lora", "nodir"], ["--lora 'nodir': expected NAME=DIR"]),
     Case("serve: LoRA folder without adapter", lambda t: ["serve", str(t), "--lora", f"a={t}"],
          ["no adapter_config.json"]),
+    # ---- the chat app (fails before anything starts)
+    Case("chat: neither --endpoint nor --serve", lambda t: ["chat"], ["give either --endpoint URL --model NAME"]),
+    Case("chat: --endpoint without --model", lambda t: ["chat", "--endpoint", "http://127.0.0.1:9/v1"],
+         ["--endpoint needs --model NAME"]),
+    Case("chat: --serve a missing folder", lambda t: ["chat", "--serve", str(t / "none")], ["model folder not found"]),
     # ---- merge
     Case("merge: not an adapter", lambda t: ["model", "merge", str(t), "--out", str(t / "m")],
          ["not a LoRA adapter folder"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 import torch
+from conftest import VLLM_API_KEY as API_KEY
 from PIL import Image
 
 from dermvlm.models.loading import load_model
@@ -13,19 +14,12 @@ from dermvlm.serving.client import ask_about_image
 from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
 
 pytestmark = pytest.mark.vllm
-API_KEY = "test-key"
 N_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
-    options = ServeOptions(
-        model=str(trained_run["base"]), served_model_name="base", dtype="float32", api_key=API_KEY,
-        loras={"derm": str(trained_run["adapter"])}, max_lora_rank=8,
-        log_file=str(tmp_path_factory.mktemp("vllm") / "server.log"),
-    )
-    with VLLMServer(options) as srv:
-        yield srv
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -458,6 +459,50 @@ def eval_cmd(
                     f"{out_dir / 'errors.jsonl'}, not scored, and asked again on the next run{example}",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def chat(
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+                        ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name the endpoint serves (with --endpoint).")] = None,
+    serve: Annotated[Path | None, typer.Option(help="Serve this model folder with vLLM instead (127.0.0.1).")
+                     ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="DERMVLM_API_KEY", help="The endpoint's API key.")] = None,
+    host: Annotated[str, typer.Option(help="Address of the page; 127.0.0.1 unless told otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 2048,
+) -> None:
+    """A chat page (Gradio) about skin images: upload, ask, read the answer, differential and referral advice."""
+    from dermvlm.app.chat import ChatSettings, launch
+    from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
+
+    if (serve is None) == (endpoint is None):
+        _fail("give either --endpoint URL --model NAME, or --serve MODEL_DIR")
+    if endpoint is not None and not model:
+        _fail("--endpoint needs --model NAME (the name the server answers to; see its /v1/models)")
+    server = None
+    try:
+        if serve is not None:
+            options = ServeOptions(model=str(serve), port=0, api_key=api_key, max_model_len=max_model_len,
+                                   log_file=str(Path(tempfile.gettempdir()) / f"dermvlm-chat-vllm-{os.getpid()}.log"))
+            options.validate()
+            server = VLLMServer(options)
+            server.start()
+            endpoint, model = server.base_url, server.model_name
+        settings = ChatSettings(endpoint=endpoint, model=model, api_key=api_key, max_tokens=max_tokens)
+        typer.echo(f"chat page at http://{host}:{port} (model {model} at {endpoint}); Ctrl-C stops")
+        launch(settings, host=host, port=port)
+    except ServerError as err:
+        _fail(str(err).splitlines()[0])
+    except OSError as err:
+        _fail(f"cannot open the page on {host}:{port}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @app.command()

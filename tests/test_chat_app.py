@@ -1,0 +1,161 @@
+"""The chat app in a real headless browser (Debian's Chromium driven by Playwright) against a real vLLM server:
+upload, ask, see the answer with its differential and referral advice; a broken upload, a dead endpoint and a wrong
+API key each give one line in the page. Also the answer reading on hand-written answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import VLLM_API_KEY
+
+from dermvlm.app.chat import ChatSettings, UploadError, image_url, launch
+from dermvlm.app.reading import read_answer
+from dermvlm.knowledge import load_graph
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dermvlm" / "sample_data" / "isic" / "ISIC_0000013.jpg"
+
+
+@pytest.fixture(scope="module")
+def kg():
+    return load_graph()
+
+
+def test_a_malignant_answer_gets_urgent_referral_and_a_differential(kg):
+    r = read_answer("<think>Irregular pigment network; differential: dysplastic naevus, seborrhoeic keratosis."
+                    "</think><answer>melanoma</answer>", kg)
+    assert r.diagnosis == "melanoma" and r.malignancy_plausible and not r.abstained
+    assert "urgently" in r.referral and r.differential and not r.differential_from_graph
+    assert r.reasoning.startswith("Irregular") and r.answer == "melanoma"
+    md = r.markdown()
+    assert "Referral advice" in md and "Differential" in md
+
+
+def test_a_benign_answer_with_a_malignant_differential_still_refers(kg):
+    r = read_answer("<think>Could be melanoma, but the symmetry favours a nevus.</think>"
+                    "<answer>melanocytic nevus</answer>", kg)
+    assert r.diagnosis == "melanocytic_nevus" and r.malignancy_plausible
+    assert "Melanoma" in r.referral or "melanoma" in r.referral
+
+
+def test_without_a_named_differential_the_graph_gives_one_and_says_so(kg):
+    r = read_answer("This is most likely a basal cell carcinoma.", kg)
+    assert r.diagnosis == "basal_cell_carcinoma" and r.differential and r.differential_from_graph
+    assert "from the knowledge graph" in r.markdown() and r.referral
+
+
+def test_an_answer_cut_off_inside_its_reasoning_says_so(kg):
+    r = read_answer("<think>Pigmented macule; melanoma is considered, but the network is regular. Most likely a "
+                    "melanocytic nevus because", kg)
+    assert r.cut_off and r.answer == "" and "melanoma" in r.reasoning
+    assert "cut off" in r.markdown() and "Melanoma" in ", ".join(r.differential).title()
+    assert r.malignancy_plausible and r.referral  # melanoma was in the differential
+
+
+def test_abstention_is_shown_as_such(kg):
+    r = read_answer("<answer>This is not an image of skin; I cannot tell.</answer>", kg)
+    assert r.abstained and r.markdown().startswith("**The model abstained:**") and not r.referral
+
+
+def test_an_unreadable_upload_is_refused_with_its_name(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(UploadError, match=r"broken\.jpg: not an image that can be read"):
+        image_url(bad)
+    assert image_url(SAMPLE).startswith("data:image/jpeg;base64,")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM:
+        if os.environ.get("DERMVLM_REQUIRE_BROWSER"):
+            pytest.fail("DERMVLM_REQUIRE_BROWSER is set but Chromium is not installed (make browser)")
+        pytest.skip("Chromium is not installed: `make browser` (Debian's chromium, as root) runs these tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def apps(vllm_server):
+    """Three pages: the real server with its key, the same with a wrong key, and an endpoint nobody serves."""
+    made = {}
+    for name, endpoint, key in (("live", vllm_server.base_url, VLLM_API_KEY),
+                                ("wrong_key", vllm_server.base_url, "not-the-key"),
+                                ("dead", f"http://127.0.0.1:{_free_port()}/v1", None)):
+        port = _free_port()
+        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=160), port=port,
+                     block=False)
+        made[name] = (app, f"http://127.0.0.1:{port}")
+    yield {k: url for k, (_, url) in made.items()}
+    for app, _ in made.values():
+        app.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.locator("#research-notice").wait_for(timeout=60_000)
+    return page
+
+
+def _upload(page, path: Path | dict) -> None:
+    page.locator("#upload input[type=file]").set_input_files(path)
+
+
+def test_upload_ask_and_read_the_answer_in_a_real_browser(browser, apps, tmp_path):
+    page = _open(browser, apps["live"])
+    assert "Research use only" in page.locator("#research-notice").inner_text()
+    _upload(page, SAMPLE)
+    page.get_by_text("ISIC_0000013.jpg ready: ask a question").wait_for(timeout=30_000)
+    page.locator("#ask").click()
+    page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
+    answer = page.locator("#answer").inner_text()
+    assert "Answer" in answer or "abstained" in answer
+    chat = page.locator("#conversation").inner_text()
+    assert "most likely diagnosis" in chat and ("Answer" in chat or "abstained" in chat)
+    assert page.locator("#research-notice").is_visible()  # still there after the answer
+    # A follow-up keeps the conversation about the same image.
+    page.locator("#question textarea").fill("Is it serious?")
+    page.locator("#ask").click()
+    page.locator("#conversation").get_by_text("Is it serious?").wait_for(timeout=60_000)
+    page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
+    shot = Path(os.environ.get("DERMVLM_CHAT_SCREENSHOT") or tmp_path / "chat.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.close()
+
+
+def test_a_broken_upload_gives_one_line_and_sends_nothing(browser, apps):
+    page = _open(browser, apps["live"])
+    _upload(page, {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8 not an image"})
+    page.get_by_text("broken.jpg: not an image that can be read").wait_for(timeout=30_000)
+    page.locator("#ask").click()
+    page.get_by_text("Upload a readable skin image first").wait_for(timeout=30_000)
+    assert "most likely diagnosis" not in page.locator("#conversation").inner_text()
+    page.close()
+
+
+@pytest.mark.parametrize(("app", "message"), [("dead", "Cannot reach the endpoint"),
+                                              ("wrong_key", "refused the API key")])
+def test_endpoint_failures_are_one_line_in_the_page(browser, apps, app, message):
+    page = _open(browser, apps[app])
+    _upload(page, SAMPLE)
+    page.get_by_text("ready: ask a question").wait_for(timeout=30_000)
+    page.locator("#ask").click()
+    page.locator("#status").get_by_text(message).wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
+    page.close()
