@@ -128,22 +128,29 @@ def nano_build(
     max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+    family: Annotated[str, typer.Option(help="VLM family: qwen2_5_vl, qwen3_vl, gemma3 or smolvlm.")] = "qwen2_5_vl",
 ) -> None:
-    """Build a Qwen2.5-VL-architecture model with random weights and a locally trained tokenizer."""
+    """Build a tiny model of a VLM family (default Qwen2.5-VL) with random weights and a locally trained
+    tokenizer."""
     import json
 
     from dermvlm.io import check_output
-    from dermvlm.models.nano import PRESETS, build_nano
+    from dermvlm.models.families import FAMILIES, nano_presets
+    from dermvlm.models.nano import build_nano
 
-    if preset not in PRESETS:
-        _fail(f"--preset: unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if family not in FAMILIES:
+        _fail(f"--family: unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
+    presets = nano_presets(family)
+    if preset not in presets:
+        _fail(f"--preset: unknown preset {preset!r}; choose one of {', '.join(sorted(presets))}")
     try:
         check_output(out, "nano build", force)
-        path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size)
+        path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size, family=family)
     except ValueError as err:
         _fail(str(err))
     info = json.loads((path / "dermvlm_nano.json").read_text())
-    typer.echo(f"built {preset} model ({info['parameters']:,} parameters) in {path}")
+    what = preset if family == "qwen2_5_vl" else f"{family} {preset}"
+    typer.echo(f"built {what} model ({info['parameters']:,} parameters) in {path}")
 
 
 @model_app.command("merge")

@@ -66,9 +66,14 @@ class LoraSpec(Strict):
     include_vision: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
 
-    def targets(self) -> str | list[str]:
+    def targets(self, family: Any = None) -> str | list[str]:
+        """``target_modules`` if set, else the model family's language (and vision) layers; without a family
+        (``dermvlm.models.families.Family``), Qwen2.5-VL's names."""
         if self.target_modules is not None:
             return self.target_modules
+        if family is not None:
+            lm, vision = family.lm_lora_targets, family.vision_lora_targets
+            return f"(?:{lm}|{vision})" if self.include_vision else lm
         return LM_AND_VISION_LORA_TARGETS if self.include_vision else LM_LORA_TARGETS
 
 

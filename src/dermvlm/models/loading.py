@@ -89,15 +89,23 @@ def load_model(spec: ModelSpec, path: str | Path | None = None):
     return model, load_processor(source, spec.trust_remote_code)
 
 
-def lora_config(spec: LoraSpec):
-    """A peft ``LoraConfig`` for causal-LM training of the language model (and the vision tower if asked)."""
+def lora_config(spec: LoraSpec, model: Any = None):
+    """A peft ``LoraConfig`` for causal-LM training of the language model (and the vision tower if asked); the
+    default target layers are those of ``model``'s family."""
     from peft import LoraConfig
+
+    from dermvlm.models.families import UnknownFamilyError, family_for
+
+    try:
+        family = family_for(model) if model is not None else None
+    except UnknownFamilyError:
+        family = None  # an architecture without a family file: the Qwen-style names
 
     return LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=spec.targets(),
+        target_modules=spec.targets(family),
         bias=spec.bias,
         task_type="CAUSAL_LM",
     )
@@ -109,4 +117,4 @@ def apply_lora(model, spec: LoraSpec):
 
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model)
-    return get_peft_model(model, lora_config(spec))
+    return get_peft_model(model, lora_config(spec, model))

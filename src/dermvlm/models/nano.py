@@ -74,22 +74,30 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def train_tokenizer(vocab_size: int, seed: int, extra_terms: list[str] | None = None):
-    """Train a byte-level BPE on the dermatology corpus and wrap it as a fast Qwen-style tokenizer."""
+def train_bpe(vocab_size: int, seed: int, special_tokens: list[str], extra_terms: list[str] | None = None):
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained on the dermatology corpus, ``special_tokens`` first
+    (ids 0, 1, ...), then the reasoning tags as added tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(seed=seed, extra_terms=extra_terms or ()), trainer=trainer)
     tok.add_tokens(REASONING_TOKENS)
+    return tok
+
+
+def train_tokenizer(vocab_size: int, seed: int, extra_terms: list[str] | None = None):
+    """Train a byte-level BPE on the dermatology corpus and wrap it as a fast Qwen-style tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe(vocab_size, seed, SPECIAL_TOKENS, extra_terms)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -118,11 +126,17 @@ def build_nano(
     max_pixels: int | None = None,
     extra_terms: list[str] | None = None,
     patch_size: int | None = None,
+    family: str = "qwen2_5_vl",
 ) -> Path:
     """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically).
 
     ``patch_size`` overrides the preset's ViT patch (the resize factor is patch x 2, Qwen's 2x2 merge); the
-    window-attention window keeps its size in merged tokens (``window_tokens``)."""
+    window-attention window keeps its size in merged tokens (``window_tokens``). Another ``family`` (see
+    ``dermvlm.models.families``) builds that family's tiny model with its own presets instead."""
+    if family != "qwen2_5_vl":
+        from dermvlm.models.families import nano_builder
+
+        return nano_builder(family)(out, preset, seed, min_pixels, max_pixels, extra_terms, patch_size)
     import numpy as np
     import torch
     from transformers import (

@@ -196,6 +196,6 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
     model, processor = load_for_stage(model_spec, model_path, stage)
     trainer = strict_resume(DPOTrainer)(
         model=model, args=args, train_dataset=train, processing_class=processor,
-        peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
+        peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started, {"pairs": stats})

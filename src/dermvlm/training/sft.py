@@ -47,6 +47,6 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     model, processor = load_for_stage(model_spec, model_path, stage)
     trainer = strict_resume(SFTTrainer)(
         model=model, args=args, train_dataset=train_dataset, processing_class=processor,
-        peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=callbacks)
+        peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started)

@@ -8,7 +8,9 @@ before matching).
 
 from __future__ import annotations
 
+import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +54,16 @@ def strip_peft_prefix(name: str) -> str:
     return name
 
 
-def _registry() -> dict[str, Family]:
-    from dermvlm.models.families import qwen2_5_vl
+# one module per family, each holding ``FAMILY``, ``PRESETS`` and ``build_nano`` (its tiny random-weight builder)
+FAMILY_MODULES = ("qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm")
 
-    return {f.name: f for f in (qwen2_5_vl.FAMILY,)}
+
+def _module(name: str):
+    return importlib.import_module(f"dermvlm.models.families.{name}")
+
+
+def _registry() -> dict[str, Family]:
+    return {f.name: f for f in (_module(m).FAMILY for m in FAMILY_MODULES)}
 
 
 FAMILIES: dict[str, Family] = _registry()
@@ -68,6 +76,17 @@ def get_family(name: str) -> Family:
         raise UnknownFamilyError(f"unknown model family {name!r}{did_you_mean(name, list(FAMILIES))}; known: "
                                  f"{', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
+
+
+def nano_builder(name: str) -> Callable[..., Path]:
+    """The family's tiny builder: ``build_nano(out, preset, seed, min_pixels, max_pixels, extra_terms,
+    patch_size) -> Path`` (options a family cannot honour raise ``ValueError``)."""
+    return _module(get_family(name).name).build_nano
+
+
+def nano_presets(name: str) -> dict[str, Any]:
+    """The family's builder presets (name → sizes)."""
+    return _module(get_family(name).name).PRESETS
 
 
 def family_for(model_or_path: Any) -> Family:

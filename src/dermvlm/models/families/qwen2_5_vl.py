@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dermvlm.models.families import Family
+from dermvlm.models.nano import PRESETS as PRESETS
 
 FAMILY = Family(
     name="qwen2_5_vl",
@@ -18,3 +21,18 @@ FAMILY = Family(
     vision_modules=("model.visual",),
     language_module="model.language_model",
 )
+
+
+def build_nano(
+    out: str | Path,
+    preset: str = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
+) -> Path:
+    """The tiny Qwen2.5-VL of ``dermvlm.models.nano`` (the project's default model)."""
+    from dermvlm.models.nano import build_nano as build
+
+    return build(out, preset, seed, min_pixels, max_pixels, extra_terms, patch_size)

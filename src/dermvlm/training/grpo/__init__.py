@@ -145,7 +145,7 @@ def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, tr
         log.info("GRPO++ %s: %d planned prompts, class shares %s", stage.name, len(plan), plan_info["class_shares"])
     trainer = make_trainer_class()(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, processing_class=processor,
-        peft_config=lora_config(model_spec.lora) if stage.use_lora else None, callbacks=list(callbacks or []),
+        peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=list(callbacks or []),
         zero_variance_filter=bool(plus and plus.zero_variance_filter),
         max_resample_rounds=plus.max_resample_rounds if plus else 0,
         replacement_pool=train_dataset, pool_seed=seed + 1, sampler=sampler, class_weights=class_weights,
