@@ -356,6 +356,10 @@ def eval_cmd(
     robustness: Annotated[bool, typer.Option("--robustness", help="Run the suite clean and under every corruption "
                                              "x severity of its robustness: block (default all 15 x 5) into --out "
                                              "and write robustness.md/json/png.")] = False,
+    data: Annotated[Path | None, typer.Option(help="A benchmark file (VLMEvalKit-style .tsv, .jsonl or .csv) to "
+                                              "evaluate with this suite's settings.")] = None,
+    split: Annotated[str | None, typer.Option(help="The suite's split: train, val, test, or all (every image of "
+                                              "an external test set).")] = None,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -418,6 +422,16 @@ def eval_cmd(
     out_dir = out or Path("runs") / "eval" / Path(suite).stem
     try:
         cfg = load_config(Path(suite), SuiteConfig)
+        if split is not None:
+            if split not in ("train", "val", "test", "all"):
+                raise ConfigError(f"--split {split!r}: choose train, val, test or all")
+            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"split": split})
+        if data is not None:
+            fmt = {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(data.suffix.lower())
+            if fmt is None:
+                raise ConfigError(f"--data {data}: name the file .tsv, .jsonl or .csv")
+            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"format": fmt, "data": str(data.resolve()),
+                                                                 "sources": []})
         out_dir = out or Path("runs") / "eval" / cfg.name
         overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
         ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
@@ -457,6 +471,10 @@ def eval_cmd(
         return
     m = result["metrics"]
     for kind, t in m["types"].items():
+        if kind == "open_text":
+            typer.echo(f"{kind:<11} n={t['n']:<5} exact match {t['exact_match']:.3f}  token F1 {t['token_f1']:.3f}  "
+                       f"ROUGE-L {t['rouge_l']:.3f}  BLEU {t['bleu']:.2f}")
+            continue
         typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
                    f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")
     typer.echo(f"report: {out_dir / 'report.md'}")

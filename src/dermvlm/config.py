@@ -503,8 +503,12 @@ class SuiteConfig(Strict):
     description: str = ""
     seed: int = 0
     sources: list[SourceSpec] = Field(default_factory=list)
-    split: SplitName = "test"
+    split: SplitName | Literal["all"] = "test"  # "all": every image of the sources (an external test set)
     split_fractions: SplitSpec = SplitSpec()
+    # A standard benchmark file instead of sources: a VLMEvalKit-style TSV, a JSONL or a CSV (evaluation.external);
+    # ``data`` is its path (relative to the suite file), or ``dermvlm eval SUITE --data FILE``.
+    format: Literal["recipe", "tsv", "jsonl", "csv"] = "recipe"
+    data: str | None = None
     types: list[Literal["mcq", "open", "yes_no", "attribute"]] = Field(default_factory=lambda: ["mcq", "open"])
     options: int = Field(default=4, ge=2, le=10)
     distractors: Literal["graph", "dataset"] = "dataset"
@@ -521,8 +525,13 @@ class SuiteConfig(Strict):
 
     @model_validator(mode="after")
     def _has_images(self) -> SuiteConfig:
+        if self.format != "recipe":
+            if self.sources:
+                raise ValueError(f"sources: a {self.format} suite reads its data: file; leave sources out")
+            return self
         if not self.sources and not self.abstention:
-            raise ValueError("sources: a suite needs at least one source (or abstention: true)")
+            raise ValueError("sources: a suite needs at least one source (or abstention: true, or format: tsv/jsonl "
+                             "with data: FILE)")
         return self
 
 

@@ -14,7 +14,10 @@ from dermvlm.recipes.text import OPEN_QUESTIONS
 def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = None, base: Path | None = None
                 ) -> list[dict[str, Any]]:
     """Rows with ``id``, ``question``, ``options``, ``answer``, ``type``, gold metadata and ``image`` (bytes)."""
-    rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
+    if suite.format != "recipe":
+        rows = _benchmark_items(suite, base)
+    else:
+        rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
     if suite.limit:
         rows = rows[: suite.limit]
     if suite.corruption:
@@ -35,27 +38,41 @@ def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 
             for i, r in enumerate(rows)]
 
 
+def _benchmark_items(suite: SuiteConfig, base: Path | None) -> list[dict[str, Any]]:
+    """The items of the suite's benchmark file (``data:``, relative to the suite's folder)."""
+    from dermvlm.evaluation.external import read_benchmark
+
+    if not suite.data:
+        raise ValueError(f"suite {suite.name}: format {suite.format} needs data: FILE (or --data FILE)")
+    path = Path(suite.data)
+    if not path.is_absolute() and base is not None and not path.exists():
+        path = base / path
+    return read_benchmark(path, suite.format)
+
+
 def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:
     from datasets import Image, List, load_from_disk
 
     from dermvlm.recipes.build import build
 
+    splits = ["train", "val", "test"] if suite.split == "all" else [suite.split]
     recipe = RecipeConfig.model_validate({
         "name": f"eval-{suite.name}", "seed": suite.seed, "sources": [s.model_dump() for s in suite.sources] or
         [{"name": "sample"}], "image": suite.image.model_dump(), "split": suite.split_fractions.model_dump(),
-        "kinds": {"eval_item": {"splits": [suite.split], "types": suite.types, "options": suite.options,
+        "kinds": {"eval_item": {"splits": splits, "types": suite.types, "options": suite.options,
                                 "distractors": suite.distractors}},
     })
     build(recipe, out, overrides, progress=False, base=base)
     ds = load_from_disk(str(out / "eval_item"))
-    if suite.split not in ds:
-        return []
-    data = ds[suite.split].cast_column("images", List(Image(decode=False)))  # keep the stored bytes
     rows = []
-    for row in data:
-        row = dict(row)
-        row["image"] = row.pop("images")[0]["bytes"]
-        rows.append(row)
+    for split in splits:
+        if split not in ds:
+            continue
+        data = ds[split].cast_column("images", List(Image(decode=False)))  # keep the stored bytes
+        for row in data:
+            row = dict(row)
+            row["image"] = row.pop("images")[0]["bytes"]
+            rows.append(row)
     return rows
 
 

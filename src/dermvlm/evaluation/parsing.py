@@ -44,7 +44,8 @@ def _letter(text: str, n_options: int) -> tuple[str | None, bool]:
 
 
 def parse(text: Any, item: dict[str, Any], kg: KnowledgeGraph) -> Parsed:
-    """Parse one response for one item (types ``mcq``, ``open``, ``yes_no``, ``attribute:*``, ``abstention``)."""
+    """Parse one response for one item (types ``mcq``, ``open``, ``open_text``, ``yes_no``, ``attribute:*``,
+    ``abstention``)."""
     if not isinstance(text, str) or not text.strip():
         return Parsed(None, "unparsable", "empty response")
     kind = item["type"]
@@ -91,6 +92,10 @@ def parse(text: Any, item: dict[str, Any], kg: KnowledgeGraph) -> Parsed:
             parsed.prediction, parsed.mode = m.group(1).lower(), "strict" if tag is not None else "lenient"
         else:
             parsed.reason = "no yes/no"
+        return parsed
+    if kind == "open_text":  # a free-text benchmark answer: the answer tag, else the whole response
+        parsed.prediction = (tag if tag is not None else THINK_RE.sub("", text)).strip()
+        parsed.mode = "strict" if tag is not None else "lenient"
         return parsed
     if kind.startswith("attribute"):
         if tag is None:

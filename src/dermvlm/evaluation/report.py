@@ -178,6 +178,11 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
             extra.append(f"KG factuality: mean score {f['mean_score']:.3f}, contradicted claims per answer "
                          f"{f['contradicted_claims_per_answer']:.3f}, hallucination rate {f['hallucination_rate']:.3f},"
                          f" referral advised when a malignancy is in play {f['referral_when_malignancy_in_play']:.3f}")
+        if "token_f1" in t:
+            ci = t.get("ci95", {})
+            extra.append(f"open-ended text: exact match {t['exact_match']:.3f} {_fmt(ci.get('exact_match'))}, token F1 "
+                         f"{t['token_f1']:.3f} {_fmt(ci.get('token_f1'))}, ROUGE-L {t['rouge_l']:.3f} "
+                         f"{_fmt(ci.get('rouge_l'))}, BLEU {t['bleu']:.2f}")
         if extra:
             lines += ["", f"**{kind}**", ""] + [f"- {e}" for e in extra]
     primary = m["types"].get(m["primary"] or "", {})
@@ -186,7 +191,7 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
                   "|---|---|---|---|---|"]
         for lab, v in primary["per_class"].items():
             lines.append(f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
-    for name in ("fitzpatrick", "site"):
+    for name in ("fitzpatrick", "site", "category"):
         st = primary.get("strata", {}).get(name)
         if st:
             lines += ["", f"## By {name} ({m['primary']})", "", f"| {name} | n | accuracy |", "|---|---|---|"]

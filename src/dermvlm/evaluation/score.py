@@ -34,7 +34,7 @@ def score_predictions(preds: list[dict[str, Any]], kg: KnowledgeGraph, bootstrap
     out: dict[str, Any] = {"n": len(preds), "types": {}}
     for kind, rows in sorted(by_type.items()):
         out["types"][kind] = _score_type(kind, rows, kg, scorer, bootstrap, seed)
-    primary = next((t for t in ("mcq", "open", "abstention", "yes_no") if t in out["types"]), None)
+    primary = next((t for t in ("mcq", "open", "open_text", "abstention", "yes_no") if t in out["types"]), None)
     out["primary"] = primary
     lat = [p["latency_s"] for p in preds if p.get("latency_s") is not None and not p.get("error")]
     tokens = [(p.get("completion_tokens") or 0, p["latency_s"]) for p in preds if p.get("latency_s")]
@@ -76,6 +76,16 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
         modes[r["parsed"]["mode"]] += 1
     res["parse_modes"] = dict(modes)
     res["unparsable_rate"] = round(modes["unparsable"] / len(rows), 4)
+    if kind == "open_text":
+        from dermvlm.evaluation.text_metrics import text_scores
+
+        res.update(text_scores([r["parsed"]["prediction"] or "" for r in rows], [str(r["answer"]) for r in rows],
+                               bootstrap, seed))
+        categories = [r.get("category") or "" for r in rows]
+        if any(categories):
+            res["strata"] = {"category": M.strata(categories, [bool(x) for x in res.pop("_exact")])}
+        res.pop("_exact", None)
+        return res
     if kind == "abstention":
         abstained = [r["parsed"]["prediction"] == "abstain" for r in rows]
         res["abstention_rate"] = round(sum(abstained) / len(rows), 4)
@@ -114,12 +124,14 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
         per_class=M.per_class(y_true, y_pred), confusion=M.confusion(y_true, y_pred),
         abstention_rate=round(sum(r["parsed"]["prediction"] == "abstain" for r in rows) / len(rows), 4),
         strata={"fitzpatrick": M.strata([r.get("fitzpatrick_group") or "" for r in rows], correct),
-                "site": M.strata([r.get("site") or "" for r in rows], correct)},
+                "site": M.strata([r.get("site") or "" for r in rows], correct),
+                **({"category": M.strata([r.get("category") or "" for r in rows], correct)}
+                   if any(r.get("category") for r in rows) else {})},
         fairness={name: M.fairness(groups, y_true, y_pred, bootstrap, seed + 3)
                   for name, groups in fairness_groups(rows).items()},
     )
     if kind in ("mcq", "open"):
-        gold_nodes = [r["label"] for r in rows]
+        gold_nodes = [r["label"] if kg.has(r["label"]) else _node_of(kg, r["label"]) for r in rows]
         levels = {}
         for depth in (1, 2, 3):
             pairs = [(_level(kg, g, depth), _level(kg, p, depth)) for g, p in zip(gold_nodes, predicted_nodes,
@@ -128,9 +140,11 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
             if scored:
                 levels[f"level_{depth}"] = round(sum(g == p for g, p in scored) / len(scored), 4)
         res["hierarchical_accuracy"] = levels
-        truth = [kg.malignancy(g) in RISKY for g in gold_nodes]
-        said = [bool(p) and kg.malignancy(p) in RISKY for p in predicted_nodes]
-        res["malignancy"] = M.sensitivity_specificity(truth, said)
+        known = [(g, p) for g, p in zip(gold_nodes, predicted_nodes, strict=True) if g]  # external items may
+        if known:  # name no disease the graph knows
+            truth = [kg.malignancy(g) in RISKY for g, _ in known]
+            said = [bool(p) and kg.malignancy(p) in RISKY for _, p in known]
+            res["malignancy"] = M.sensitivity_specificity(truth, said)
     if kind == "open":
         top3 = []
         for r, node in zip(rows, predicted_nodes, strict=True):

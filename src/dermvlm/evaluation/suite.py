@@ -31,9 +31,12 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``.
     ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
+    if clean_items is None and suite.format != "recipe":  # a benchmark file: a bad row stops here, before any write
+        clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
+                                  overrides, base)
+    out.mkdir(parents=True, exist_ok=True)
     override = system_prompt
     system = system_text(suite, override)
     suite = suite.model_copy(update={"limit": limit or suite.limit,
