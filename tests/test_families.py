@@ -206,3 +206,60 @@ def test_cli_builds_a_family_and_refuses_an_unknown_one(tmp_path):
     ok = runner.invoke(app, ["nano", "build", "--out", str(tmp_path / "g"), "--family", "smolvlm"])
     assert ok.exit_code == 0, ok.output
     assert "built smolvlm nano model (" in ok.output and family_for(tmp_path / "g").name == "smolvlm"
+
+
+def test_config_family_names_are_the_registry():
+    import typing
+
+    from dermvlm.config import FamilyName
+
+    assert set(typing.get_args(FamilyName)) == set(FAMILIES)
+
+
+def test_model_family_in_a_config_is_checked_against_the_checkpoint(built):
+    from dermvlm.config import ModelSpec
+    from dermvlm.models.loading import load_model
+
+    name, path = built
+    other = next(f for f in FAMILIES if f != name)
+    with pytest.raises(ValueError, match=rf"model.family is {other}, but .* is a {name} checkpoint"):
+        load_model(ModelSpec(name_or_path=str(path), family=other, dtype="float32"), path)
+    model, _ = load_model(ModelSpec(name_or_path=str(path), family=name, dtype="float32"), path)
+    assert family_for(model).name == name
+
+
+STAGES = [{"name": "sft", "kind": "sft"}]
+
+
+def test_pipeline_builds_the_configs_nano_family_once(tmp_path):
+    from dermvlm.config import RunConfig
+    from dermvlm.pipeline import base_model
+
+    cfg = RunConfig.model_validate({"name": "fam", "output_dir": str(tmp_path), "data": {"recipe": "x.yaml"},
+                                    "model": {"nano": {"family": "gemma3"}}, "stages": STAGES})
+    path = base_model(cfg)
+    assert family_for(path).name == "gemma3"
+    stamp = (path / "config.json").stat().st_mtime_ns
+    assert base_model(cfg) == path and (path / "config.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(ValueError, match="only the 'nano' preset"):
+        RunConfig.model_validate({"name": "f", "data": {"recipe": "x.yaml"}, "stages": STAGES,
+                                  "model": {"nano": {"family": "smolvlm", "preset": "micro"}}})
+
+
+def test_qlora_with_vllm_generation_is_refused_by_config_check(tmp_path):
+    import yaml
+
+    from dermvlm.config import ConfigError, load_config
+    from dermvlm.pipeline import check_stages
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "configs" / "qwen3-vl-4b-qlora.yaml").read_text())
+    cfg["stages"][0]["trl"] |= {"use_vllm": True, "vllm_mode": "colocate"}
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(grpo\): 4-bit QLoRA with trl.use_vllm .*trl#4973"):
+        check_stages(load_config(f), str(f))
+    cfg.pop("model")
+    cfg["model"] = {"name_or_path": "Qwen/Qwen3-VL-4B-Instruct", "family": "qwen3_vl"}  # bf16 LoRA: allowed
+    f.write_text(yaml.safe_dump(cfg))
+    check_stages(load_config(f), str(f))

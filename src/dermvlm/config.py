@@ -36,9 +36,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class NanoSpec(Strict):
-    """Build the nano/micro model from scratch instead of loading a checkpoint."""
+# The model families of ``dermvlm.models.families`` (one file each; a test keeps the two lists equal).
+FamilyName = Literal["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm"]
 
+
+class NanoSpec(Strict):
+    """Build the nano/micro model from scratch instead of loading a checkpoint (``family``: which architecture;
+    unset is Qwen2.5-VL, the only one with a ``micro`` preset)."""
+
+    family: FamilyName | None = None
     preset: Literal["nano", "micro"] = "nano"
     seed: int = 0
     min_pixels: int | None = Field(default=None, gt=0)
@@ -78,10 +84,12 @@ class LoraSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """Which model to start from and how to load it. Exactly one of ``name_or_path`` and ``nano``."""
+    """Which model to start from and how to load it. Exactly one of ``name_or_path`` and ``nano``. ``family``:
+    the checkpoint's model family, checked against its ``config.json`` (unset: read from it)."""
 
     name_or_path: str | None = None
     nano: NanoSpec | None = None
+    family: FamilyName | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: QuantizationSpec = QuantizationSpec()
     lora: LoraSpec = LoraSpec()
@@ -92,7 +100,21 @@ class ModelSpec(Strict):
     def _one_source(self) -> ModelSpec:
         if (self.name_or_path is None) == (self.nano is None):
             raise ValueError("give exactly one of 'name_or_path' (a checkpoint) and 'nano' (build one)")
+        if self.nano is not None and self.nano.family not in (None, "qwen2_5_vl") and self.nano.preset != "nano":
+            raise ValueError(f"nano.preset: {self.nano.family} has only the 'nano' preset")
+        if self.nano is not None and self.family is not None and self.family != (self.nano.family or "qwen2_5_vl"):
+            raise ValueError(f"family: {self.family} differs from nano.family {self.nano.family or 'qwen2_5_vl'}")
         return self
+
+    def key_dump(self) -> dict[str, Any]:
+        """The fields that identify the model for stage keys; unset ``family`` fields are left out, so a run
+        started before they existed keeps its keys."""
+        dump = self.model_dump()
+        if dump.get("family") is None:
+            dump.pop("family", None)
+        if dump.get("nano") and dump["nano"].get("family") is None:
+            dump["nano"].pop("family", None)
+        return dump
 
 
 class DataSpec(Strict):

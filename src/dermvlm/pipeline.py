@@ -109,17 +109,19 @@ def base_model(cfg: RunConfig) -> Path:
 
     out = run_dir(cfg) / "base"
     info = out / "dermvlm_nano.json"
-    want = cfg.model.nano.model_dump()
+    n = cfg.model.nano
+    want = n.model_dump() | {"family": n.family or "qwen2_5_vl"}
     if info.exists():
         have = json.loads(info.read_text())
+        have.setdefault("family", "qwen2_5_vl")  # Qwen2.5-VL builds predate the field
         if all(have.get(k) == v for k, v in want.items() if v is not None):
             return out
-    n = cfg.model.nano
     if not is_main_process():
         wait_for(info)
         return out
-    log.info("building the %s model (seed %d) in %s", n.preset, n.seed, out)
-    return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size)
+    log.info("building the %s %s model (seed %d) in %s", want["family"], n.preset, n.seed, out)
+    return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size,
+                      family=want["family"])
 
 
 # ---------------------------------------------------------------------- stages
@@ -140,6 +142,13 @@ def check_stages(cfg: RunConfig, source: str = "<config>") -> None:
             args = build[stage.kind](stage, Path(tmp), cfg.seed, f"{source}: stages[{i}] ({stage.name}).trl")
             if stage.kind == "grpo":
                 from dermvlm.training.rewards import get_rewards
+
+                if args.use_vllm and stage.use_lora and cfg.model.quantization.load_in_4bit:
+                    raise ConfigError(
+                        f"{source}: stages[{i}] ({stage.name}): 4-bit QLoRA with trl.use_vllm cannot sync weights to "
+                        "vLLM (TRL merges the adapter into packed 4-bit weights that vLLM's bitsandbytes loader "
+                        "rejects: huggingface/trl#4973); set trl.use_vllm: false for this stage, or drop "
+                        "model.quantization to train bf16 LoRA with vLLM generation")
 
                 try:
                     get_rewards(stage.rewards or {}, args.max_completion_length, stage.overlong_buffer)
@@ -217,7 +226,7 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
         stage_dir = root / stage.name
         # the key chains the upstream stage's key *and its run*: retraining a stage invalidates all after it
         key = sha256_text(upstream + json.dumps(stage.model_dump(), sort_keys=True)
-                          + json.dumps(cfg.model.model_dump(), sort_keys=True) + str(cfg.seed))
+                          + json.dumps(cfg.model.key_dump(), sort_keys=True) + str(cfg.seed))
         forced = forced or stage.name == from_stage
         done = stage_dir / "done.json"
         finished = json.loads(done.read_text()) if done.exists() else {}

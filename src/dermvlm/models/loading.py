@@ -60,13 +60,29 @@ def bnb_config(q: QuantizationSpec):
     )
 
 
+def quantized_device_map() -> dict[str, int] | None:
+    """Where a 4-bit model goes: this process's own GPU (``LOCAL_RANK`` under ``accelerate launch``/torchrun, so
+    every rank trains its own copy), none under DeepSpeed ZeRO-3 (which places the weights itself and refuses a
+    ``device_map``), none without CUDA."""
+    import os
+
+    if not cuda_available():
+        return None
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
 def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` derived from the spec (dtype, quantization, attention)."""
     kw: dict[str, Any] = {"dtype": resolve_dtype(spec.dtype), "trust_remote_code": spec.trust_remote_code}
     if use_4bit(spec.quantization):
         kw["quantization_config"] = bnb_config(spec.quantization)
-        if cuda_available():
-            kw["device_map"] = {"": 0}
+        device_map = quantized_device_map()
+        if device_map is not None:
+            kw["device_map"] = device_map
     if spec.attn_implementation:
         kw["attn_implementation"] = spec.attn_implementation
     return kw
@@ -85,8 +101,25 @@ def load_model(spec: ModelSpec, path: str | Path | None = None):
     source = str(path or spec.name_or_path)
     if source == "None":
         raise ValueError("no model path: build the nano model first or set model.name_or_path")
+    if spec.family is not None and (Path(source) / "config.json").is_file():
+        check_family(spec.family, source)  # before the weights load
     model = AutoModelForImageTextToText.from_pretrained(source, **model_kwargs(spec))
+    if spec.family is not None:
+        check_family(spec.family, model)
     return model, load_processor(source, spec.trust_remote_code)
+
+
+def check_family(family: str, model_or_path: Any) -> None:
+    """Refuse a checkpoint whose architecture is not the config's ``model.family``."""
+    from dermvlm.models.families import UnknownFamilyError, family_for
+
+    try:
+        found = family_for(model_or_path).name
+    except UnknownFamilyError as err:
+        raise ValueError(f"model.family is {family}, but {err}") from None
+    if found != family:
+        raise ValueError(f"model.family is {family}, but {model_or_path} is a {found} checkpoint; fix model.family "
+                         "or leave it out to read it from the checkpoint")
 
 
 def lora_config(spec: LoraSpec, model: Any = None):

@@ -100,22 +100,35 @@ def load_for_stage(spec: ModelSpec, path: str | Path, stage: StageSpec):
 
 def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str | Path, use_lora: bool,
                      output_dir: Path) -> tuple[Path, Path | None]:
-    """Save the adapter and merge it into a standalone folder (LoRA), or save the full model."""
+    """Save the adapter and merge it into a standalone folder (LoRA), or save the full model. Called on every
+    process: ``trainer.save_model`` gathers ZeRO-3 / FSDP shards (a rank-0 ``save_pretrained`` would write empty
+    partitions) and writes on the main process only, which then publishes the folder atomically and merges in the
+    training dtype."""
+    import os
+    import shutil
+
+    from dermvlm.models.loading import resolve_dtype
     from dermvlm.models.merge import merge_adapter
 
     model_dir = output_dir / "model"
-    if use_lora:
-        adapter_dir = output_dir / "adapter"
-        with atomic_dir(adapter_dir) as tmp:
-            trainer.model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        dtype = "float32" if model_spec.dtype in ("auto", "float32") else model_spec.dtype
-        merge_adapter(adapter_dir, model_dir, base=model_path, dtype=dtype)
-        return model_dir, adapter_dir
-    with atomic_dir(model_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return model_dir, None
+    target = output_dir / "adapter" if use_lora else model_dir
+    staging = output_dir / f".{target.name}.saving"  # a fixed name every rank agrees on; only this code writes it
+    main = trainer.is_world_process_zero()
+    if main and staging.exists():
+        shutil.rmtree(staging)  # left by a save that was killed
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if main:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's settings, not the model
+        processor.save_pretrained(staging)
+        with atomic_dir(target) as tmp:
+            for item in staging.iterdir():
+                os.replace(item, tmp / item.name)
+        staging.rmdir()
+        if use_lora:
+            dtype = str(resolve_dtype(model_spec.dtype)).removeprefix("torch.")
+            merge_adapter(target, model_dir, base=model_path, dtype=dtype)
+    return model_dir, (target if use_lora else None)
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
@@ -127,15 +140,12 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, output_dir: Path,
            started: float, extra: dict | None = None) -> StageResult:
-    """Save the model (main process only; the others wait), write the log history and curves."""
+    """Save the model (every process takes part; the main one writes), the log history and curves."""
     history = list(trainer.state.log_history)
+    model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora, output_dir)
     if trainer.is_world_process_zero():
-        model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora,
-                                                  output_dir)
         atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
         plot_curves(history, output_dir / "curves.png", title=f"{stage.name} ({stage.kind})")
-    else:
-        model_dir, adapter_dir = output_dir / "model", (output_dir / "adapter" if stage.use_lora else None)
     trainer.accelerator.wait_for_everyone()
     return StageResult(model_dir=model_dir, adapter_dir=adapter_dir, log_history=history,
                        seconds=time.perf_counter() - started, extra=extra or {})
