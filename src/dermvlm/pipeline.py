@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,26 +21,13 @@ from typing import Any
 from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load_config
 from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
+from dermvlm.ranks import is_main_process, wait_for
 
 log = logging.getLogger(__name__)
 
 
 def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
-
-
-def is_main_process() -> bool:
-    """True outside ``accelerate launch`` and on its rank 0: the one process that builds data and writes files."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def wait_for(path: Path, content: str | None = None, timeout: float = 7200.0) -> None:
-    """Other ranks wait for rank 0 to finish writing ``path`` (with ``content`` when given)."""
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and (content is None or path.read_text() == content)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank {os.environ.get('RANK')} waited {timeout:.0f} s for {path}")
-        time.sleep(1.0)
 
 
 class PeakRSS:

@@ -10,13 +10,15 @@ The pairs and their statistics are saved beside the stage (``pairs/``, ``pairs_s
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from dermvlm.config import ModelSpec, StageSpec
-from dermvlm.io import atomic_write_text
+from dermvlm.io import atomic_dir, atomic_write_text
 from dermvlm.knowledge import KGScorer
+from dermvlm.ranks import is_main_process
 from dermvlm.training.common import StageResult, finish, last_checkpoint, load_for_stage, trl_config
 from dermvlm.training.resume import strict_resume
 
@@ -95,13 +97,16 @@ def sample_vllm(model_dir: str, rows, k: int, max_new_tokens: int, seed: int) ->
 
 
 def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
-                 output_dir: Path):
-    """Pairs ranked by the KG scorer from the current policy's own samples, with statistics."""
+                 output_dir: Path, shard: tuple[int, int] = (0, 1)):
+    """Pairs ranked by the KG scorer from the current policy's own samples, with statistics. ``shard``
+    (index, count): sample only every count-th prompt from index (one share per process)."""
     from datasets import Dataset
 
     from dermvlm.models.loading import cuda_available, load_model
 
     rows = prompts.select(range(min(len(prompts), stage.max_prompts or len(prompts))))
+    if shard[1] > 1:
+        rows = rows.shard(num_shards=shard[1], index=shard[0], contiguous=False)
     use_vllm = stage.sampler == "vllm" or (stage.sampler == "auto" and cuda_available())
     started = time.perf_counter()
     if use_vllm:
@@ -151,6 +156,64 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     return dataset, stats
 
 
+def merged_pair_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The statistics of several processes' shares as if one process had sampled every prompt."""
+    def weighted(key: str, weight: str) -> float | None:
+        got = [(p[key], p[weight]) for p in parts if p.get(key) is not None and p[weight]]
+        total = sum(w for _, w in got)
+        return round(sum(v * w for v, w in got) / total, 4) if total else None
+
+    out = dict(parts[0])
+    out["prompts"] = sum(p["prompts"] for p in parts)
+    out["pairs"] = sum(p["pairs"] for p in parts)
+    out["kept_fraction"] = round(out["pairs"] / max(1, out["prompts"]), 4)
+    out["mean_margin"] = weighted("mean_margin", "pairs")
+    out["mean_best_score"] = weighted("mean_best_score", "prompts")
+    out["mean_worst_score"] = weighted("mean_worst_score", "prompts")
+    out["sampling_seconds"] = max(p["sampling_seconds"] for p in parts)
+    out["processes"] = len(parts)
+    return out
+
+
+def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
+                  output_dir: Path):
+    """Policy pairs sampled once for the stage: under ``accelerate launch`` every process samples its share of the
+    prompts into ``.pairs-part-R``, the main process alone joins them into ``pairs/`` (the others wait for it)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    from dermvlm.ranks import rank, wait_for, world_size
+
+    pairs_dir, stats_file = output_dir / "pairs", output_dir / "pairs_stats.json"
+    if (pairs_dir / "dataset_info.json").exists():  # sampled before an interruption: reuse
+        return load_from_disk(str(pairs_dir)), json.loads(stats_file.read_text())
+    me, world = rank(), world_size()
+    if world == 1:
+        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed, output_dir)
+        pairs.save_to_disk(str(pairs_dir))
+        return pairs, stats
+    part = output_dir / f".pairs-part-{me}-of-{world}"
+    if not (part / "stats.json").exists():
+        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed + me, output_dir, (me, world))
+        with atomic_dir(part) as tmp:
+            pairs.save_to_disk(str(tmp / "pairs"))
+            (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
+    if me != 0:
+        wait_for(pairs_dir / "dataset_info.json")
+        wait_for(stats_file)
+        return load_from_disk(str(pairs_dir)), json.loads(stats_file.read_text())
+    parts = [output_dir / f".pairs-part-{r}-of-{world}" for r in range(world)]
+    for p in parts:
+        wait_for(p / "stats.json")
+    pairs = concatenate_datasets([load_from_disk(str(p / "pairs")) for p in parts])
+    stats = merged_pair_stats([json.loads((p / "stats.json").read_text()) for p in parts])
+    atomic_write_text(stats_file, json.dumps(stats, indent=2) + "\n")
+    with atomic_dir(pairs_dir) as tmp:
+        pairs.save_to_disk(str(tmp))
+    for p in parts:  # the shares this stage wrote, now joined
+        shutil.rmtree(p, ignore_errors=True)
+    return load_from_disk(str(pairs_dir)), stats
+
+
 def recipe_pair_stats(pairs) -> dict[str, Any]:
     margins = [c - r for c, r in zip(pairs["chosen_score"], pairs["rejected_score"], strict=True)]
     by: dict[str, int] = {}
@@ -174,20 +237,13 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
     args = dpo_config(stage, output_dir, seed, where, report_to)
     set_seed(seed)
     started = time.perf_counter()
-    pairs_dir = output_dir / "pairs"
     if stage.pairs_from == "policy":
-        if (pairs_dir / "dataset_info.json").exists():  # sampled before an interruption: reuse
-            from datasets import load_from_disk
-
-            pairs = load_from_disk(str(pairs_dir))
-            stats = json.loads((output_dir / "pairs_stats.json").read_text())
-        else:
-            pairs, stats = policy_pairs(stage, model_spec, model_path, pairs_or_prompts, seed, output_dir)
-            pairs.save_to_disk(str(pairs_dir))
+        pairs, stats = sampled_pairs(stage, model_spec, model_path, pairs_or_prompts, seed, output_dir)
     else:
         pairs = pairs_or_prompts
         stats = recipe_pair_stats(pairs)
-    atomic_write_text(output_dir / "pairs_stats.json", json.dumps(stats, indent=2) + "\n")
+    if is_main_process():
+        atomic_write_text(output_dir / "pairs_stats.json", json.dumps(stats, indent=2) + "\n")
     if len(pairs) == 0:
         raise ConfigError(f"{where}: no preference pair reached min_margin {stage.min_margin} "
                           f"(best/worst mean {stats.get('mean_best_score')}/{stats.get('mean_worst_score')}); "
