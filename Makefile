@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: setup setup-gpu browser demo test lint clean bench bench-learning bench-throughput
+.PHONY: setup setup-gpu gpu-lock-check browser demo test lint clean bench bench-learning bench-throughput
 
 setup: $(STAMP)
 
@@ -24,10 +24,17 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	@touch $@
 	@echo "setup done: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
 
-# GPU machines: the CUDA build of vLLM and the rest resolved by pip (not used on CPU).
+# GPU machines (Linux x86-64, CUDA): the resolved GPU set (requirements/gpu.lock: the CUDA build of vLLM 0.32.0 and
+# the torch it pins; scripts/lock_gpu.py says why not 0.31), then the project and the test tools. Not used on CPU.
 setup-gpu:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[gpu,dev]'
+	$(VENV)/bin/pip install --no-deps -r requirements/gpu.lock
+	$(VENV)/bin/pip install --no-deps -e .
+	$(VENV)/bin/pip install pytest==9.2.0 ruff==0.17.6
+
+# Re-resolve the GPU set from pyproject.toml without installing (PyPI metadata only) and fail if gpu.lock differs.
+gpu-lock-check: $(STAMP)
+	$(VENV)/bin/python scripts/lock_gpu.py --check
 
 # Debian's Chromium for the chat app's browser tests (tests/test_chat_app.py skips them without it); needs root.
 browser:

@@ -97,7 +97,7 @@ def apps(vllm_server):
                                 ("wrong_key", vllm_server.base_url, "not-the-key"),
                                 ("dead", f"http://127.0.0.1:{_free_port()}/v1", None)):
         port = _free_port()
-        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=160), port=port,
+        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=320), port=port,
                      block=False)
         made[name] = (app, f"http://127.0.0.1:{port}")
     yield {k: url for k, (_, url) in made.items()}
@@ -124,9 +124,10 @@ def test_upload_ask_and_read_the_answer_in_a_real_browser(browser, apps, tmp_pat
     page.locator("#ask").click()
     page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
     answer = page.locator("#answer").inner_text()
-    assert "Answer" in answer or "abstained" in answer
+    # the tiny model's reply, read as one of the three forms the page shows (which one depends on the model)
+    assert any(form in answer for form in ("Answer", "abstained", "cut off")), answer
     chat = page.locator("#conversation").inner_text()
-    assert "most likely diagnosis" in chat and ("Answer" in chat or "abstained" in chat)
+    assert "most likely diagnosis" in chat and any(form in chat for form in ("Answer", "abstained", "cut off"))
     assert page.locator("#research-notice").is_visible()  # still there after the answer
     # A follow-up keeps the conversation about the same image.
     page.locator("#question textarea").fill("Is it serious?")
