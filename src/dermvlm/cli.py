@@ -185,6 +185,15 @@ def config_check(config: Annotated[Path, typer.Argument(help="A run config YAML.
     typer.echo(f"{config}: ok ({len(cfg.stages)} stages: {', '.join(s.name for s in cfg.stages)})")
 
 
+def _run_data(run: Path) -> Path:
+    """The built recipe of a pipeline run folder (``RUN/data``), or ``run`` itself when it is one."""
+    for candidate in (run / "data", run):
+        if (candidate / "recipe.json").is_file():
+            return candidate
+    raise ConfigError(f"--run {run}: no built data recipe there (expected {run / 'data' / 'recipe.json'}); give the "
+                      "run folder of `dermvlm pipeline` (runs/NAME)")
+
+
 def _parse_loras(items: list[str]) -> dict[str, str]:
     loras = {}
     for item in items:
@@ -360,6 +369,9 @@ def eval_cmd(
                                               "evaluate with this suite's settings.")] = None,
     split: Annotated[str | None, typer.Option(help="The suite's split: train, val, test, or all (every image of "
                                               "an external test set).")] = None,
+    run: Annotated[Path | None, typer.Option(help="The pipeline run folder (runs/NAME) the model was trained in: "
+                                             "an item whose image is in its training split stops the "
+                                             "evaluation.")] = None,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -446,7 +458,7 @@ def eval_cmd(
         result = runner(cfg, out_dir, ep, serve_model=serve,
                         serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
                         overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
-                        system_prompt=system_prompt, fresh=fresh)
+                        system_prompt=system_prompt, fresh=fresh, **({"train_data": _run_data(run)} if run else {}))
     except KeyboardInterrupt:
         signum = caught[0] if caught else signal.SIGINT
         typer.secho(f"error: interrupted by {signal.Signals(signum).name}: "

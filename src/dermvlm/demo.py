@@ -28,6 +28,20 @@ class DemoAnswer:
     reports: dict[str, Any] = field(default_factory=dict)
 
 
+def check_demo_image_held_out(image: str | Path, data_dir: Path, source: str) -> None:
+    """Refuse a demo question about an image the model was trained on (the run's train split)."""
+    from PIL import Image
+
+    from dermvlm.datasets.images import phash64
+    from dermvlm.evaluation.membership import MAX_DISTANCE, train_hashes
+
+    with Image.open(image) as im:
+        mine = phash64(im.convert("RGB"))
+    if any((mine ^ h).bit_count() <= MAX_DISTANCE for h in train_hashes(data_dir)):
+        raise ValueError(f"{source}: demo.image: {Path(image).name} is in the run's training split ({data_dir}); "
+                         "pick an image of the recipe's test split")
+
+
 def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:
     """Pipeline (data → stages → merged model) → vLLM on ``cfg.serve.host`` → suites → one chat completion → stop."""
     from openai import OpenAI
@@ -43,6 +57,7 @@ def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:
         if not matches:
             raise ValueError(f"{source}: demo.image: no bundled sample image named {cfg.demo.image!r}")
         record = matches[0]
+    check_demo_image_held_out(record.image, run_dir(cfg) / "data", source)
     t0 = time.perf_counter()
     ready: dict[str, float] = {}
 

@@ -340,7 +340,8 @@ def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: 
                 shutil.rmtree(out)  # answers of an earlier model must not be mixed in
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(key_file, model_key)
-            result = run_suite(suite, out, endpoint=endpoint, base=path.resolve().parent)
+            result = run_suite(suite, out, endpoint=endpoint, base=path.resolve().parent,
+                               train_data=run_dir(cfg) / "data")  # a suite must not ask about training images
             reports[suite.name] = {
                 "report": str(out / "report.md"),
                 **{kind: {k: t.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}

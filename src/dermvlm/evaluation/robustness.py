@@ -13,6 +13,7 @@ from typing import Any
 
 from dermvlm.config import CorruptionSpec, RobustnessSpec, SuiteConfig
 from dermvlm.evaluation.items import build_items
+from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.runner import EndpointOptions
 from dermvlm.io import atomic_write_text
 
@@ -28,9 +29,10 @@ def runs(spec: RobustnessSpec) -> list[tuple[str, CorruptionSpec | None]]:
 def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | None = None,
                    serve_model: str | Path | None = None, serve_options: dict[str, Any] | None = None,
                    overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
-                   system_prompt: str | None = None, fresh: bool = False, show_progress: bool = True
-                   ) -> dict[str, Any]:
-    """Every run of the sweep, then the summary files; returns the summary."""
+                   system_prompt: str | None = None, fresh: bool = False, show_progress: bool = True,
+                   train_data: Path | None = None) -> dict[str, Any]:
+    """Every run of the sweep, then the summary files; returns the summary. With ``train_data``, the clean items
+    are checked once against that recipe's train split before the server starts."""
     from dermvlm.evaluation.suite import _stop, run_suite, serve_options_for
 
     out = Path(out)
@@ -42,6 +44,12 @@ def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOption
 
         server = VLLMServer(serve_options_for(serve_model, serve_options, out / "server.log"))
     results: dict[str, dict[str, Any]] = {}
+    clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
+                              overrides, base)  # built once, corrupted per run
+    out.mkdir(parents=True, exist_ok=True)
+    hashes = write_members(out, clean_items)
+    if train_data is not None:
+        check_held_out(suite.name, clean_items, hashes, Path(train_data))
     try:
         if server is not None:
             server.start()
@@ -49,8 +57,6 @@ def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOption
                      or "EMPTY"}
             endpoint = dataclasses.replace(endpoint, **where) if endpoint else EndpointOptions(**where)
         assert endpoint is not None
-        clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
-                                  overrides, base)  # built once, corrupted per run
         for name, corruption in runs(spec):
             one = suite.model_copy(update={"corruption": corruption})
             results[name] = run_suite(one, out / name, endpoint, overrides=overrides, base=base, limit=limit,

@@ -13,6 +13,7 @@ from typing import Any
 from dermvlm.config import SuiteConfig
 from dermvlm.evaluation import cache
 from dermvlm.evaluation.items import build_items, corrupted
+from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.report import plots, write_report
 from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, probe, read_predictions
 from dermvlm.evaluation.runner import system_prompt as system_text
@@ -25,11 +26,15 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
               serve_model: str | Path | None = None, serve_options: dict[str, Any] | None = None,
               overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
               system_prompt: str | None = None, show_progress: bool = True, fresh: bool = False,
-              reset_on_mismatch: bool = False, clean_items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              reset_on_mismatch: bool = False, clean_items: list[dict[str, Any]] | None = None,
+              train_data: Path | None = None) -> dict[str, Any]:
     """Evaluate and write the outputs. A rerun continues from ``predictions.jsonl`` when the cache key matches,
     else raises ``CacheMismatch`` (``reset_on_mismatch``: start over instead); ``fresh`` starts over anyway.
     ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``.
-    ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again."""
+    ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again.
+    ``members.json`` records which images the suite asks about; with ``train_data`` (the built recipe a model was
+    trained on) an item whose image is in its train split stops the run (``SplitOverlapError``) before any
+    request."""
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
@@ -43,6 +48,10 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
                                      **({"system_prompt": override} if override is not None else {})})
     every = clean_items if clean_items is not None else build_items(
         suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base)
+    if every and (clean_items is None or train_data is not None):  # which images, on the clean pixels
+        hashes = write_members(out, every)
+        if train_data is not None:
+            check_held_out(suite.name, every, hashes, Path(train_data))
     if suite.corruption:  # only the items to be asked need corrupted pixels; all of them name the suite
         every = corrupted(every, suite.corruption.name, suite.corruption.severity, suite.seed, suite.limit)
     items = every[: suite.limit] if suite.limit else every
