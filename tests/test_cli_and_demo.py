@@ -69,6 +69,10 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
     run = Path(cfg.output_dir) / cfg.name
     names = ("vision", "pretrain", "grpo", "sft", "dpo")
     assert final == run / "dpo" / "model" and (final / "README.md").is_file()
+    from huggingface_hub import ModelCard
+
+    meta = ModelCard.load(final / "README.md").data.to_dict()
+    assert meta["pipeline_tag"] == "image-text-to-text" and "base_model" not in meta  # built from scratch
     stamps = {s: (run / s / "done.json").stat().st_mtime_ns for s in names}
     run_pipeline(cfg)
     assert stamps == {s: (run / s / "done.json").stat().st_mtime_ns for s in names}
@@ -95,3 +99,10 @@ def test_demo_prints_an_answer_from_the_served_model(tmp_path):
     assert "vLLM ready and evaluated in" in proc.stdout
     report = next(line for line in proc.stdout.splitlines() if line.startswith("report:")).split()[-1]
     assert (tmp_path / report).is_file() and "| mcq |" in (tmp_path / report).read_text()
+
+
+def test_model_card_names_a_hub_base_model_only(tmp_path):
+    from dermvlm.pipeline import is_hub_id
+
+    assert is_hub_id("Qwen/Qwen2.5-VL-3B-Instruct") and is_hub_id("google/medgemma-4b-it")
+    assert not is_hub_id(str(tmp_path)) and not is_hub_id("runs/x/model/extra") and not is_hub_id(None)

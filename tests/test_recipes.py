@@ -71,6 +71,10 @@ def test_every_kind_in_trl_formats(sample_build):
     assert len({r["id"] for r in evals["test"]}) == len(evals["test"])
     card = (out / "README.md").read_text()
     assert "recipe hash" in card and "CC BY 4.0" in card and "| reasoning_trace |" in card
+    from huggingface_hub import DatasetCard
+
+    meta = DatasetCard.load(out / "README.md").data.to_dict()  # the Hub's own reader of the YAML block
+    assert meta["license"] == "other" and "visual-question-answering" in meta["task_categories"]
 
 
 def test_same_seed_same_bytes_other_seed_differs(sample_build, tmp_path):

@@ -356,11 +356,16 @@ def write_model_card(cfg: RunConfig, model_dir: Path, manifest: Manifest) -> Pat
     names = {x.name for x in cfg.stages}
     rows = "\n".join(f"| {name} | {s.get('kind')} | {s.get('steps')} | {s.get('seconds')} | {s.get('last_loss')} | "
                      f"{s.get('reward_end', '')} |" for name, s in stages.items() if name in names)
+    from huggingface_hub import ModelCard, ModelCardData
+
     nano = cfg.model.nano
     base = cfg.model.name_or_path or f"dermvlm {nano.preset} (built from scratch, seed {nano.seed})"
+    hub_id = cfg.model.name_or_path if is_hub_id(cfg.model.name_or_path) else None
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text",
+                         tags=["dermatology", "vision-language", "dermvlm", "trl"],
+                         **({"base_model": hub_id} if hub_id else {}))  # a local or random start names no hub model
     text = f"""---
-tags: [dermatology, vision-language, dermvlm, trl]
-base_model: {cfg.model.name_or_path or 'none (randomly initialised)'}
+{data.to_yaml()}
 ---
 
 # {cfg.name}
@@ -381,4 +386,11 @@ Serve it: `dermvlm serve {model_dir}` (vLLM, OpenAI-compatible).
 **Research use only.** This model is not a medical device and its answers are not diagnoses. It can be wrong,
 including about malignancy; anyone with a changing, bleeding or worrying lesion should see a dermatologist.
 """
-    return atomic_write_text(model_dir / "README.md", text)
+    return atomic_write_text(model_dir / "README.md", str(ModelCard(text)))
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hugging Face Hub model id (``owner/name``) rather than a local folder."""
+    import re
+
+    return bool(name) and not Path(name).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None

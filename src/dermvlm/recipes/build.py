@@ -319,8 +319,14 @@ def _stats(recipe, records, kinds_out, skipped, dup, licences) -> dict[str, Any]
 
 
 def _card(recipe: RecipeConfig, stats: dict[str, Any]) -> str:
+    """The dataset card (``huggingface_hub.DatasetCard``: YAML metadata the Hub validates, then the counts)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(pretty_name=f"dermvlm {recipe.name}", tags=["dermatology", "vision-language", "dermvlm"],
+                           task_categories=["visual-question-answering", "image-classification"],
+                           license="other", license_name="per-source")  # each source's licence: listed below
     lines = [
-        "---", f"pretty_name: dermvlm {recipe.name}", "tags: [dermatology, vision-language, dermvlm]", "---", "",
+        "---", data.to_yaml(), "---", "",
         f"# {recipe.name}", "", recipe.description or "Built by `dermvlm data build`.", "",
         f"- recipe hash: `{stats['recipe_hash']}`, seed {stats['seed']}",
         f"- records: {stats['records']} ({', '.join(f'{k} {v}' for k, v in stats['records_by_split'].items())})",
@@ -339,4 +345,4 @@ def _card(recipe: RecipeConfig, stats: dict[str, Any]) -> str:
         lines.append(f"| {lab} | " + " | ".join(str(c.get(lab, 0)) for c in stats["labels_by_split"].values()) + " |")
     lines += ["", "## Sources and licences", ""] + [f"- {k}: {v}" for k, v in stats["sources"].items()]
     lines += ["", "Research use only: outputs of models trained on this data are not medical diagnoses.", ""]
-    return "\n".join(lines)
+    return str(DatasetCard("\n".join(lines)))
