@@ -190,7 +190,13 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
 def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | None = None,
                  to_stage: str | None = None, evaluate: bool = True) -> Path:
     """Run the data build, every stage not yet finished and (``evaluate``) the config's evaluation suites on the
-    served final model; return the final model folder."""
+    served final model; return the final model folder. The terminal shows one bar per stage (``StepProgress``);
+    the libraries' per-file loading and saving bars are off."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     names = [s.name for s in cfg.stages]
     for flag, name in (("--from", from_stage), ("--to", to_stage)):
         if name is not None and name not in names:

@@ -253,5 +253,8 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
     trainer = strict_resume(DPOTrainer)(
         model=model, args=args, train_dataset=train, processing_class=processor,
         peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
+    from dermvlm.training.progress import show_progress
+
+    show_progress(trainer, output_dir, f"{stage.name} ({stage.kind})")
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started, {"pairs": stats})

@@ -38,6 +38,7 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     from trl import SFTTrainer
 
     from dermvlm.models.loading import lora_config
+    from dermvlm.training.progress import show_progress
     from dermvlm.training.resume import strict_resume
 
     output_dir = Path(output_dir)
@@ -48,5 +49,6 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     trainer = strict_resume(SFTTrainer)(
         model=model, args=args, train_dataset=train_dataset, processing_class=processor,
         peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
+    show_progress(trainer, output_dir, f"{stage.name} ({stage.kind})")
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     return finish(trainer, processor, stage, model_spec, model_path, output_dir, started)

@@ -154,6 +154,9 @@ def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, tr
     if plus is not None and plus.ref_sync and stage.use_lora:
         add_ref_adapter(trainer.model)
         trainer.add_callback(lora_ref_sync_callback(plus.ref_sync_steps, plus.ref_sync_alpha))
+    from dermvlm.training.progress import show_progress
+
+    show_progress(trainer, output_dir, f"{stage.name} ({stage.kind})")
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     if stage.use_lora and "ref" in getattr(trainer.model, "peft_config", {}):
         trainer.model.delete_adapter("ref")
