@@ -263,3 +263,41 @@ def test_qlora_with_vllm_generation_is_refused_by_config_check(tmp_path):
     cfg["model"] = {"name_or_path": "Qwen/Qwen3-VL-4B-Instruct", "family": "qwen3_vl"}  # bf16 LoRA: allowed
     f.write_text(yaml.safe_dump(cfg))
     check_stages(load_config(f), str(f))
+
+
+def test_a_model_folder_without_a_processor_is_one_line(built, tmp_path):
+    import shutil
+
+    from dermvlm.config import ModelSpec
+    from dermvlm.models.loading import PROCESSOR_FILES, load_model
+
+    _, path = built
+    bare = tmp_path / "bare"
+    shutil.copytree(path, bare)
+    for name in PROCESSOR_FILES:
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"bare: no processor \(no processor_config.json or preprocessor_config"):
+        load_model(ModelSpec(name_or_path=str(bare), dtype="float32"), bare)
+
+
+def test_a_chat_template_without_generation_markers_is_refused_unless_trl_knows_it(loaded):
+    from dermvlm.config import ConfigError
+    from dermvlm.models.families.tiny import trl_chat_template
+    from dermvlm.training.sft import check_training_template
+
+    name, path, _, processor = loaded
+    check_training_template(processor, path, "stages[0].trl")  # the training template the build writes
+    original = processor.chat_template
+    try:
+        processor.chat_template = trl_chat_template({"qwen3_vl": "qwen3_vl", "gemma3": "gemma3",
+                                                     "smolvlm": "smolvlm"}[name])
+        check_training_template(processor, path, "stages[0].trl")  # the real template: TRL has its training twin
+        processor.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        with pytest.raises(ConfigError, match=r"no \{% generation %\} markers .* stages\[0\].trl: "
+                                              r"\{assistant_only_loss: false\}"):
+            check_training_template(processor, path, "stages[0].trl")
+        processor.chat_template = None
+        with pytest.raises(ConfigError, match="has no chat template"):
+            check_training_template(processor, path, "stages[0].trl")
+    finally:
+        processor.chat_template = original

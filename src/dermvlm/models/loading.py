@@ -88,8 +88,17 @@ def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
     return kw
 
 
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
 def load_processor(path: str | Path, trust_remote_code: bool = False):
+    """The model folder's processor; a local folder without one is refused in one line naming it."""
     from transformers import AutoProcessor
+
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / f).is_file() for f in PROCESSOR_FILES):
+        raise ValueError(f"{folder}: no processor (no {' or '.join(PROCESSOR_FILES)}); save it beside the weights "
+                         "(processor.save_pretrained(DIR)) or copy it from the base checkpoint")
 
     return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 

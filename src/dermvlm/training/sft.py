@@ -29,6 +29,25 @@ def sft_config(stage: StageSpec, output_dir: Path, seed: int, where: str = "stag
     return trl_config(SFTConfig, SFT_DEFAULTS, stage, output_dir, seed, where, report_to)
 
 
+def check_training_template(processor, model_path: str | Path, where: str) -> None:
+    """Refuse, in one line, a model whose chat template cannot mark the assistant's turns for assistant-only loss:
+    no template at all, or one without ``{% generation %}`` markers that TRL has no training version of."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    from dermvlm.config import ConfigError
+
+    if not getattr(processor, "chat_template", None):
+        raise ConfigError(f"{model_path}: the processor has no chat template (chat_template.jinja); save the "
+                          "family's template with the model (TRL ships them in trl/chat_templates/)")
+    try:
+        get_training_chat_template(processor)
+    except ValueError:
+        raise ConfigError(f"{model_path}: its chat template has no {{% generation %}} markers and TRL has no training "
+                          "version of it, so assistant-only loss cannot find the answers; add the markers around "
+                          "assistant turns (as in trl/chat_templates/*_training.jinja) or set "
+                          f"{where}: {{assistant_only_loss: false}}") from None
+
+
 def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, train_dataset, output_dir: str | Path,
             seed: int = 0, where: str = "stages[?].trl", callbacks: list | None = None, report_to: str = "none",
             ) -> StageResult:
@@ -46,6 +65,8 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     set_seed(seed)
     started = time.perf_counter()
     model, processor = load_for_stage(model_spec, model_path, stage)
+    if args.assistant_only_loss:
+        check_training_template(processor, model_path, where)
     trainer = strict_resume(SFTTrainer)(
         model=model, args=args, train_dataset=train_dataset, processing_class=processor,
         peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
