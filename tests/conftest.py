@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DERMVLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("DERMVLM_DATA_ROOT") or os.environ.get("DERMVLM_SHARED_DATA")
+                   or ROOT.parent / "shared" / "data")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "isic_cc0" / "images").is_dir():
-        pytest.fail(f"real data not found at {SHARED_DATA} (set DERMVLM_SHARED_DATA)")
+        pytest.fail(f"real data not found at {SHARED_DATA}: set DERMVLM_DATA_ROOT to the folder holding isic_cc0/, "
+                    "pad_ufes_20/, dermamnist/ and knowledge/ (README: Data and licences says where each comes from)")
     return SHARED_DATA
 
 

@@ -70,9 +70,14 @@ def main(
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an unexpected error.")] = False,
+    data_root: Annotated[Path | None, typer.Option(
+        envvar="DERMVLM_DATA_ROOT", help="Where the real datasets are: replaces ../shared/data in every recipe, "
+        "suite and config.")] = None,
 ) -> None:
     global _DEBUG
     _DEBUG = debug
+    if data_root is not None:
+        os.environ["DERMVLM_DATA_ROOT"] = str(data_root.resolve())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _setup_logging(verbose)
 
@@ -829,17 +834,19 @@ def kg_score(
 
 @kg_app.command("derive")
 def kg_derive(
-    sources: Annotated[Path, typer.Option(help="Folder of knowledge sources.")] = Path("../shared/data/knowledge"),
+    sources: Annotated[Path | None, typer.Option(help="Folder of knowledge sources (default: the data root's "
+                                                 "knowledge/, ../shared/data/knowledge).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output JSON; default: the package's derived.json.")] = None,
 ) -> None:
     """Regenerate the ontology-derived facts (derived.json) from the raw knowledge sources."""
     import json as _json
 
+    from dermvlm.data_root import rerooted
     from dermvlm.io import atomic_write_text
     from dermvlm.knowledge.derive import derive
     from dermvlm.knowledge.graph import DERIVED
 
-    facts = derive(sources)
+    facts = derive(sources or Path(rerooted("../shared/data/knowledge")))
     path = atomic_write_text(out or DERIVED, _json.dumps(facts, indent=1, sort_keys=True) + "\n")
     typer.echo(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in facts["sources"].items()))
 

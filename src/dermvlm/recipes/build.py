@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from dermvlm.config import RecipeConfig
+from dermvlm.data_root import rerooted
 from dermvlm.datasets.adapters import SOURCES, load_source
 from dermvlm.datasets.adapters.common import DatasetError
 from dermvlm.datasets.conflicts import resolve_conflicts
@@ -91,7 +92,10 @@ PATH_OPTIONS = ("labels", "images")
 
 
 def locate(path: str | None, base: Path | None) -> str | None:
-    """A relative path as given when it exists from the working directory, else relative to ``base``."""
+    """A relative path as given when it exists from the working directory, else relative to ``base``; a
+    ``../shared/data/...`` path goes under the data root when one is set (``dermvlm.data_root``)."""
+    if path is not None and rerooted(path) != path:
+        return rerooted(path)
     if path is None or Path(path).is_absolute() or Path(path).exists() or base is None:
         return path
     return str(base / path) if (base / path).exists() else path
