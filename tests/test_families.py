@@ -15,13 +15,14 @@ from PIL import Image
 from dermvlm.models.families import FAMILIES, UnknownFamilyError, family_for, get_family, nano_presets
 
 IMAGE = Path(__file__).resolve().parents[1] / "src" / "dermvlm" / "sample_data" / "isic" / "ISIC_0000013.jpg"
-NEW_FAMILIES = ["qwen3_vl", "gemma3", "smolvlm"]
+NEW_FAMILIES = ["qwen3_vl", "gemma3", "smolvlm", "llava_next"]
 # what each family's chat template writes for an image part, and around an assistant turn
 IMAGE_MARK = {"qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>", "gemma3": "<start_of_image>",
-              "smolvlm": "<image>"}
-ASSISTANT_CUE = {"qwen3_vl": "<|im_start|>assistant\n", "gemma3": "<start_of_turn>model\n", "smolvlm": "Assistant:"}
+              "smolvlm": "<image>", "llava_next": "[INST] <image>\n"}
+ASSISTANT_CUE = {"qwen3_vl": "<|im_start|>assistant\n", "gemma3": "<start_of_turn>model\n", "smolvlm": "Assistant:",
+                 "llava_next": "[/INST] "}
 MODEL_CLASS = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "gemma3": "Gemma3ForConditionalGeneration",
-               "smolvlm": "Idefics3ForConditionalGeneration"}
+               "smolvlm": "Idefics3ForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 
 
 def conversation(answer: str = "<think>A brown macule.</think><answer>melanocytic nevus</answer>") -> list[dict]:
@@ -174,7 +175,7 @@ def test_one_lora_sft_step_trains_and_merges(built, tmp_path):
     with safe_open(str(result.model_dir / "model.safetensors"), "pt") as f:
         saved = list(f.keys())
     assert not [k for k in saved if family.part_of(k) is None]
-    if name == "gemma3":  # built in the hub layout, so trained and merged folders keep it (what vLLM loads)
+    if name in ("gemma3", "llava_next"):  # built in the hub layout, so trained and merged folders keep it (vLLM's)
         assert any(k.startswith("vision_tower.vision_model.") for k in saved)
         assert not any(k.startswith("vision_tower.embeddings.") for k in saved)
 
@@ -182,7 +183,7 @@ def test_one_lora_sft_step_trains_and_merges(built, tmp_path):
 def test_unknown_family_is_refused_with_the_known_ones():
     from dermvlm.models.nano import build_nano
 
-    with pytest.raises(UnknownFamilyError, match="known: gemma3, qwen2_5_vl, qwen3_vl, smolvlm"):
+    with pytest.raises(UnknownFamilyError, match="known: gemma3, llava_next, qwen2_5_vl, qwen3_vl, smolvlm"):
         get_family("llava")
     with pytest.raises(UnknownFamilyError):
         build_nano("unused", family="llava")
@@ -198,7 +199,7 @@ def test_cli_builds_a_family_and_refuses_an_unknown_one(tmp_path):
     bad = runner.invoke(app, ["nano", "build", "--out", str(tmp_path / "x"), "--family", "llava"])
     assert bad.exit_code == 2
     message = bad.output.strip()  # typer's runner mixes stderr into output
-    assert "unknown model family 'llava'" in message and "gemma3, qwen2_5_vl, qwen3_vl, smolvlm" in message
+    assert "unknown model family 'llava'" in message and "gemma3, llava_next, qwen2_5_vl, qwen3_vl, smolvlm" in message
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     refused = runner.invoke(app, ["nano", "build", "--out", str(tmp_path / "y"), "--family", "gemma3",
                                   "--patch-size", "4"])
@@ -290,7 +291,7 @@ def test_a_chat_template_without_generation_markers_is_refused_unless_trl_knows_
     original = processor.chat_template
     try:
         processor.chat_template = trl_chat_template({"qwen3_vl": "qwen3_vl", "gemma3": "gemma3",
-                                                     "smolvlm": "smolvlm"}[name])
+                                                     "smolvlm": "smolvlm", "llava_next": "llava_next"}[name])
         check_training_template(processor, path, "stages[0].trl")  # the real template: TRL has its training twin
         processor.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         with pytest.raises(ConfigError, match=r"no \{% generation %\} markers .* stages\[0\].trl: "

@@ -133,7 +133,8 @@ def nano_build(
     max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
-    family: Annotated[str, typer.Option(help="VLM family: qwen2_5_vl, qwen3_vl, gemma3 or smolvlm.")] = "qwen2_5_vl",
+    family: Annotated[str, typer.Option(
+        help="VLM family: qwen2_5_vl, qwen3_vl, gemma3, smolvlm or llava_next.")] = "qwen2_5_vl",
 ) -> None:
     """Build a tiny model of a VLM family (default Qwen2.5-VL) with random weights and a locally trained
     tokenizer."""

@@ -37,7 +37,7 @@ class Strict(BaseModel):
 
 
 # The model families of ``dermvlm.models.families`` (one file each; a test keeps the two lists equal).
-FamilyName = Literal["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm"]
+FamilyName = Literal["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm", "llava_next"]
 
 
 class NanoSpec(Strict):

@@ -55,7 +55,7 @@ def strip_peft_prefix(name: str) -> str:
 
 
 # one module per family, each holding ``FAMILY``, ``PRESETS`` and ``build_nano`` (its tiny random-weight builder)
-FAMILY_MODULES = ("qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm")
+FAMILY_MODULES = ("qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm", "llava_next")
 
 
 def _module(name: str):
