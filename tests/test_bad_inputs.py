@@ -226,7 +226,7 @@ CASES = [
     Case("nano build into a foreign folder", lambda t: (foreign_folder(t), ["nano", "build", "--out", str(t / "out")])
          [-1], ["was not written by dermvlm"], check=intact()),
     Case("nano build unknown preset", lambda t: ["nano", "build", "--out", str(t / "out"), "--preset", "huge"],
-         ["unknown preset 'huge'"]),
+         ["Invalid value for '--preset'", "'huge' is not one of 'nano', 'micro'"]),
     Case("nano build bad pixel bounds", lambda t: ["nano", "build", "--out", str(t / "out"), "--min-pixels", "90000",
                                                    "--max-pixels", "100"], ["min_pixels"]),
     # ---- configs (config check: nothing trains, nothing is written)

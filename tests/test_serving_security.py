@@ -193,7 +193,7 @@ def test_front_door_in_process(tmp_path):
 @pytest.mark.parametrize("args,expect", [
     (["--api-key", ""], "--api-key is empty"),
     (["--api-key", "two words"], "printable ASCII without spaces"),
-    (["--dtype", "fp7"], "--dtype 'fp7'"),
+    (["--dtype", "fp7"], "Invalid value for '--dtype': 'fp7' is not one of"),
     (["--port", "70000"], "--port 70000"),
     (["--allow-image-domain", "https://images.example.org"], "give a host name"),
     (["--gpu-memory-utilization", "1.5"], "fraction"),

@@ -8,15 +8,41 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+import typer.core
 
 from dermvlm import __version__
-from dermvlm.config import ConfigError
+from dermvlm.config import ConfigError, FamilyName
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+MergeDtype = Literal["float32", "bfloat16", "float16"]
+SplitChoice = Literal["train", "val", "test", "all"]
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a value not among an option's choices, a missing argument) as one ``error:`` line naming the
+    option and what it accepts, instead of a usage panel; exit status 2 as before."""
+
+    def main(self, *args, **kwargs):
+        import sys
+
+        from typer import _click as click  # typer's own click, whose exceptions its commands raise
+
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:  # a bare group: its help, as before
+            typer.echo(err.ctx.get_help() if err.ctx else err.format_message())
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            typer.secho(f"error: {err.format_message().replace('Value error, ', '')}", fg=typer.colors.RED, err=True)
+            sys.exit(err.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(help="dermvlm: a dermatology vision-language assistant, trained with TRL and served with vLLM.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors)
 nano_app = typer.Typer(help="Build the tiny Qwen2.5-VL-architecture model locally.", no_args_is_help=True)
 model_app = typer.Typer(help="Model folders: merge LoRA adapters.", no_args_is_help=True)
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
@@ -127,14 +153,14 @@ def run() -> None:
 @nano_app.command("build")
 def nano_build(
     out: Annotated[Path, typer.Option(help="Folder to write (replaced atomically).")],
-    preset: Annotated[str, typer.Option(help="nano (<1M parameters) or micro (5-20M).")] = "nano",
+    preset: Annotated[Literal["nano", "micro"], typer.Option(help="nano (<1M parameters) or micro (5-20M; "
+                                                            "qwen2_5_vl only).")] = "nano",
     seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer corpus.")] = 0,
     min_pixels: Annotated[int | None, typer.Option(help="Image processor minimum pixels.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
-    family: Annotated[str, typer.Option(
-        help="VLM family: qwen2_5_vl, qwen3_vl, gemma3, smolvlm or llava_next.")] = "qwen2_5_vl",
+    family: Annotated[FamilyName, typer.Option(help="VLM family (dermvlm.models.families).")] = "qwen2_5_vl",
 ) -> None:
     """Build a tiny model of a VLM family (default Qwen2.5-VL) with random weights and a locally trained
     tokenizer."""
@@ -164,15 +190,13 @@ def model_merge(
     adapter: Annotated[Path, typer.Argument(help="LoRA adapter folder (adapter_config.json).")],
     out: Annotated[Path, typer.Option(help="Folder for the merged model.")],
     base: Annotated[str | None, typer.Option(help="Base model; default: the adapter's recorded base.")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[MergeDtype, typer.Option(help="dtype of the merged weights.")] = "float32",
 ) -> None:
     """Merge a LoRA adapter into its base model: a standalone folder vLLM serves."""
     from dermvlm.models.merge import merge_adapter
 
     if not (adapter / "adapter_config.json").is_file():
         _fail(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        _fail(f"--dtype: {dtype!r} is not one of float32, bfloat16, float16")
     typer.echo(f"merged into {merge_adapter(adapter, out, base, dtype)}")
 
 
@@ -225,7 +249,7 @@ def serve(
         help="Let image URLs point at this host (repeatable); by default only inline data: URLs are read.")] = None,
     served_model_name: Annotated[str | None, typer.Option(help="Name to answer to (default: the folder's).")] = None,
     max_model_len: Annotated[int, typer.Option(help="Context length (must hold the image tokens).")] = 1024,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[Dtype, typer.Option(help="Weights dtype (auto: the checkpoint's).")] = "auto",
     kv_cache_memory: Annotated[str, typer.Option(help="KV cache size on CPU (e.g. 128M, 1G).")] = "128M",
     enforce_eager: Annotated[bool | None, typer.Option(
         "--enforce-eager/--no-enforce-eager", help="Eager mode (default: on the CPU build only).",
@@ -360,7 +384,7 @@ def eval_cmd(
     api_key: Annotated[str | None, typer.Option(help="API key for --endpoint.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="'dermiq', 'none' or a prompt (overrides the suite).")
                              ] = None,
-    dtype: Annotated[str, typer.Option(help="dtype for --serve.")] = "auto",
+    dtype: Annotated[Dtype, typer.Option(help="dtype for --serve.")] = "auto",
     max_model_len: Annotated[int, typer.Option(min=1, help="Context length for --serve.")] = 1024,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the answers (and other files) an earlier eval "
                                         "wrote in --out and start over.")] = False,
@@ -373,8 +397,8 @@ def eval_cmd(
                                              "and write robustness.md/json/png.")] = False,
     data: Annotated[Path | None, typer.Option(help="A benchmark file (VLMEvalKit-style .tsv, .jsonl or .csv) to "
                                               "evaluate with this suite's settings.")] = None,
-    split: Annotated[str | None, typer.Option(help="The suite's split: train, val, test, or all (every image of "
-                                              "an external test set).")] = None,
+    split: Annotated[SplitChoice | None, typer.Option(help="The suite's split (all: every image of an external "
+                                                      "test set).")] = None,
     run: Annotated[Path | None, typer.Option(help="The pipeline run folder (runs/NAME) the model was trained in: "
                                              "an item whose image is in its training split stops the "
                                              "evaluation.")] = None,
@@ -441,8 +465,6 @@ def eval_cmd(
     try:
         cfg = load_config(Path(suite), SuiteConfig)
         if split is not None:
-            if split not in ("train", "val", "test", "all"):
-                raise ConfigError(f"--split {split!r}: choose train, val, test or all")
             cfg = SuiteConfig.model_validate(cfg.model_dump() | {"split": split})
         if data is not None:
             fmt = {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(data.suffix.lower())
@@ -789,7 +811,7 @@ def kg_path(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argumen
 @kg_app.command("export")
 def kg_export(
     out: Annotated[Path, typer.Option(help="Output file.")],
-    fmt: Annotated[str, typer.Option("--format", help="graphml or json.")] = "json",
+    fmt: Annotated[Literal["graphml", "json"], typer.Option("--format", help="Export format.")] = "json",
 ) -> None:
     """Export the whole graph."""
     from dermvlm.knowledge.export import export
