@@ -70,3 +70,11 @@ def test_the_demo_asks_about_a_held_out_image(recipe_data):
     check_demo_image_held_out(SAMPLE / cfg["demo"]["image"], recipe_data, "nano-cpu.yaml")
     with pytest.raises(ValueError, match=r"PAT_1067_284_533\.jpg is in the run.s training split"):
         check_demo_image_held_out(SAMPLE / "pad_ufes_20" / "PAT_1067_284_533.jpg", recipe_data, "nano-cpu.yaml")
+
+
+def test_an_unreadable_image_is_recorded_without_a_hash_and_skipped(split_items, recipe_data, tmp_path):
+    items = [dict(split_items["test"][0], image=b"\xff\xd8\xff\xe0 not a jpeg"), *split_items["test"][1:3]]
+    hashes = write_members(tmp_path, items)
+    assert hashes[0] is None and all(h is not None for h in hashes[1:])
+    assert json.loads((tmp_path / MEMBERS).read_text())["items"][0]["phash"] == ""
+    check_held_out("sample", items, hashes, recipe_data)  # the request, not the check, reports the bad image

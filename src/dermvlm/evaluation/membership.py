@@ -23,19 +23,23 @@ class SplitOverlapError(ValueError):
     """Suite items whose images are in the training run's train split."""
 
 
-def _phash(data: bytes) -> int:
+def _phash(data: bytes) -> int | None:
+    """The image's 64-bit pHash; ``None`` for bytes no image decoder reads (the request then fails as such)."""
     from PIL import Image
 
     from dermvlm.datasets.images import phash64
 
-    with Image.open(io.BytesIO(data)) as im:
-        return phash64(im.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return phash64(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):  # PIL's ways of saying "not an image I can read"
+        return None
 
 
-def write_members(out: Path, items: list[dict[str, Any]]) -> list[int]:
-    """Write ``members.json`` for the suite's items; return their hashes (in item order)."""
+def write_members(out: Path, items: list[dict[str, Any]]) -> list[int | None]:
+    """Write ``members.json`` for the suite's items; return their hashes (in item order; ``None``: unreadable)."""
     hashes = [_phash(it["image"]) for it in items]
-    members = [{"id": it["id"], "group_id": it.get("group_id") or "", "phash": f"{h:016x}"}
+    members = [{"id": it["id"], "group_id": it.get("group_id") or "", "phash": f"{h:016x}" if h is not None else ""}
                for it, h in zip(items, hashes, strict=True)]
     atomic_write_text(out / MEMBERS, json.dumps({"n": len(members), "items": members}, indent=1) + "\n")
     return hashes
@@ -48,7 +52,7 @@ def train_hashes(data_dir: Path) -> list[int]:
 
     kinds = [data_dir / "image_label"] if (data_dir / "image_label" / "dataset_dict.json").exists() else sorted(
         p for p in data_dir.iterdir() if (p / "dataset_dict.json").exists())
-    seen: set[int] = set()
+    seen: set[int | None] = set()
     for kind in kinds:
         dd = load_from_disk(str(kind))
         if "train" not in dd or "images" not in dd["train"].column_names:
@@ -56,10 +60,11 @@ def train_hashes(data_dir: Path) -> list[int]:
         for row in dd["train"].cast_column("images", List(Image(decode=False))):
             for image in row["images"]:
                 seen.add(_phash(image["bytes"]))
+    seen.discard(None)
     return sorted(seen)
 
 
-def check_held_out(suite_name: str, items: list[dict[str, Any]], hashes: list[int], data_dir: Path) -> None:
+def check_held_out(suite_name: str, items: list[dict[str, Any]], hashes: list[int | None], data_dir: Path) -> None:
     """Raise ``SplitOverlapError`` when any item's image is (a near copy of) a training image of ``data_dir``."""
     import numpy as np
 
@@ -69,12 +74,13 @@ def check_held_out(suite_name: str, items: list[dict[str, Any]], hashes: list[in
     train = np.array(train_hashes(data_dir), dtype=np.uint64)
     if not len(train) or not items:
         return
-    mine = np.array(hashes, dtype=np.uint64)
+    readable = [i for i, h in enumerate(hashes) if h is not None]
+    mine = np.array([hashes[i] for i in readable], dtype=np.uint64)
     hits = []
     for start in range(0, len(mine), 256):  # blocks keep the distance matrix small
         block = mine[start:start + 256, None] ^ train[None, :]
         near = np.bitwise_count(block).min(axis=1) <= MAX_DISTANCE
-        hits += [start + int(i) for i in np.flatnonzero(near)]
+        hits += [readable[start + int(i)] for i in np.flatnonzero(near)]
     if hits:
         first = items[hits[0]]
         raise SplitOverlapError(
