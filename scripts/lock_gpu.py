@@ -36,7 +36,10 @@ PLATFORMS = [f"manylinux_2_{v}_x86_64" for v in range(39, 16, -1)] + ["manylinux
 
 
 def _name(req: str) -> str:
-    return req.split("==")[0].split(">")[0].split("<")[0].split("[")[0].strip().lower()
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(Requirement(req).name)
 
 
 def requirements() -> tuple[list[str], list[str]]:

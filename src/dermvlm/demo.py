@@ -30,16 +30,14 @@ class DemoAnswer:
 
 def check_demo_image_held_out(image: str | Path, data_dir: Path, source: str) -> None:
     """Refuse a demo question about an image the model was trained on (the run's train split)."""
-    from PIL import Image
+    from dermvlm.evaluation.membership import SplitOverlapError, check_held_out, image_phash
 
-    from dermvlm.datasets.images import phash64
-    from dermvlm.evaluation.membership import MAX_DISTANCE, train_hashes
-
-    with Image.open(image) as im:
-        mine = phash64(im.convert("RGB"))
-    if any((mine ^ h).bit_count() <= MAX_DISTANCE for h in train_hashes(data_dir)):
-        raise ValueError(f"{source}: demo.image: {Path(image).name} is in the run's training split ({data_dir}); "
-                         "pick an image of the recipe's test split")
+    name = Path(image).name
+    try:
+        check_held_out("demo", [{"id": name}], [image_phash(Path(image).read_bytes())], data_dir)
+    except SplitOverlapError:
+        raise ValueError(f"{source}: demo.image: {name} is in the run's training split ({data_dir}); pick an image "
+                         "of the recipe's test split") from None
 
 
 def run_demo(cfg: RunConfig, source: str = "<config>") -> DemoAnswer:

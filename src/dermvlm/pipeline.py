@@ -305,8 +305,7 @@ def check_paths(cfg: RunConfig, source: str = "<config>") -> None:
             raise ConfigError(f"{source}: evaluate[{i}]: suite file not found: {suite}")
         load_config(path, SuiteConfig)
     name = cfg.model.name_or_path
-    hub_id = name is not None and name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if name is not None and not Path(name).exists() and not hub_id:  # a hub id is checked when it loads
+    if name is not None and not Path(name).exists() and not is_hub_id(name):  # a hub id is checked when it loads
         raise ConfigError(f"{source}: model.name_or_path: no such model folder: {name}")
 
 
@@ -399,4 +398,4 @@ def is_hub_id(name: str | None) -> bool:
     """Whether ``name`` reads as a Hugging Face Hub model id (``owner/name``) rather than a local folder."""
     import re
 
-    return bool(name) and not Path(name).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    return bool(name) and not Path(name).exists() and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name) is not None

@@ -8,6 +8,7 @@ another size still matches the training copy of the same picture.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ class SplitOverlapError(ValueError):
     """Suite items whose images are in the training run's train split."""
 
 
-def _phash(data: bytes) -> int | None:
+def image_phash(data: bytes) -> int | None:
     """The image's 64-bit pHash; ``None`` for bytes no image decoder reads (the request then fails as such)."""
     from PIL import Image
 
@@ -38,7 +39,7 @@ def _phash(data: bytes) -> int | None:
 
 def write_members(out: Path, items: list[dict[str, Any]]) -> list[int | None]:
     """Write ``members.json`` for the suite's items; return their hashes (in item order; ``None``: unreadable)."""
-    hashes = [_phash(it["image"]) for it in items]
+    hashes = [image_phash(it["image"]) for it in items]
     members = [{"id": it["id"], "group_id": it.get("group_id") or "", "phash": f"{h:016x}" if h is not None else ""}
                for it, h in zip(items, hashes, strict=True)]
     atomic_write_text(out / MEMBERS, json.dumps({"n": len(members), "items": members}, indent=1) + "\n")
@@ -47,7 +48,14 @@ def write_members(out: Path, items: list[dict[str, Any]]) -> list[int | None]:
 
 def train_hashes(data_dir: Path) -> list[int]:
     """Perceptual hashes of every training image of a built recipe (its ``image_label`` kind, one row per image,
-    else every kind's train rows)."""
+    else every kind's train rows); computed once per build (``key.txt``) in a process, however many suites ask."""
+    key = (data_dir / "key.txt").read_text() if (data_dir / "key.txt").is_file() else str(data_dir.stat().st_mtime_ns)
+    return list(_train_hashes(str(data_dir.resolve()), key))
+
+
+@functools.lru_cache(maxsize=4)
+def _train_hashes(data_dir: str, key: str) -> tuple[int, ...]:
+    data_dir = Path(data_dir)
     from datasets import Image, List, load_from_disk
 
     kinds = [data_dir / "image_label"] if (data_dir / "image_label" / "dataset_dict.json").exists() else sorted(
@@ -59,9 +67,9 @@ def train_hashes(data_dir: Path) -> list[int]:
             continue
         for row in dd["train"].cast_column("images", List(Image(decode=False))):
             for image in row["images"]:
-                seen.add(_phash(image["bytes"]))
+                seen.add(image_phash(image["bytes"]))
     seen.discard(None)
-    return sorted(seen)
+    return tuple(sorted(seen))
 
 
 def check_held_out(suite_name: str, items: list[dict[str, Any]], hashes: list[int | None], data_dir: Path) -> None:
