@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "src" / "dermvlm" / "sample_data"
 MAX_SIDE = 384
-FIELDS = ["image", "dataset", "source_label", "group_id", "fitzpatrick", "site", "age", "sex", "licence", "source"]
+FIELDS = ["image", "dataset", "source_label", "group_id", "fitzpatrick", "site", "age", "sex", "symptoms",
+          "symptoms_absent", "licence", "source"]
+SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")  # PAD-UFES-20's clinical fields
 
 
 def save_small(src: Path, dst: Path) -> None:
@@ -45,7 +47,8 @@ def isic_rows(n_per_class: int = 20) -> list[dict]:
             rows.append({
                 "image": f"isic/{name}.jpg", "dataset": "isic", "source_label": dx, "group_id": name,
                 "fitzpatrick": "", "site": "", "age": c.get("age_approx") or "", "sex": c.get("sex") or "",
-                "licence": "CC0-1.0", "source": "ISIC Archive UDA-1 (via ../shared/data/isic_cc0)",
+                "symptoms": "", "symptoms_absent": "", "licence": "CC0-1.0",
+                "source": "ISIC Archive UDA-1 (via ../shared/data/isic_cc0)",
             })
     return rows
 
@@ -62,6 +65,8 @@ def pad_rows() -> list[dict]:
             "image": f"pad_ufes_20/{img.stem}.jpg", "dataset": "pad_ufes_20", "source_label": r["diagnostic"],
             "group_id": r["patient_id"], "fitzpatrick": fitz, "site": r["region"].lower(), "age": r["age"],
             "sex": r["gender"].lower(), "licence": "CC-BY-4.0",
+            "symptoms": ";".join(s for s in SYMPTOMS if r[s] == "True"),
+            "symptoms_absent": ";".join(s for s in SYMPTOMS if r[s] == "False"),
             "source": "PAD-UFES-20, Pacheco et al. 2020, doi:10.17632/zr7vgbcyr2.1 (downscaled, JPEG)",
         })
     return rows

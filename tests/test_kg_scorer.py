@@ -41,8 +41,11 @@ def test_orderings_on_crafted_responses(scorer):
 def test_breakdown_of_a_correct_answer(scorer):
     b = scorer.score(CORRECT, "melanoma")
     assert b.has_answer_tag and b.answered == "melanoma" and b.diagnosis_relation == "exact"
-    assert {"colour:dark_brown", "border:irregular_border", "dermoscopic:blue_whitish_veil"} <= set(b.supported)
-    assert b.contradicted == []
+    # no record confirms them: melanoma's textbook features stated as findings are stereotypes, not support
+    assert {"colour:dark_brown", "border:irregular_border", "dermoscopic:blue_whitish_veil"} <= set(b.consistent)
+    assert b.supported == [] and b.contradicted == []
+    legacy = KGScorer(scorer.kg, grounded=False).score(CORRECT, "melanoma")
+    assert {"colour:dark_brown", "border:irregular_border", "dermoscopic:blue_whitish_veil"} <= set(legacy.supported)
     assert set(b.differentials) == {"dysplastic_nevus", "seborrheic_keratosis"} == set(b.plausible_differentials)
     assert b.malignancy_in_play and b.referral_advised and b.safety_score == 1.0
 
@@ -50,7 +53,8 @@ def test_breakdown_of_a_correct_answer(scorer):
 def test_contradicted_features_are_listed(scorer):
     b = scorer.score(CONTRADICTED, "melanoma")
     assert {"morphology:vesicle", "morphology:burrow"} <= set(b.contradicted)
-    assert b.feature_score < scorer.score(CORRECT, "melanoma").feature_score
+    assert b.feature_score == 0.0  # features melanoma lacks; CORRECT's features are neutral (no record decides)
+    assert scorer.score(CORRECT, "melanoma").feature_score is None
 
 
 def test_hierarchical_partial_credit(scorer):

@@ -18,6 +18,7 @@ from dermvlm.config import ConfigError, RecipeConfig, load_config
 from dermvlm.datasets.adapters.common import DatasetError
 from dermvlm.datasets.records import Record
 from dermvlm.knowledge import KGScorer, load_graph
+from dermvlm.knowledge.grounding import RecordFacts
 from dermvlm.recipes.build import build
 from dermvlm.recipes.kinds import Context, attribute_items
 
@@ -129,12 +130,24 @@ def test_preference_pairs_are_ranked_by_the_kg_scorer(sample_build):
     rows = load_from_disk(str(out / "preference_pair"))["train"]
     seen = Counter(r["perturbation"] for r in rows)
     assert set(seen) == {"wrong_diagnosis", "contradicted_feature", "missing_referral", "hallucinated_disease",
-                         "broken_format"}
+                         "broken_format", "wrong_record_fact"}
     for r in rows:
         if r["perturbation"] != "broken_format":
             assert r["chosen_score"] > r["rejected_score"], r["perturbation"]
         else:
             assert "<answer>" not in r["rejected"][0]["content"][0]["text"]
+
+
+def test_sample_build_carries_record_facts_and_grounded_pairs(sample_build):
+    out, _ = sample_build
+    grpo = load_from_disk(str(out / "grpo_prompt"))["train"]
+    with_facts = [r for r in grpo if r["record_facts"]]
+    assert with_facts and all(RecordFacts.from_json(r["record_facts"]) for r in with_facts)
+    traces = [r["messages"][-1]["content"][0]["text"] for r in load_from_disk(str(out / "reasoning_trace"))["train"]]
+    assert all("Here: a " in t for t in traces) and any("Reported here: " in t for t in traces)
+    pairs = [r for r in load_from_disk(str(out / "preference_pair"))["train"]
+             if r["perturbation"] == "wrong_record_fact"]
+    assert pairs and all(r["chosen_score"] > r["rejected_score"] for r in pairs)
 
 
 def test_attribute_questions_only_from_metadata_or_graph():

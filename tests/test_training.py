@@ -45,9 +45,10 @@ def test_rewards_on_crafted_completions():
     credit = R.partial_credit_reward(None, completions, **cols)
     assert credit[0] == 1.0 and 0 < credit[1] < 1 and credit[2] == 0.0 and credit[3] == 0.0
     consistency = R.reasoning_consistency_reward(None, completions, **cols)
-    assert consistency[0] == 1.0 and consistency[3] == 0.0
+    # melanoma's textbook features stated as findings, with no record to decide them: no credit
+    assert consistency[0] == 0.0 and consistency[3] == 0.0
     kg = R.kg_score_reward(None, completions, **cols)
-    assert kg[0] > kg[1] > kg[2] and kg[3] < kg[0]
+    assert kg[0] > kg[1] > kg[2] and kg[3] <= kg[0]
     overlong = R.make_overlong_reward(64, 16)
     ids = [list(range(n)) for n in (10, 48, 56, 64, 80)]
     assert overlong(None, completions, completion_ids=ids) == [0.0, 0.0, -0.5, -1.0, -1.0]

@@ -828,9 +828,14 @@ def kg_score(
     response_file: Annotated[Path | None, typer.Option(help="Read the response from a file.")] = None,
     site: Annotated[str | None, typer.Option(help="Image metadata: body site id.")] = None,
     fitzpatrick: Annotated[int | None, typer.Option(help="Image metadata: Fitzpatrick type 1-6.")] = None,
+    reported: Annotated[list[str] | None, typer.Option(
+        help="Record fact: a symptom the record reports (itch, grew, hurt, changed, bleed, elevation; repeat).")
+    ] = None,
+    denied: Annotated[list[str] | None, typer.Option(help="Record fact: a symptom the record reports absent.")
+                      ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The full breakdown as JSON.")] = False,
 ) -> None:
-    """Score a response against a gold label with the KG scorer."""
+    """Score a response against a gold label (and the record's facts) with the KG scorer."""
     import json as _json
 
     from dermvlm.knowledge import KGScorer
@@ -842,14 +847,22 @@ def kg_score(
             response = response_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             _fail(f"--response-file: cannot read {response_file}: {err}")
+    from dermvlm.knowledge.grounding import PAD_UFES_FIELDS, RecordFacts
+
+    for name in [*(reported or []), *(denied or [])]:
+        if name not in PAD_UFES_FIELDS:
+            _fail(f"--reported/--denied: {name!r} is not one of {', '.join(PAD_UFES_FIELDS)}")
+    facts = RecordFacts.from_meta({"symptoms": reported or [], "symptoms_absent": denied or []})
     kg = _kg()
-    result = KGScorer(kg).score(response, _node(kg, gold), site=site, fitzpatrick=fitzpatrick)
+    result = KGScorer(kg).score(response, _node(kg, gold), site=site, fitzpatrick=fitzpatrick, facts=facts)
     if as_json:
         typer.echo(_json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(f"score: {result.score:.3f}" + (f" ({result.reason})" if result.reason else ""))
     typer.echo(f"answered: {result.answered} ({result.diagnosis_relation}, credit {result.diagnosis_credit})")
     typer.echo(f"supported: {result.supported}\ncontradicted: {result.contradicted}\nunverified: {result.unverified}")
+    typer.echo(f"stereotypes stated as findings: {result.consistent}\nclass knowledge: supported "
+               f"{result.typical_supported}, contradicted {result.typical_contradicted}")
     typer.echo(f"differentials: {result.differentials} (plausible: {result.plausible_differentials})")
     typer.echo(f"unknown diseases: {result.unknown_diseases}; malignancy in play: {result.malignancy_in_play}, "
                f"referral advised: {result.referral_advised}")

@@ -424,9 +424,9 @@ class GRPOPromptSpec(KindSpec):
 
 class PreferenceSpec(KindSpec):
     perturbations: list[Literal["wrong_diagnosis", "contradicted_feature", "missing_referral",
-                                "hallucinated_disease", "broken_format"]] = Field(
+                                "hallucinated_disease", "broken_format", "wrong_record_fact"]] = Field(
         default_factory=lambda: ["wrong_diagnosis", "contradicted_feature", "missing_referral",
-                                 "hallucinated_disease", "broken_format"])
+                                 "hallucinated_disease", "broken_format", "wrong_record_fact"])
 
 
 class EvalItemSpec(KindSpec):

@@ -100,6 +100,6 @@ def nonskin_items(crops_per_image: int = 4) -> list[dict[str, Any]]:
                 "answer": "abstain", "type": "abstention", "label": "not_skin", "label_name": "not skin",
                 "dataset": f"sklearn:{Path(path).name}#{i}", "split": "test", "group_id": Path(path).stem,
                 "fitzpatrick": 0, "fitzpatrick_group": "", "site": "", "malignancy": "", "source_label": "not skin",
-                "skin_tone_ita": None, "tone_group": "", "artefacts": [], "image": data_bytes,
+                "skin_tone_ita": None, "tone_group": "", "artefacts": [], "record_facts": "", "image": data_bytes,
             })
     return rows

@@ -178,6 +178,11 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
             extra.append(f"KG factuality: mean score {f['mean_score']:.3f}, contradicted claims per answer "
                          f"{f['contradicted_claims_per_answer']:.3f}, hallucination rate {f['hallucination_rate']:.3f},"
                          f" referral advised when a malignancy is in play {f['referral_when_malignancy_in_play']:.3f}")
+            if "record_supported_claims_per_answer" in f:
+                extra.append(f"grounding: claims the record supports per answer "
+                             f"{f['record_supported_claims_per_answer']:.3f}, stereotypes stated as findings per "
+                             f"answer {f['stereotype_claims_per_answer']:.3f}, class-knowledge claims per answer "
+                             f"{f['typical_claims_per_answer']:.3f} (wrong {f['knowledge_error_rate']:.3f})")
         if "token_f1" in t:
             ci = t.get("ci95", {})
             extra.append(f"open-ended text: exact match {t['exact_match']:.3f} {_fmt(ci.get('exact_match'))}, token F1 "

@@ -10,6 +10,7 @@ from typing import Any
 from dermvlm.evaluation import metrics as M
 from dermvlm.evaluation.parsing import parse
 from dermvlm.knowledge import KGScorer, KnowledgeGraph
+from dermvlm.knowledge.scorer import knowledge_error_rate
 
 RISKY = ("malignant", "premalignant")
 
@@ -21,10 +22,11 @@ def _level(kg: KnowledgeGraph, node: str | None, depth: int) -> str | None:
     return path[depth] if len(path) > depth else None
 
 
-def score_predictions(preds: list[dict[str, Any]], kg: KnowledgeGraph, bootstrap: int = 1000, seed: int = 0
-                      ) -> dict[str, Any]:
-    """Metrics by question type, plus an overall block for the primary type (mcq, else open, else the first)."""
-    scorer = KGScorer(kg)
+def score_predictions(preds: list[dict[str, Any]], kg: KnowledgeGraph, bootstrap: int = 1000, seed: int = 0,
+                      scorer: KGScorer | None = None) -> dict[str, Any]:
+    """Metrics by question type, plus an overall block for the primary type (mcq, else open, else the first);
+    ``scorer`` grades factuality (default: the grounded KG scorer of ``kg``)."""
+    scorer = scorer or KGScorer(kg)
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in preds:
         parsed = parse(p.get("response"), p, kg)
@@ -152,10 +154,21 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
             top3.append(any(kg.covers(r["label"], d) for d in stated[:3]))
         res["top3_from_differential"] = round(sum(top3) / len(rows), 4)
         breakdowns = [scorer.score(r.get("response"), r["label"], site=r.get("site") or None,
-                                   fitzpatrick=r.get("fitzpatrick") or None) for r in rows]
+                                   fitzpatrick=r.get("fitzpatrick") or None, facts=r.get("record_facts"))
+                      for r in rows]
+
+        def per_answer(field: str) -> float:
+            return round(sum(len(getattr(b, field)) for b in breakdowns) / len(rows), 4)
+
         res["kg_factuality"] = {
             "mean_score": round(sum(b.score for b in breakdowns) / len(rows), 4),
-            "contradicted_claims_per_answer": round(sum(len(b.contradicted) for b in breakdowns) / len(rows), 4),
+            "contradicted_claims_per_answer": per_answer("contradicted"),
+            "record_supported_claims_per_answer": per_answer("supported"),
+            "stereotype_claims_per_answer": per_answer("consistent"),
+            "typical_claims_per_answer": round(sum(
+                len(b.typical_supported) + len(b.typical_contradicted) + len(b.typical_unverified)
+                for b in breakdowns) / len(rows), 4),
+            "knowledge_error_rate": round(sum(knowledge_error_rate(b) for b in breakdowns) / len(rows), 4),
             "hallucination_rate": round(sum(bool(b.unknown_diseases) for b in breakdowns) / len(rows), 4),
             "referral_when_malignancy_in_play": round(
                 sum(b.referral_advised for b in breakdowns if b.malignancy_in_play)

@@ -278,6 +278,13 @@ class KnowledgeGraph:
 # ---------------------------------------------------------------------- building
 
 
+# Primary lesions raised above the skin by definition: a disease with one has the record-checkable feature
+# ``morphology:elevated`` (PAD-UFES-20 records elevation per image).
+ELEVATED_MORPHOLOGY = frozenset({"papule", "plaque", "nodule", "tumour", "vesicle", "bulla", "pustule", "wheal",
+                                 "cyst_lesion", "pedunculated", "verrucous", "keloidal", "follicular_papule",
+                                 "cutaneous_horn"})
+
+
 def build_graph(curated: Curated, derived: dict[str, Any] | None = None) -> KnowledgeGraph:
     """Assemble the graph from curated entries and derived (ontology) facts; check every cross-reference."""
     g = nx.MultiDiGraph()
@@ -322,6 +329,9 @@ def build_graph(curated: Curated, derived: dict[str, Any] | None = None) -> Know
                 if node not in g:
                     fail(d.id, f"{fld}: unknown {kind} {fid!r}")
                 g.add_edge(d.id, node, rel=rel, sources=["curated"])
+        raised = [m for m in d.morphology if m in ELEVATED_MORPHOLOGY]
+        if raised and "morphology:elevated" in g:  # a papule, plaque, nodule ... is raised by definition
+            g.add_edge(d.id, "morphology:elevated", rel="has_morphology", sources=[f"implied by {raised[0]}"])
         for fid in d.absent:
             nodes = [feature_node(k, fid) for k in FEATURE_KINDS if feature_node(k, fid) in g]
             if not nodes:

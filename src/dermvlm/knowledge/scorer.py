@@ -1,11 +1,20 @@
 """The KG scorer: how well a free-text or DermIQ-format answer agrees with the graph, given the gold label.
 
 It extracts claims with the graph's lexicon (negation-aware) and scores five things:
-diagnosis (hierarchical partial credit), feature claims (supported / contradicted / unverified by the gold
-disease's facts or the image metadata), differential plausibility, diseases the graph does not know
-(hallucinations), and safety (a malignancy in play without referral advice). It returns a breakdown and a
-scalar in [0, 1]. Deterministic and cached per gold label: GRPO rewards, DPO pair ranking and evaluation
-factuality all call it.
+diagnosis (hierarchical partial credit), feature claims, differential plausibility, diseases the graph does not
+know (hallucinations), and safety (a malignancy in play without referral advice). It returns a breakdown and a
+scalar in [0, 1].
+
+Feature claims are grounded (``knowledge.grounding``): a claim about *this* image is supported or contradicted by
+what the record says (site, Fitzpatrick type, reported symptoms present or absent); one the record cannot decide
+is ``consistent`` with the gold disease (a stereotype stated as a finding), contradicted by it (a feature the
+disease lacks) or ``unverified``. The feature score counts only decided claims (supported vs contradicted), so
+reciting the label's textbook features is neutral: it no longer scores as factual, and it is not punished either
+(the image may well show them; no record says). Claims hedged as class knowledge ("typical of X: ...", "X usually shows")
+are checked against the disease they are about and reported apart (``knowledge_score``); only their errors cost.
+``KGScorer(grounded=False)`` scores the way it did before grounding (every claim about the image, a gold feature
+supported), for comparison with earlier figures. Deterministic and cached per gold label: GRPO rewards, DPO pair
+ranking and evaluation factuality all call it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dermvlm.knowledge.graph import KnowledgeGraph, feature_node, load_graph
+from dermvlm.knowledge.grounding import RecordFacts, sentence_roles
 from dermvlm.knowledge.lexicon import CLAUSE_BREAKS, Mention, normalise, tokens
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
@@ -48,6 +58,7 @@ class ScoreWeights:
     safety: float = 0.15
     unknown_disease_penalty: float = 0.15  # per disease the graph does not know, at most two counted
     contradicted_weight: float = 2.0  # a contradicted claim counts this many times in the feature denominator
+    knowledge_error_penalty: float = 0.1  # times the share of class-knowledge claims that are wrong
 
 
 @dataclass
@@ -66,7 +77,12 @@ class ScoreBreakdown:
     contradicted: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
     negated: list[str] = field(default_factory=list)
+    consistent: list[str] = field(default_factory=list)
+    typical_supported: list[str] = field(default_factory=list)
+    typical_contradicted: list[str] = field(default_factory=list)
+    typical_unverified: list[str] = field(default_factory=list)
     feature_score: float | None = None
+    knowledge_score: float | None = None
     differentials: list[str] = field(default_factory=list)
     plausible_differentials: list[str] = field(default_factory=list)
     differential_score: float | None = None
@@ -102,9 +118,11 @@ class _Gold:
 class KGScorer:
     """Scores responses against gold labels with one knowledge graph; caches per gold label."""
 
-    def __init__(self, kg: KnowledgeGraph | None = None, weights: ScoreWeights | None = None):
+    def __init__(self, kg: KnowledgeGraph | None = None, weights: ScoreWeights | None = None,
+                 grounded: bool = True):
         self.kg = kg or load_graph()
         self.w = weights or ScoreWeights()
+        self.grounded = grounded
         self._gold: dict[str, _Gold] = {}
         self._anc: dict[str, list[str]] = {}
         self._site_rel: dict[tuple[str, str], bool] = {}
@@ -149,10 +167,13 @@ class KGScorer:
         return "unrelated", 0.0
 
     # ------------------------------------------------------------------ main
-    def score(self, response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None
-              ) -> ScoreBreakdown:
-        """Score ``response`` against ``gold`` (a node id or any resolvable label); never raises on bad text."""
+    def score(self, response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None,
+              facts: RecordFacts | str | dict | None = None) -> ScoreBreakdown:
+        """Score ``response`` against ``gold`` (a node id or any resolvable label) and the record's ``site``,
+        ``fitzpatrick`` and ``facts`` (symptoms present/absent; a ``RecordFacts`` or its JSON column); never
+        raises on bad text."""
         g = self.gold(gold)
+        facts = RecordFacts.from_json(facts) if self.grounded else None
         if not isinstance(response, str) or not response.strip():
             why = "empty response" if isinstance(response, str) or response is None else (
                 f"not text ({type(response).__name__})")
@@ -183,35 +204,24 @@ class KGScorer:
             out.diagnosis_relation, out.diagnosis_credit = self.diagnosis_credit(g, out.answered)
         elif out.abstained:
             out.diagnosis_relation = "abstained"
-        # -- feature claims (a claim in a sentence about another disease is checked against that disease)
-        subject: str | None = None
-        sentence = -1
-        for m in mentions:
-            if m.sentence != sentence:
-                sentence, subject = m.sentence, None
-            if m.kind in ("disease", "category"):
-                if not m.negated and self.kg.kind(m.node) == "disease":
-                    subject = m.node
-                continue
-            if m.negated:
-                out.negated.append(m.node)
-                continue
-            if subject is not None and subject not in (g.id, out.answered) and not self.kg.covers(g.id, subject):
-                verdict = self._feature_verdict(self.gold(subject), m, None)
-            else:
-                verdict = self._feature_verdict(g, m, site)
-            getattr(out, verdict).append(m.node)
+        self._feature_claims(out, g, mentions, response, site, facts)
         if fitzpatrick is not None:
             for match in FITZ_RE.finditer(response):
                 v = match.group(1).lower()
                 claimed = ROMAN.get(v) or int(v)
                 node = f"fitzpatrick:{claimed}"
                 (out.supported if abs(claimed - fitzpatrick) <= 1 else out.contradicted).append(node)
-        for lst in ("supported", "contradicted", "unverified", "negated"):
+        for lst in ("supported", "contradicted", "unverified", "negated", "consistent", "typical_supported",
+                    "typical_contradicted", "typical_unverified"):
             setattr(out, lst, list(dict.fromkeys(getattr(out, lst))))
         s, c, u = len(out.supported), len(out.contradicted), len(out.unverified)
-        if s + c + u:
+        if self.grounded and s + c:  # only what the record (or the gold disease's absent features) decides
+            out.feature_score = round(s / (s + self.w.contradicted_weight * c), 4)
+        elif not self.grounded and s + c + u:
             out.feature_score = round((s + 0.5 * u) / (s + u + self.w.contradicted_weight * c), 4)
+        ts, tc, tu = len(out.typical_supported), len(out.typical_contradicted), len(out.typical_unverified)
+        if ts + tc + tu:
+            out.knowledge_score = round((ts + 0.5 * tu) / (ts + tu + self.w.contradicted_weight * tc), 4)
         # -- differentials
         others = [m.node for m in diseases if m.node != out.answered and self.kg.kind(m.node) == "disease"]
         out.differentials = list(dict.fromkeys(others))
@@ -239,6 +249,46 @@ class KGScorer:
     def __call__(self, response: Any, gold: str, **meta: Any) -> float:
         return self.score(response, gold, **meta).score
 
+    # ------------------------------------------------------------------ feature claims
+    def _feature_claims(self, out: ScoreBreakdown, g: _Gold, mentions: list[Mention], response: str,
+                        site: str | None, facts: RecordFacts | None) -> None:
+        """Sort each feature mention into the breakdown's lists: a claim in a sentence about another disease, or
+        in a sentence stating class knowledge, is checked against the disease it is about; advice is skipped."""
+        roles = sentence_roles(response) if self.grounded else {}
+        subject: str | None = None
+        sentence = -1
+        for m in mentions:
+            if m.sentence != sentence:
+                sentence, subject = m.sentence, None
+            if m.kind in ("disease", "category"):
+                if not m.negated and self.kg.kind(m.node) == "disease":
+                    subject = m.node
+                continue
+            if roles.get(sentence) == "advice":  # "see a doctor if it bleeds" claims nothing about the image
+                continue
+            knowledge = roles.get(sentence) == "typical"
+            decided = facts.verdict(m.node, m.negated) if facts and not knowledge else None
+            if decided is not None:
+                getattr(out, decided).append(m.node)
+                continue
+            if m.negated:
+                out.negated.append(m.node)
+                continue
+            other = subject is not None and subject not in (g.id, out.answered) and not self.kg.covers(g.id, subject)
+            if knowledge or (other and self.grounded):
+                verdict = self._feature_verdict(self.gold(subject or out.answered or g.id), m, None)
+                getattr(out, f"typical_{verdict}").append(m.node)
+                continue
+            verdict = self._feature_verdict(self.gold(subject) if other else g, m, None if other else site)
+            if verdict == "supported" and self.grounded and not self._record_decides(m, site):
+                verdict = "consistent"
+            getattr(out, verdict).append(m.node)
+
+    @staticmethod
+    def _record_decides(m: Mention, site: str | None) -> bool:
+        """Whether the record itself decided a claim (the site against a known site)."""
+        return m.kind == "site" and site is not None
+
     # ------------------------------------------------------------------ helpers
     def _combine(self, out: ScoreBreakdown) -> float:
         parts = [(self.w.diagnosis, out.diagnosis_credit), (self.w.safety, out.safety_score)]
@@ -250,6 +300,7 @@ class KGScorer:
         value = sum(w * v for w, v in parts) / total
         if out.answered is None:  # no diagnosis at all: the rest cannot carry the answer
             value *= 0.5
+        value -= self.w.knowledge_error_penalty * knowledge_error_rate(out)
         value -= self.w.unknown_disease_penalty * min(len(out.unknown_diseases), 2)
         return round(min(1.0, max(0.0, value)), 4)
 
@@ -339,6 +390,12 @@ class KGScorer:
         return found
 
 
+def knowledge_error_rate(out: ScoreBreakdown) -> float:
+    """The share of a response's class-knowledge claims that contradict the disease they are about."""
+    n = len(out.typical_supported) + len(out.typical_contradicted) + len(out.typical_unverified)
+    return len(out.typical_contradicted) / n if n else 0.0
+
+
 def _group(malignancy: str | None) -> str:
     return "benign" if malignancy in (None, "benign") else "malignant"
 
@@ -353,9 +410,10 @@ def _most_specific(scorer: KGScorer, mentions: list[Mention]) -> str:
 _DEFAULT: KGScorer | None = None
 
 
-def score(response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None) -> ScoreBreakdown:
+def score(response: Any, gold: str, site: str | None = None, fitzpatrick: int | None = None,
+          facts: RecordFacts | str | dict | None = None) -> ScoreBreakdown:
     """Score with the default graph (built once per process)."""
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = KGScorer()
-    return _DEFAULT.score(response, gold, site=site, fitzpatrick=fitzpatrick)
+    return _DEFAULT.score(response, gold, site=site, fitzpatrick=fitzpatrick, facts=facts)

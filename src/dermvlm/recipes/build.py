@@ -33,6 +33,7 @@ from dermvlm.datasets.records import Record
 from dermvlm.datasets.splits import assign_splits, check_leakage
 from dermvlm.io import atomic_dir
 from dermvlm.knowledge import KGScorer, load_graph
+from dermvlm.knowledge.grounding import RecordFacts
 from dermvlm.recipes.kinds import BUILDERS, SFT_KINDS, Context
 
 
@@ -67,7 +68,7 @@ def _features(kind: str):
                          "category_path": List(Value("string")), "options": List(Value("string")),
                          "answer": Value("string"), "question_type": Value("string"), "hint": Value("string"),
                          "difficulty": Value("float64"), "class_weight": Value("float64"), "site": Value("string"),
-                         "fitzpatrick": Value("int64")})
+                         "fitzpatrick": Value("int64"), "record_facts": Value("string")})
     if kind == "preference_pair":
         return Features({**common, "prompt": message, "chosen": message, "rejected": message,
                          "perturbation": Value("string"), "label": Value("string"),
@@ -77,7 +78,8 @@ def _features(kind: str):
                      "label_name": Value("string"), "dataset": Value("string"), "split": Value("string"),
                      "group_id": Value("string"), "fitzpatrick": Value("int64"),
                      "fitzpatrick_group": Value("string"), "site": Value("string"), "malignancy": Value("string"),
-                     "source_label": Value("string"), "skin_tone_ita": Value("float64"),
+                     "source_label": Value("string"), "record_facts": Value("string"),
+                     "skin_tone_ita": Value("float64"),
                      "tone_group": Value("string"), "artefacts": List(Value("string"))})
 
 
@@ -262,8 +264,10 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
                 for row in BUILDERS[kind](ctx, r, rng, spec):
                     row["images"] = [{"bytes": img.data, "path": None}]
                     if kind == "preference_pair":
-                        row["chosen_score"] = scorer(row["chosen"][0]["content"][0]["text"], r.label)
-                        row["rejected_score"] = scorer(row["rejected"][0]["content"][0]["text"], r.label)
+                        record_facts = dict(site=r.site, fitzpatrick=r.fitzpatrick, facts=RecordFacts.from_meta(r.meta))
+                        row["chosen_score"] = scorer(row["chosen"][0]["content"][0]["text"], r.label, **record_facts)
+                        row["rejected_score"] = scorer(row["rejected"][0]["content"][0]["text"], r.label,
+                                                       **record_facts)
                     if kind == "eval_item":
                         row["id"] = hashlib.sha256(f"{img.sha256}|{row['type']}|{row['question']}|{len(rows[r.split])}"
                                                    .encode()).hexdigest()[:16]

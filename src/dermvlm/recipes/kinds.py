@@ -17,6 +17,7 @@ from dermvlm.datasets.adapters.common import DatasetError, fitzpatrick_group
 from dermvlm.datasets.image_facts import image_facts
 from dermvlm.datasets.records import Record
 from dermvlm.knowledge import KnowledgeGraph
+from dermvlm.knowledge.grounding import RecordFacts
 from dermvlm.recipes import text
 
 LETTERS = "ABCDEFGHIJ"
@@ -264,6 +265,7 @@ def grpo_prompt(ctx: Context, record: Record, rng: random.Random, spec) -> list[
         "difficulty": difficulty(ctx, record.label),
         "class_weight": round(n / (len(ctx.label_counts) * ctx.label_counts[record.label]), 6),
         "site": record.site or "", "fitzpatrick": record.fitzpatrick or 0,
+        "record_facts": RecordFacts.from_meta(record.meta).to_json(),
     }]
 
 
@@ -293,7 +295,35 @@ def _perturb(ctx: Context, record: Record, rng: random.Random, kind: str, chosen
                 f"<answer>{fake}</answer>")
     if kind == "broken_format":
         return f"{chosen_think} Diagnosis: {name}"
+    if kind == "wrong_record_fact":
+        return _wrong_record_fact(ctx, record, rng, chosen_think, name)
     raise ValueError(kind)
+
+
+def _wrong_record_fact(ctx: Context, record: Record, rng: random.Random, chosen_think: str, name: str
+                       ) -> str | None:
+    """The chosen trace with one fact of the record stated wrongly (a reported symptom denied, a denied one
+    reported, or another site): right diagnosis, ungrounded reasoning. None when the record states nothing."""
+    present, absent = record.meta.get("symptoms") or [], record.meta.get("symptoms_absent") or []
+    facts = [("deny", s) for s in present] + [("report", s) for s in absent]
+    if facts:
+        how, symptom = rng.choice(facts)
+        word = text.SYMPTOM_WORDS.get(symptom, symptom)
+        wrong = f"The record reports no {word}." if how == "deny" else f"Reported here: {word}."
+    elif record.site:
+        def chain(site: str) -> set[str]:  # the site and every region it is part of
+            up, node = set(), "site:" + site
+            while node and node not in up:
+                up.add(node)
+                node = next((p for _, p, rel in ctx.kg.g.out_edges(node, data="rel") if rel == "part_of"), "")
+            return up
+
+        sites = [s for s in ("face", "back", "hand", "foot", "scalp", "chest")  # unrelated as the scorer sees it
+                 if "site:" + s not in chain(record.site) and "site:" + record.site not in chain(s)]
+        wrong = f"Here: the lesion is on the {ctx.kg.name('site:' + rng.choice(sites))}."
+    else:
+        return None
+    return f"<think>{chosen_think} {wrong}</think><answer>{name}</answer>"
 
 
 def preference_pair(ctx: Context, record: Record, rng: random.Random, spec) -> list[dict]:
@@ -328,7 +358,8 @@ def eval_item(ctx: Context, record: Record, rng: random.Random, spec) -> list[di
             "split": record.split, "group_id": record.group_id, "fitzpatrick": record.fitzpatrick or 0,
             "fitzpatrick_group": fitzpatrick_group(record.fitzpatrick) or record.meta.get("fitzpatrick_group") or "",
             "site": record.site or "", "malignancy": kg.malignancy(record.label) or "",
-            "source_label": record.source_label, **_image_strata(record)}
+            "source_label": record.source_label, "record_facts": RecordFacts.from_meta(record.meta).to_json(),
+            **_image_strata(record)}
     for t in types:
         if t == "mcq":
             opts, letter = options_for(ctx, record.label, spec.options, rng, spec.distractors,

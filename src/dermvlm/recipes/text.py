@@ -1,8 +1,10 @@
-"""Sentences the recipes write, from the knowledge graph: observations, differentials with reasons, advice.
+"""Sentences the recipes write, from the record and the knowledge graph: findings, differentials, advice.
 
-Observations describe what is *typical* of the diagnosis per the graph ("lesions like this typically show ...")
-unless the record's metadata confirms a fact (site, Fitzpatrick type, symptoms): image facts are never invented.
-Every phrasing choice goes through the caller's seeded ``random.Random``.
+A reasoning trace keeps two kinds of statement apart (``knowledge.grounding``): what the *record* supports for this
+image, marked "Here:" (modality, site, Fitzpatrick type, age and sex, reported symptoms present and absent), and
+what is *typical* of a diagnosis per the graph, marked "Typical of X:" or hedged ("usually shows"). Image facts
+are never invented, and class knowledge is never stated as a finding. Every phrasing choice goes through the
+caller's seeded ``random.Random``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ MCQ_QUESTIONS = (
     "Choose the most likely diagnosis for the lesion in the image.",
 )
 TYPICAL = (
-    "Lesions like this typically show {feats}.",
-    "The expected appearance is {feats}.",
-    "Typical findings for this presentation are {feats}.",
-    "Key features to look for: {feats}.",
+    "Typical of {name}: {feats}.",
+    "{Name} typically shows {feats}.",
+    "Typical findings of {name} are {feats}.",
+    "Features to look for in {name}: {feats}.",
 )
+SYMPTOM_WORDS = {"itch": "itching", "grew": "growth", "hurt": "pain", "changed": "change", "bleed": "bleeding",
+                 "elevation": "elevation"}
+WARNING_SYMPTOMS = ("grew", "changed", "bleed")
 CONCLUDE = (
     "Overall the findings are most consistent with {name}.",
     "Taken together, this is most likely {name}.",
@@ -78,17 +83,33 @@ def site_phrase(kg: KnowledgeGraph, record: Record) -> str:
     return f" on the {kg.name('site:' + record.site)}" if record.site else ""
 
 
+def patient_phrase(record: Record) -> str:
+    """``, in a 55-year-old woman`` from the record's age and sex (either may be missing)."""
+    age = record.meta.get("age") or record.meta.get("age_approx")
+    sex = str(record.meta.get("sex") or record.meta.get("gender") or "").lower()
+    who = {"female": "woman", "male": "man"}.get(sex, "patient" if age else "")
+    try:
+        years = f"{int(float(age))}-year-old " if age not in (None, "") else ""
+    except ValueError:
+        years = ""
+    return f", in a {years}{who}" if who else ""
+
+
 def metadata_sentence(kg: KnowledgeGraph, record: Record) -> str:
-    """What the record's metadata confirms (site, skin type, reported symptoms)."""
-    parts = [f"A {modality(record)} of a skin lesion{site_phrase(kg, record)}"]
+    """"Here: ..." — what the record confirms about this image (modality, site, skin type, patient, symptoms)."""
+    parts = [f"Here: a {modality(record)} of a skin lesion{site_phrase(kg, record)}"]
     if record.fitzpatrick:
         parts.append(f"in Fitzpatrick type {ROMAN[record.fitzpatrick]} skin")
-    sentence = " ".join(parts) + "."
-    symptoms = record.meta.get("symptoms")
-    if symptoms:
-        words = {"itch": "itching", "grew": "growth", "hurt": "pain", "changed": "change", "bleed": "bleeding",
-                 "elevation": "elevation"}
-        sentence += f" Reported: {join([words.get(s, s) for s in symptoms])}."
+    sentence = " ".join(parts) + patient_phrase(record) + "."
+    present = [SYMPTOM_WORDS.get(s, s) for s in record.meta.get("symptoms") or ()]
+    absent = [SYMPTOM_WORDS.get(s, s) for s in record.meta.get("symptoms_absent") or ()]
+    if present:
+        sentence += f" Reported here: {join(present)}."
+    if absent:
+        sentence += f" The record reports {join(['no ' + a for a in absent])}."  # one "no" each: negation scope
+    warnings = [SYMPTOM_WORDS[s] for s in WARNING_SYMPTOMS if s in (record.meta.get("symptoms") or ())]
+    if warnings:
+        sentence += f" The reported {join(warnings)} here is a warning sign that calls for examination."
     return sentence
 
 
@@ -140,12 +161,13 @@ def referral_level(kg: KnowledgeGraph, label: str) -> str:
 
 def reasoning(kg: KnowledgeGraph, record: Record, rng: random.Random, n_differentials: int = 2,
               label: str | None = None) -> str:
-    """The ``<think>`` body: metadata → typical observation → differential with reasons → conclusion."""
+    """The ``<think>`` body: what the record shows here → what is typical of the diagnosis → differential with
+    reasons (class knowledge, hedged) → conclusion and referral."""
     label = label or record.label
     feats = typical_features(kg, label, rng, is_dermoscopic(record))
     parts = [metadata_sentence(kg, record)]
     if feats:
-        parts.append(rng.choice(TYPICAL).format(feats=join(feats)))
+        parts.append(rng.choice(TYPICAL).format(name=kg.name(label), Name=cap(kg.name(label)), feats=join(feats)))
     diffs = [d for d, _ in kg.differentials(label)][:n_differentials]
     if diffs:
         parts.append(f"Differential diagnosis: {join([kg.name(d) for d in diffs])}.")

@@ -122,7 +122,7 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     margins, best_scores, worst_scores = [], [], []
     for row, answers in zip(rows, samples, strict=True):
         scored = sorted(((scorer(a, row["label"], site=row.get("site") or None,
-                                 fitzpatrick=row.get("fitzpatrick") or None), i, a)
+                                 fitzpatrick=row.get("fitzpatrick") or None, facts=row.get("record_facts")), i, a)
                          for i, a in enumerate(answers)), key=lambda t: (-t[0], t[1]))
         (best, _, chosen), (worst, _, rejected) = scored[0], scored[-1]
         best_scores.append(best)

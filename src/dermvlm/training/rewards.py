@@ -1,7 +1,8 @@
 """Reward functions for GRPO(++), by name (open-r1 style registry), graded by the knowledge graph.
 
 Each function has TRL's reward signature ``fn(prompts, completions, **columns) -> list[float]``; the recipe's gold
-columns (``label``, ``options``, ``answer``, ``question_type``, ``site``, ``fitzpatrick``) arrive as keyword lists.
+columns (``label``, ``options``, ``answer``, ``question_type``, ``site``, ``fitzpatrick``, ``record_facts``) arrive
+as keyword lists.
 Completions are conversational (``[{"role": "assistant", "content": ...}]``) or plain strings.
 
 - ``format``: 1 for ``<think>…</think><answer>…</answer>``, 0.5 for an answer tag alone, else 0.
@@ -10,8 +11,9 @@ Completions are conversational (``[{"role": "assistant", "content": ...}]``) or 
   same malignancy group 0.15, else 0), except that naming *another class of the training set* earns 0: among a
   closed set of classes a competing class is a wrong answer, not a near miss (else "nevus" on a melanoma would
   earn 0.2 and the majority class would be paid for most of its mistakes).
-- ``reasoning_consistency``: claims inside ``<think>`` supported vs contradicted by the gold disease's facts
-  (feature score, with differential plausibility), 0 without reasoning.
+- ``reasoning_consistency``: the grounded claims inside ``<think>`` (what the record confirms or denies for this
+  image; a stereotype stated as a finding, which no record decides, earns nothing) with differential
+  plausibility, less a share for wrong class knowledge ("typical of X" claims X lacks); 0 without reasoning.
 - ``kg_score``: the KG scorer's scalar (diagnosis, features, differentials, hallucinations, safety).
 - ``overlong``: DAPO's soft overlong penalty: 0 up to ``max_len - buffer`` tokens, falling linearly to -1 at
   ``max_len`` (set by the stage from ``max_completion_length``).
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dermvlm.knowledge import KGScorer
+from dermvlm.knowledge.scorer import knowledge_error_rate
 
 FORMAT_RE = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.S)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -66,7 +69,7 @@ def resolve_choice(answer: str, options: list[str] | None) -> str:
 
 
 def _columns(kwargs: dict, n: int) -> list[dict]:
-    keys = ("label", "options", "answer", "question_type", "site", "fitzpatrick")
+    keys = ("label", "options", "answer", "question_type", "site", "fitzpatrick", "record_facts")
     return [{k: (kwargs[k][i] if k in kwargs and kwargs[k] is not None else None) for k in keys} for i in range(n)]
 
 
@@ -135,10 +138,11 @@ def reasoning_consistency_reward(prompts, completions, **kwargs) -> list[float]:
             out.append(0.0)
             continue
         b = scorer().score(m.group("think"), col["label"], site=col["site"] or None,
-                           fitzpatrick=col["fitzpatrick"] or None)
+                           fitzpatrick=col["fitzpatrick"] or None, facts=col["record_facts"])
         parts = [v for v in (b.feature_score, b.differential_score) if v is not None]
         value = sum(parts) / len(parts) if parts else 0.0
-        out.append(round(max(0.0, value - 0.5 * min(len(b.unknown_diseases), 1)), 4))
+        value -= 0.5 * min(len(b.unknown_diseases), 1) + 0.25 * knowledge_error_rate(b)
+        out.append(round(max(0.0, value), 4))
     return out
 
 
@@ -151,7 +155,7 @@ def kg_score_reward(prompts, completions, **kwargs) -> list[float]:
             text = text.replace(f"<answer>{answer}</answer>",
                                 f"<answer>{resolve_choice(answer, col['options'])}</answer>")
         out.append(scorer().score(text, col["label"], site=col["site"] or None,
-                                  fitzpatrick=col["fitzpatrick"] or None).score)
+                                  fitzpatrick=col["fitzpatrick"] or None, facts=col["record_facts"]).score)
     return out
 
 

@@ -1,4 +1,5 @@
-"""PAD-UFES-20: ``metadata.csv`` (patient grouping, Fitzpatrick, region, symptoms) + ``images/``."""
+"""PAD-UFES-20: ``metadata.csv`` (patient grouping, Fitzpatrick, region, symptoms
+present and absent: the record's facts that reasoning traces state and the scorer checks) + ``images/``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def load(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
     for r, path in paired:
         meta = {k: r[k] for k in ("age", "gender", "diameter_1", "diameter_2", "biopsed", "lesion_id") if r.get(k)}
         meta["symptoms"] = [s for s in SYMPTOMS if r.get(s) == "True"]
+        meta["symptoms_absent"] = [s for s in SYMPTOMS if r.get(s) == "False"]  # "UNK" is neither
         out.append(RawRow(image=str(path), source_label=r["diagnostic"], group_id=r["patient_id"],
                           fitzpatrick=parse_fitzpatrick(r.get("fitspatrick")), site=r.get("region") or None,
                           meta=meta))

@@ -13,6 +13,9 @@ def load(root: Path | None = None) -> tuple[list[RawRow], list[tuple[str, str]]]
     out = []
     for r in read_csv(base / "records.csv", required=("image", "dataset", "source_label", "group_id")):
         meta = {k: r[k] for k in ("age", "sex", "licence", "source") if r.get(k)}
+        for k in ("symptoms", "symptoms_absent"):  # PAD-UFES-20's clinical fields, ";"-separated
+            if r.get(k):
+                meta[k] = r[k].split(";")
         out.append(RawRow(image=str(base / r["image"]), source_label=r["source_label"], group_id=r["group_id"],
                           fitzpatrick=parse_fitzpatrick(r.get("fitzpatrick")), site=r.get("site") or None,
                           meta={**meta, "source_dataset": r["dataset"]}, label_dataset=r["dataset"]))
