@@ -1,7 +1,8 @@
 """KG factuality before and after grounding, on PAD-UFES-20's real records (their clinical fields).
 
-For every PAD-UFES-20 record (2,298 rows of ``metadata.csv``; labels and clinical fields only, no image is read and nothing is trained or selected, so every
-split is used) five kinds of response are written, then scored by the evaluation's ``kg_factuality`` with the
+For every PAD-UFES-20 record (2,298 rows of ``metadata.csv``; labels and clinical fields only: no image is read,
+nothing is trained or selected, so every split is used) five kinds of response are written, then
+scored by the evaluation's ``kg_factuality`` with the
 scorer as it was before grounding (``KGScorer(grounded=False)``) and as it is now:
 
 - ``legacy_trace``: the reasoning trace the recipes wrote before grounding (the earlier ``recipes/text.py`` read

@@ -720,6 +720,28 @@ def data_inspect(
     typer.echo(report)
 
 
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[Literal["dermamnist"], typer.Argument(help="The dataset to fetch (its official release).")],
+    size: Annotated[Literal["28", "64", "128", "224"], typer.Option(help="Image side in px.")] = "28",
+    out: Annotated[Path | None, typer.Option(help="Folder to write to (default: the data root's dermamnist/).")
+                   ] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of a mirror (default: the MedMNIST+ Zenodo record).")
+                   ] = None,
+) -> None:
+    """Download a dataset's official release where the internet is reachable (DermaMNIST: CC BY-NC 4.0)."""
+    from dermvlm.data_root import rerooted
+    from dermvlm.datasets.fetch import ZENODO, FetchError, fetch_dermamnist
+
+    folder = out or Path(rerooted("../shared/data/dermamnist"))
+    try:
+        path, counts = fetch_dermamnist(folder, int(size), url or ZENODO)
+    except FetchError as err:
+        _fail(str(err))
+    typer.echo(f"{path}: DermaMNIST at {size} px, " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+               + f"; use it as a source: {{name: dermamnist, root: {path}}}")
+
+
 def _kg():
     from dermvlm.knowledge import load_graph
     from dermvlm.knowledge.curated import CuratedError

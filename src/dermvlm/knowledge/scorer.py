@@ -10,8 +10,9 @@ what the record says (site, Fitzpatrick type, reported symptoms present or absen
 is ``consistent`` with the gold disease (a stereotype stated as a finding), contradicted by it (a feature the
 disease lacks) or ``unverified``. The feature score counts only decided claims (supported vs contradicted), so
 reciting the label's textbook features is neutral: it no longer scores as factual, and it is not punished either
-(the image may well show them; no record says). Claims hedged as class knowledge ("typical of X: ...", "X usually shows")
-are checked against the disease they are about and reported apart (``knowledge_score``); only their errors cost.
+(the image may well show them; no record says). Claims hedged as class knowledge ("typical of X: ...", "X usually
+shows") are checked against the disease they are about and reported apart (``knowledge_score``); only their errors
+cost.
 ``KGScorer(grounded=False)`` scores the way it did before grounding (every claim about the image, a gold feature
 supported), for comparison with earlier figures. Deterministic and cached per gold label: GRPO rewards, DPO pair
 ranking and evaluation factuality all call it.
