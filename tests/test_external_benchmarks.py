@@ -142,3 +142,40 @@ def test_example_suites_end_to_end_through_a_real_server(vllm_server, tmp_path, 
         assert {"exact_match", "token_f1", "rouge_l", "bleu"} <= set(t) and "open-ended text" in report
     else:
         assert 0 <= t["accuracy"] <= 1 and "## By category" in report
+
+
+@pytest.mark.parametrize(("reply", "verdict"), [("Yes.", "yes"), ("no, it differs", "no"), (" YES", "yes"),
+                                                ("yesterday", None), ("maybe", None), ("", None), (None, None)])
+def test_judge_verdicts_parse_only_yes_or_no(reply, verdict):
+    from dermvlm.evaluation.judge import verdict_of
+
+    assert verdict_of(reply) == verdict
+
+
+@pytest.mark.vllm
+def test_llm_judge_grades_open_answers_caches_per_judge_and_refuses_a_dead_judge(vllm_server, tmp_path):
+    from conftest import VLLM_API_KEY
+
+    from dermvlm.evaluation.runner import EndpointDown, EndpointOptions
+    from dermvlm.evaluation.suite import run_suite
+
+    suite = load_config(EVAL / "example_open.yaml", SuiteConfig)
+    ep = EndpointOptions(base_url=vllm_server.base_url, model="derm", api_key=VLLM_API_KEY, concurrency=4)
+    judge = EndpointOptions(base_url=vllm_server.base_url, model="base", api_key=VLLM_API_KEY, concurrency=4)
+    out = tmp_path / "out"
+    first = run_suite(suite, out, endpoint=ep, base=EVAL, show_progress=False, judge=judge, limit=6)
+    j = first["metrics"]["types"]["open_text"]["judge"]
+    lines = [json.loads(x) for x in (out / "judge.jsonl").read_text().splitlines()]
+    assert first["judge"]["asked"] == j["n"] == len(lines) == 6 and first["judge"]["failed"] == 0
+    assert {x["verdict"] for x in lines} <= {"yes", "no", None}
+    assert j["accuracy"] == pytest.approx(sum(x["verdict"] == "yes" for x in lines) / 6, abs=1e-4)
+    assert "LLM judge (base at" in (out / "report.md").read_text()
+    again = run_suite(suite, out, endpoint=ep, base=EVAL, show_progress=False, judge=judge, limit=6)
+    assert again["judge"]["asked"] == 0  # same judge, same answers: the cached verdicts
+    other = EndpointOptions(base_url=vllm_server.base_url, model="derm", api_key=VLLM_API_KEY, concurrency=4)
+    assert run_suite(suite, out, endpoint=ep, base=EVAL, show_progress=False, judge=other, limit=6
+                     )["judge"]["asked"] == 6  # another judge's verdicts are never reused
+    dead = EndpointOptions(base_url="http://127.0.0.1:9/v1", model="judge")
+    with pytest.raises(EndpointDown, match="no server answers there"):
+        run_suite(suite, tmp_path / "dead", endpoint=ep, base=EVAL, show_progress=False, judge=dead, limit=6)
+    assert not (tmp_path / "dead").exists()

@@ -402,6 +402,11 @@ def eval_cmd(
     run: Annotated[Path | None, typer.Option(help="The pipeline run folder (runs/NAME) the model was trained in: "
                                              "an item whose image is in its training split stops the "
                                              "evaluation.")] = None,
+    judge_endpoint: Annotated[str | None, typer.Option(help="An OpenAI-compatible base URL whose model grades "
+                                                       "open-ended answers against the reference (LLM judge).")
+                              ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Model name at --judge-endpoint.")] = None,
+    judge_api_key: Annotated[str | None, typer.Option(help="API key for --judge-endpoint.")] = None,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -445,6 +450,10 @@ def eval_cmd(
             _fail(f"--corruption: unknown corruption {corruption!r}; choose one of: {', '.join(NAMES)}")
     if endpoint is not None and not model:
         _fail("--endpoint needs --model NAME (the name the server answers to)")
+    if (judge_endpoint is None) != (judge_model is None):
+        _fail("--judge-endpoint URL and --judge-model NAME go together")
+    if judge_endpoint is not None and robustness:
+        _fail("--judge-endpoint grades one evaluation; leave it out of --robustness")
 
     def one_line(err: BaseException) -> str:  # a server's log tail: its first and last lines
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
@@ -480,10 +489,13 @@ def eval_cmd(
             from dermvlm.config import CorruptionSpec
 
             cfg = cfg.model_copy(update={"corruption": CorruptionSpec(name=corruption, severity=severity)})
-        runner = run_suite
+        runner, judging = run_suite, {}
+        if judge_endpoint is not None:
+            judging = {"judge": EndpointOptions(base_url=judge_endpoint, model=judge_model or "",
+                                                api_key=judge_api_key or "EMPTY", concurrency=concurrency)}
         if robustness:
             from dermvlm.evaluation.robustness import run_robustness as runner
-        result = runner(cfg, out_dir, ep, serve_model=serve,
+        result = runner(cfg, out_dir, ep, serve_model=serve, **judging,
                         serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
                         overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
                         system_prompt=system_prompt, fresh=fresh, **({"train_data": _run_data(run)} if run else {}))
@@ -513,7 +525,9 @@ def eval_cmd(
     for kind, t in m["types"].items():
         if kind == "open_text":
             typer.echo(f"{kind:<11} n={t['n']:<5} exact match {t['exact_match']:.3f}  token F1 {t['token_f1']:.3f}  "
-                       f"ROUGE-L {t['rouge_l']:.3f}  BLEU {t['bleu']:.2f}")
+                       f"ROUGE-L {t['rouge_l']:.3f}  BLEU {t['bleu']:.2f}"
+                       + (f"  judge {t['judge']['accuracy']:.3f} (unparsable {t['judge']['unparsable_rate']:.3f})"
+                          if "judge" in t else ""))
             continue
         typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
                    f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")

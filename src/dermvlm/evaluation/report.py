@@ -188,6 +188,12 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
             extra.append(f"open-ended text: exact match {t['exact_match']:.3f} {_fmt(ci.get('exact_match'))}, token F1 "
                          f"{t['token_f1']:.3f} {_fmt(ci.get('token_f1'))}, ROUGE-L {t['rouge_l']:.3f} "
                          f"{_fmt(ci.get('rouge_l'))}, BLEU {t['bleu']:.2f}")
+        if "judge" in t:
+            j, who = t["judge"], result.get("judge") or {}
+            extra.append(f"LLM judge ({who.get('model', '?')} at {who.get('endpoint', '?')}): correct "
+                         f"{j['accuracy']:.3f} {_fmt(j['ci95'])} of {j['n']} judged, verdict unparsable "
+                         f"{j['unparsable_rate']:.3f}" + (f"; {who['failed']} judge requests failed (asked again "
+                                                          "on the next run)" if who.get("failed") else ""))
         if extra:
             lines += ["", f"**{kind}**", ""] + [f"- {e}" for e in extra]
     primary = m["types"].get(m["primary"] or "", {})

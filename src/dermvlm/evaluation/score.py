@@ -83,6 +83,12 @@ def _score_type(kind: str, rows: list[dict[str, Any]], kg: KnowledgeGraph, score
 
         res.update(text_scores([r["parsed"]["prediction"] or "" for r in rows], [str(r["answer"]) for r in rows],
                                bootstrap, seed))
+        judged = [r for r in rows if r.get("judged")]
+        if judged:  # the LLM judge's verdicts (evaluation.judge); unparsable verdicts count as not correct
+            yes = [r["judge"] == "yes" for r in judged]
+            res["judge"] = {"n": len(judged), "accuracy": round(sum(yes) / len(judged), 4),
+                            "unparsable_rate": round(sum(r["judge"] is None for r in judged) / len(judged), 4),
+                            "ci95": M.bootstrap_ci(lambda t, p: sum(p) / len(p), yes, yes, bootstrap, seed + 5)}
         categories = [r.get("category") or "" for r in rows]
         if any(categories):
             res["strata"] = {"category": M.strata(categories, [bool(x) for x in res.pop("_exact")])}

@@ -27,8 +27,10 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
               overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
               system_prompt: str | None = None, show_progress: bool = True, fresh: bool = False,
               reset_on_mismatch: bool = False, clean_items: list[dict[str, Any]] | None = None,
-              train_data: Path | None = None) -> dict[str, Any]:
-    """Evaluate and write the outputs. A rerun continues from ``predictions.jsonl`` when the cache key matches,
+              train_data: Path | None = None, judge: EndpointOptions | None = None) -> dict[str, Any]:
+    """Evaluate and write the outputs. With ``judge`` (an OpenAI-compatible endpoint and model), open-ended answers
+    are also graded by that LLM judge (``evaluation.judge``; verdicts cached in ``judge.jsonl``). A rerun continues
+    from ``predictions.jsonl`` when the cache key matches,
     else raises ``CacheMismatch`` (``reset_on_mismatch``: start over instead); ``fresh`` starts over anyway.
     ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``.
     ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again.
@@ -38,6 +40,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
+    if judge is not None:
+        probe(judge)  # a wrong judge URL, key or model stops here, before any answer is asked for
     if clean_items is None and suite.format != "recipe":  # a benchmark file: a bad row stops here, before any write
         clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
                                   overrides, base)
@@ -101,12 +105,18 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     preds = [answers[i] for i in by_id if i in answers]
     failed = {e["id"]: e for e in read_predictions(out / cache.ERRORS) if e.get("id") in by_id}
     failed = {i: e for i, e in failed.items() if i not in answers}
+    judged = None
+    if judge is not None and any(p["type"] == "open_text" for p in preds):
+        from dermvlm.evaluation.judge import judge_predictions
+
+        judged = judge_predictions(preds, judge, out)
     metrics = score_predictions(preds, load_graph(), suite.bootstrap, suite.seed)
     metrics["errors"] = len(failed)
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,
               "endpoint": endpoint.base_url, "run": timing, "n_items": len(items), "errors": len(failed),
               "error_examples": [e["error"] for e in list(failed.values())[:3]],
-              "settings": key, "metrics": metrics, "suite_config": suite.model_dump()}
+              "settings": key, "metrics": metrics, "suite_config": suite.model_dump(),
+              **({"judge": judged} if judged else {})}
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     plots(result, out)
     write_report(result, out)
