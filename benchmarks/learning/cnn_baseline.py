@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+MEAN_RGB, STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, on 0-255 pixels ×255
+
+
 def resnet18_small(n_classes: int):
     """ResNet-18 for small inputs: 3x3 stride-1 stem and no max-pool (the usual CIFAR adaptation)."""
     import torch.nn as nn
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--side", type=int, default=None, help="resize images to this side (default: as built)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--save", type=Path, default=None,
+                    help="also save the trained network (weights, classes, image side) here, for robustness runs")
     args = ap.parse_args()
     if (args.seconds is None) == (args.steps is None):
         ap.error("give exactly one of --seconds and --steps")
@@ -90,8 +95,8 @@ def main() -> None:
     net = resnet18_small(len(classes))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     spec = AugmentSpec()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(MEAN_RGB).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD_RGB).view(1, 3, 1, 1) * 255
     n, bs = len(x_train), args.batch_size
 
     def batch(step: int):
@@ -164,6 +169,11 @@ def main() -> None:
                          "macro_f1": round(float(f1_score(y, preds, average="macro", zero_division=0)), 4),
                          "per_class_recall": {c: round(float(r), 4) for c, r in zip(classes, recall, strict=True)},
                          "predictions": preds, "gold": y}
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": net.state_dict(), "classes": classes, "side": int(x_train.shape[-1]),
+                    "seed": args.seed, "steps": total}, args.save.with_suffix(".tmp"))
+        args.save.with_suffix(".tmp").replace(args.save)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result) + "\n")
