@@ -35,11 +35,12 @@ def legacy_text_module():
     """``recipes/text.py`` as it was at ``BEFORE`` (the ungrounded traces)."""
     source = subprocess.run(["git", "show", f"{BEFORE}:src/dermvlm/recipes/text.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "legacy_text.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("legacy_text", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "legacy_text.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("legacy_text", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -48,13 +49,14 @@ def all_records(kg, source: Path, load_source) -> list:
     benchmark reads labels and clinical fields only): the adapter sees an empty stand-in file per image."""
     import csv
 
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "metadata.csv").write_bytes((source / "metadata.csv").read_bytes())
-    (tmp / "images").mkdir()
-    with open(source / "metadata.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            (tmp / "images" / row["img_id"]).touch()
-    return load_source("pad_ufes_20", kg, tmp).records
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        (tmp / "metadata.csv").write_bytes((source / "metadata.csv").read_bytes())
+        (tmp / "images").mkdir()
+        with open(source / "metadata.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                (tmp / "images" / row["img_id"]).touch()
+        return load_source("pad_ufes_20", kg, tmp).records
 
 
 def responses(kg, record, legacy, rng: random.Random) -> dict[str, str]:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from dermvlm.datasets.adapters.pad_ufes_20 import SYMPTOMS  # PAD-UFES-20's clinical fields
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "src" / "dermvlm" / "sample_data"
 MAX_SIDE = 384
 FIELDS = ["image", "dataset", "source_label", "group_id", "fitzpatrick", "site", "age", "sex", "symptoms",
           "symptoms_absent", "licence", "source"]
-SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")  # PAD-UFES-20's clinical fields
+
 
 
 def save_small(src: Path, dst: Path) -> None:
@@ -73,8 +75,9 @@ def pad_rows() -> list[dict]:
 
 
 def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    for folder in ("isic", "pad_ufes_20"):  # what this script writes; README.md (attribution) is kept
+        if (OUT / folder).exists():
+            shutil.rmtree(OUT / folder)
     rows = isic_rows() + pad_rows()
     with open(OUT / "records.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)

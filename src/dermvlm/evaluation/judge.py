@@ -3,7 +3,8 @@
 Each open-ended item (``open_text``: a benchmark's free-text reference answer) is shown to the judge with the
 question, the reference and the candidate answer; the judge answers ``yes`` or ``no``. Verdicts are cached in
 ``judge.jsonl`` beside the predictions, keyed by the judge (model name and what its endpoint reports of it) and by
-a hash of the candidate answer, so a rerun asks only what changed and another judge's verdicts are never reused.
+a hash of what it was shown (question, reference, candidate), so a rerun asks only what changed and neither another
+judge's verdicts nor a verdict on an edited reference are reused.
 A verdict that is neither yes nor no counts as unparsable, never as either.
 """
 
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dermvlm.evaluation.runner import EndpointOptions, probe
+from dermvlm.evaluation.runner import EndpointOptions, probe, read_predictions
 
 JUDGE_FILE = "judge.jsonl"
 PROMPT_VERSION = 1
@@ -41,10 +42,12 @@ def judge_key(opts: EndpointOptions, card: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(who, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_dir: Path) -> dict[str, Any]:
+def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_dir: Path,
+                      card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Set ``pred["judge"]`` (yes / no / None) on every open-ended prediction; returns who judged and how many
-    requests failed (those items stay unjudged, ``judge`` None, and are asked again on the next run). Raises
-    ``EndpointError`` (one line) before any request when the judge endpoint, key or model is wrong."""
+    requests failed (those items stay unjudged, ``judge`` None, and are asked again on the next run). ``card``:
+    the judge's ``probe`` answer when the caller already has it; else the endpoint is probed here, and a wrong
+    endpoint, key or model raises ``EndpointError`` (one line) before any request."""
     import openai
 
     from dermvlm.evaluation.parsing import parse
@@ -53,21 +56,14 @@ def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_di
     kg = load_graph()
     candidates = {id(p): parse(p.get("response"), p, kg).prediction or "" for p in preds if p["type"] == "open_text"}
 
-    def answer_hash(p: dict[str, Any]) -> str:
-        return hashlib.sha256(candidates[id(p)].encode()).hexdigest()[:16]
+    def answer_hash(p: dict[str, Any]) -> str:  # everything the judge is shown
+        shown = json.dumps([str(p["question"]), str(p["answer"]), candidates[id(p)]])
+        return hashlib.sha256(shown.encode()).hexdigest()[:16]
 
-    card = probe(opts)
-    key = judge_key(opts, card)
+    key = judge_key(opts, card if card is not None else probe(opts))
     path = Path(out_dir) / JUDGE_FILE
-    cached: dict[tuple[str, str], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a crash
-                continue
-            if rec.get("judge") == key:
-                cached[(rec["id"], rec["answer_sha"])] = rec
+    cached = {(rec["id"], rec["answer_sha"]): rec for rec in read_predictions(path)  # torn last line ignored
+              if rec.get("judge") == key and "answer_sha" in rec}
     todo = [p for p in preds if p["type"] == "open_text" and (p["id"], answer_hash(p)) not in cached]
     failed: list[str] = []
 

@@ -40,8 +40,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
-    if judge is not None:
-        probe(judge)  # a wrong judge URL, key or model stops here, before any answer is asked for
+    judge_card = probe(judge) if judge is not None else None  # a wrong judge stops here, before any question
     if clean_items is None and suite.format != "recipe":  # a benchmark file: a bad row stops here, before any write
         clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
                                   overrides, base)
@@ -109,7 +108,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     if judge is not None and any(p["type"] == "open_text" for p in preds):
         from dermvlm.evaluation.judge import judge_predictions
 
-        judged = judge_predictions(preds, judge, out)
+        judged = judge_predictions(preds, judge, out, judge_card)
     metrics = score_predictions(preds, load_graph(), suite.bootstrap, suite.seed)
     metrics["errors"] = len(failed)
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,

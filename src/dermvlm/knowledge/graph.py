@@ -184,6 +184,19 @@ class KnowledgeGraph:
         """Diseases grouped under an umbrella label (e.g. HAM10000's ``bkl``)."""
         return sorted(self._members.get(node, []))
 
+    def site_chain(self, node: str) -> list[str]:
+        """A site node and every region it is part of, innermost first (``site:nose`` → face → head ...)."""
+        chain = [node]
+        while True:
+            nxt = [p for _, p, rel in self.g.out_edges(chain[-1], data="rel") if rel == "part_of"]
+            if not nxt or nxt[0] in chain:
+                return chain
+            chain.append(nxt[0])
+
+    def sites_related(self, a: str, b: str) -> bool:
+        """Whether one site lies within the other (the same site included)."""
+        return a in self.site_chain(b) or b in self.site_chain(a)
+
     def covers(self, gold: str, answer: str) -> bool:
         """True when ``answer`` names ``gold`` itself, a subtype of it, or a member of the umbrella ``gold``."""
         if answer == gold:

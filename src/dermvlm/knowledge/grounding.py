@@ -4,7 +4,7 @@
 A reasoning trace that recites the gold class's textbook features says nothing about the image in front of it;
 scoring those claims as factual pays the model for naming the label twice. ``RecordFacts`` holds the facts a
 dataset records per image (site, Fitzpatrick type, reported symptoms present *and* absent, elevation), so a claim
-about the image can be checked against the record; ``is_typical_sentence`` tells class knowledge from image
+about the image can be checked against the record; ``sentence_role`` tells class knowledge from image
 claims by the hedges dermatologists use for it ("typical of", "usually", "classically", ...), and advice
 ("... if it bleeds") from both.
 """
@@ -76,11 +76,6 @@ def sentence_role(sentence: str) -> str | None:
     if cues & ADVICE_CUES:
         return "advice"
     return "typical" if cues & TYPICAL_CUES else None
-
-
-def is_typical_sentence(sentence: str) -> bool:
-    """Whether a sentence states class knowledge rather than a finding about this image (or advice)."""
-    return sentence_role(sentence) == "typical"
 
 
 def sentence_roles(text: str) -> dict[int, str]:

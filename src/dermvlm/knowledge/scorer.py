@@ -323,17 +323,8 @@ class KGScorer:
         key = (a, b)
         r = self._site_rel.get(key)
         if r is None:
-            up_a, up_b = self._site_chain(a), self._site_chain(b)
-            r = self._site_rel[key] = a in up_b or b in up_a
+            r = self._site_rel[key] = self.kg.sites_related(a, b)
         return r
-
-    def _site_chain(self, node: str) -> list[str]:
-        chain = [node]
-        while True:
-            nxt = [p for _, p, rel in self.kg.g.out_edges(chain[-1], data="rel") if rel == "part_of"]
-            if not nxt:
-                return chain
-            chain.append(nxt[0])
 
     def _free_text_answer(self, text: str, diseases: list[Mention]) -> str | None:
         """The diagnosis a free-text answer commits to: the first un-negated disease after a diagnosis cue, else

@@ -311,15 +311,8 @@ def _wrong_record_fact(ctx: Context, record: Record, rng: random.Random, chosen_
         word = text.SYMPTOM_WORDS.get(symptom, symptom)
         wrong = f"The record reports no {word}." if how == "deny" else f"Reported here: {word}."
     elif record.site:
-        def chain(site: str) -> set[str]:  # the site and every region it is part of
-            up, node = set(), "site:" + site
-            while node and node not in up:
-                up.add(node)
-                node = next((p for _, p, rel in ctx.kg.g.out_edges(node, data="rel") if rel == "part_of"), "")
-            return up
-
         sites = [s for s in ("face", "back", "hand", "foot", "scalp", "chest")  # unrelated as the scorer sees it
-                 if "site:" + s not in chain(record.site) and "site:" + record.site not in chain(s)]
+                 if not ctx.kg.sites_related("site:" + s, "site:" + record.site)]
         wrong = f"Here: the lesion is on the {ctx.kg.name('site:' + rng.choice(sites))}."
     else:
         return None

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dermvlm.datasets.adapters.common import RawRow, index_images, parse_fitzpatrick, read_csv, rows_with_images
+from dermvlm.knowledge.grounding import PAD_UFES_FIELDS
 
-SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+SYMPTOMS = tuple(PAD_UFES_FIELDS)  # itch, grew, hurt, changed, bleed, elevation
 
 
 def load(root: Path) -> tuple[list[RawRow], list[tuple[str, str]]]:
