@@ -105,3 +105,33 @@ def test_cli_audit_of_a_folder_and_its_one_line_errors(planted, tmp_path):
     bad.write_text("name: x\nsources: [{name: sample}]\nkinds: {image_label: {}}\nexclude: nowhere.yaml\n")
     res = runner.invoke(app, ["data", "audit", str(bad), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "exclude: cannot read" in res.output
+
+
+def test_cnn_classifier_ranks_the_flip_and_both_keeps_each_score(planted, tmp_path):
+    """`both`: the cross-validated CNN alone and its mean with the feature regression each put the flipped label
+    near the top; each classifier's own score is kept per image; the CNN's probabilities are deterministic."""
+    from dermvlm.audit.cnn_probe import cross_validated_proba
+
+    recipe = RecipeConfig.model_validate({"name": "planted", "sources": [{"name": "csv"}],
+                                          "kinds": {"image_label": {"splits": ["train", "val", "test"]}}})
+    overrides = [{"name": "csv", "options": {"labels": str(planted / "imgs" / "labels.csv"),
+                                             "images": str(planted / "imgs")}}]
+    flipped = sorted(Path(p).stem for p in (planted / "imgs").glob("ISIC_*.png"))[5]
+    both = audit(recipe, tmp_path / "both", overrides, folds=4, classifier="both")
+    info = both["label_classifier"]
+    assert info["classifier"] == "both" and len(info["cnn"]["fold_accuracy"]) == 4
+    assert min(info["cnn"]["fold_accuracy"]) > 0.7  # dermoscopy vs clinical photos: learnable
+    assert flipped in [r["id"] for r in both["label_errors"][:3]], both["label_errors"][:5]
+    by_cnn = sorted(both["per_image"], key=lambda r: r["label_confidence_cnn"])
+    assert flipped in [r["id"] for r in by_cnn[:5]], by_cnn[:5]
+    row = next(r for r in both["per_image"] if r["id"] == flipped)
+    mean = (row["label_confidence_features"] + row["label_confidence_cnn"]) / 2
+    assert row["label_confidence"] == pytest.approx(mean, abs=1e-3)
+    assert both["thresholds"]["label_confidence"] == 0.05
+    assert "small CNN" in (tmp_path / "both" / "audit.md").read_text()
+    images = [Image.open(p) for p in sorted((planted / "imgs").glob("*.png"))[:16]]
+    labels = ["a", "b"] * 8
+    first = cross_validated_proba(images, labels, folds=2, seed=3, size=16)
+    second = cross_validated_proba(images, labels, folds=2, seed=3, size=16)
+    assert (first.proba == second.proba).all() and first.proba.shape == (16, 2)
+    assert first.proba.sum(axis=1) == pytest.approx(1.0)

@@ -2,10 +2,11 @@
 images): 2% of labels flipped to another class, 1% non-skin images added (crops of scikit-learn's two real sample
 photographs, at DermaMNIST's 28 px), and 20 test images copied into train (exact cross-split duplicates). Reports
 each ranking's precision and recall at k = the number planted (and at 2k), and the audit's wall time, in
-``benchmarks/results/audit_planted.json``. Nothing is copied into the project: the planted set lives under
-``runs/audit_planted/``.
+``benchmarks/results/audit_planted.json`` (``--classifier features``, the default) or
+``audit_planted_<classifier>[_s<seed>].json``; with ``both``, the label-error ranking of each classifier alone too.
+Nothing is copied into the project: the planted set lives under ``runs/audit_planted/``.
 
-    python benchmarks/audit/planted_faults.py [--seed 0]
+    python benchmarks/audit/planted_faults.py [--seed 0] [--classifier features|cnn|both]
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ def at_k(ranked: list[str], planted: set[str], k: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classifier", choices=["features", "cnn", "both"], default="features")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "audit_planted")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "audit_planted.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/audit_planted[...].json")
     args = ap.parse_args()
+    if args.out is None:
+        name = "audit_planted" + ("" if args.classifier == "features" else f"_{args.classifier}") \
+            + ("" if args.seed == 0 else f"_s{args.seed}")
+        args.out = ROOT / "benchmarks" / "results" / f"{name}.json"
     rng = random.Random(args.seed)
     kg = load_graph()
     records = load_source("dermamnist", kg, root=str(DATA)).records
@@ -94,11 +100,13 @@ def main() -> None:
     overrides = [{"name": "csv", "options": {"labels": str(labels), "split_col": "split",
                                              "allow_outside_images": True}}]
     started = time.perf_counter()
-    result = audit(recipe, args.work / "audit", overrides)
+    result = audit(recipe, args.work / "audit", overrides, classifier=args.classifier)
     seconds = time.perf_counter() - started
     rows_by_id = {r["id"]: r for r in result["per_image"]}
-    by_label = [r["id"] for r in sorted((r for r in result["per_image"] if "label_confidence" in r),
-                                        key=lambda r: r["label_confidence"])]
+    def ranked(key: str) -> list[str]:
+        return [r["id"] for r in sorted((r for r in result["per_image"] if key in r), key=lambda r: r[key])]
+
+    by_label = ranked("label_confidence")
     by_topic = [r["id"] for r in sorted(result["per_image"], key=lambda r: -r["off_topic"])]
     found_dups = {p["a"] if p["a"] in dups else p["b"] for p in result["duplicates"]["pairs"]
                   if p["kind"] == "exact" and (p["a"] in dups or p["b"] in dups)}
@@ -115,8 +123,15 @@ def main() -> None:
         "exclude_list": {"entries": len(excluded), "planted_in_it": len(excluded & planted),
                          "precision": round(len(excluded & planted) / max(1, len(excluded)), 3),
                          "recall": round(len(excluded & planted) / len(planted), 3)},
+        "label_classifier": result["label_classifier"],
+        "label_error_threshold": result["thresholds"]["label_confidence"],
         "flipped_label_ranks_median": sorted(by_label.index(i) for i in flipped if i in rows_by_id)[len(flipped) // 2],
     }
+    for name in ("features", "cnn"):  # each classifier alone, when the audit averaged both
+        alone = ranked(f"label_confidence_{name}")
+        if alone:
+            summary["label_errors"][name] = {"at_k": at_k(alone, flipped, len(flipped)),
+                                             "at_2k": at_k(alone, flipped, 2 * len(flipped))}
     atomic_write_text(args.out, json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 

@@ -19,6 +19,8 @@ from dermvlm.config import ConfigError, FamilyName
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MergeDtype = Literal["float32", "bfloat16", "float16"]
 SplitChoice = Literal["train", "val", "test", "all"]
+LabelClassifier = Literal["features", "cnn", "both"]
+
 
 class OneLineErrors(typer.core.TyperGroup):
     """Usage errors (a value not among an option's choices, a missing argument) as one ``error:`` line naming the
@@ -685,6 +687,9 @@ def data_audit(
     image_col: ImageColOpt = "image",
     label_col: LabelColOpt = "label",
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds for label-error candidates.")] = 5,
+    classifier: Annotated[LabelClassifier, typer.Option(
+        help="Label-error classifier: features (logistic regression, seconds), cnn (a small CNN per fold, minutes) "
+             "or both (their mean; finds the most planted errors).")] = "features",
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
 ) -> None:
     """Rank a dataset's duplicates, off-topic images and label-error candidates, worst first, and propose an
@@ -709,7 +714,7 @@ def data_audit(
             cfg = load_config(recipe, RecipeConfig)
             base = recipe.resolve().parent
         overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
-        result = audit(cfg, out, overrides, base=base, folds=folds)
+        result = audit(cfg, out, overrides, base=base, folds=folds, classifier=classifier)
     except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         _fail(str(err))
     d = result["duplicates"]
