@@ -15,8 +15,8 @@ from PIL import Image
 from dermvlm.datasets.skin_tone import MIN_SIDE, lab, rgb_array
 
 TAGS = ("dark_corners", "ink", "ruler", "hair", "gel_bubbles")
-THRESHOLDS = {"dark_corners": 0.5, "ink": 0.015, "ruler": 25.0, "hair": 0.04, "gel_bubbles": 5.0}
-DETAIL_MIN_SIDE = 64  # ruler, hair and bubbles need this many pixels a side
+THRESHOLDS = {"dark_corners": 0.5, "ink": 0.1, "ruler": 25.0, "hair": 0.04, "gel_bubbles": 5.0}
+DETAIL_MIN_SIDE = 64  # ink, ruler, hair and bubbles need this many pixels a side
 JPEG_PERIODS = (8.0, 4.0, 16.0, 8 / 3, 16 / 3)  # JPEG block edges, also after a 2x downscale
 
 
@@ -46,14 +46,57 @@ def _outer(shape: tuple[int, ...], inner: float) -> np.ndarray:
     return ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) > (inner * min(h, w)) ** 2
 
 
-def ink(lab_image: np.ndarray) -> float:
-    """Share of the image, outside its centre, in marker blue / violet: b* under -10 and 15 below the image's own
-    median b* there (so a blue-tinted dermoscopy background, where most pixels are blue, is not ink; skin and
-    lesions have b* > 0), at mid lightness (L* 25-75; darker is hair, lighter is glare)."""
+def ink(rgb: np.ndarray) -> float:
+    """Marker strokes: thin, long blue/violet lines. At 256 px a side, pixels 12 b* bluer than their neighbourhood's
+    median (so a blue-tinted dermoscopy field is not ink), with b* under 5 and mid lightness, outside the dark
+    vignette of a dermoscope (its rim has a blue fringe); the score sums the length (over the side) of connected
+    strokes at least 1/10 of a side long and nowhere wider than 1/20 of a side (a purple lesion is a blob,
+    not a stroke)."""
+    import cv2
+
+    rgb = _resized(rgb, 256)
+    lab_image = lab(rgb)
     light, yellow = lab_image[..., 0], lab_image[..., 2]
-    outer = _outer(lab_image.shape, 0.2)
-    cutoff = min(-10.0, float(np.median(yellow[outer])) - 15.0)
-    return float(((yellow < cutoff) & (light > 25) & (light < 75) & outer).mean())
+    side = min(light.shape)
+    k = max(15, side // 8) | 1
+    local = cv2.medianBlur(np.clip(yellow + 128, 0, 255).astype(np.uint8), k).astype(np.float32) - 128
+    mask = ((yellow - local) < -12) & (light > 20) & (light < 85) & (yellow < 5) & ~_vignette(light)
+    labels, stats = _components(mask)
+    if not len(stats):
+        return 0.0
+    from scipy import ndimage
+
+    half_width = ndimage.maximum(cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3), labels,
+                                 np.arange(1, len(stats) + 1))
+    length = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    stroke = (length >= side / 10) & (2 * np.asarray(half_width) <= side / 20)
+    return float(length[stroke].sum() / side)
+
+
+def _resized(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The image with its longer side at most ``side`` px (area-averaged)."""
+    import cv2
+
+    scale = side / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    return cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _vignette(light: np.ndarray) -> np.ndarray:
+    """Dark (L* < 25) regions over 1% of the image that touch its border (a dermoscope's rim, black bars), widened
+    by 1/20 of a side."""
+    import cv2
+
+    labels, stats = _components(light < 25)
+    h, w = light.shape
+    x, y, bw, bh = (stats[:, c] for c in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    edge = (x == 0) | (y == 0) | (x + bw >= w) | (y + bh >= h)
+    keep = np.flatnonzero((stats[:, cv2.CC_STAT_AREA] > 0.01 * h * w) & edge) + 1
+    if not keep.size:
+        return np.zeros_like(light, dtype=bool)
+    k = max(3, min(h, w) // 20) | 1
+    return cv2.dilate(np.isin(labels, keep).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -131,9 +174,9 @@ def detect(image: Image.Image | str | Path) -> Artefacts:
     if side < MIN_SIDE:
         return Artefacts(skipped={t: f"too small ({rgb.shape[1]}x{rgb.shape[0]} px)" for t in TAGS})
     lab_image = lab(rgb)
-    scores = {"dark_corners": dark_corners(lab_image), "ink": ink(lab_image)}
+    scores = {"dark_corners": dark_corners(lab_image)}
     skipped = {}
-    for name, fn in (("ruler", ruler), ("hair", hair), ("gel_bubbles", gel_bubbles)):
+    for name, fn in (("ink", ink), ("ruler", ruler), ("hair", hair), ("gel_bubbles", gel_bubbles)):
         if side < DETAIL_MIN_SIDE:
             skipped[name] = f"image side {side} px < {DETAIL_MIN_SIDE}"
         else:
