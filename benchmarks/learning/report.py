@@ -384,7 +384,8 @@ def markdown(result: dict[str, Any]) -> str:
                       "bootstrap 95%; 'holds' = ahead on every seed or seed interval above 0):", ""]
         for key, d in r["comparisons"].items():
             if d:
-                verdict = "holds" if d["a_beats_b"] else ("reversed" if d["b_beats_a"] else "not shown")
+                verdict = ("one seed: no claim" if len(d["per_seed"]) < 2 else "holds" if d["a_beats_b"]
+                           else "reversed" if d["b_beats_a"] else "not shown")
                 lines.append(f"- {key}: {d['delta']:+.4f} (per seed {', '.join(f'{x:+.4f}' for x in d['per_seed'])};"
                              f" seed CI {_ci(d['seed_ci95'])}; item CI [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]) "
                              f"→ {verdict}")
