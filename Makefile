@@ -55,8 +55,9 @@ test-repo-only: $(STAMP)
 	empty=$$(mktemp -d) && DERMVLM_DATA_ROOT=$$empty DERMVLM_REQUIRE_DATA=0 \
 		$(VENV)/bin/python -m pytest -m "not slow and not vllm" $(REPO_ONLY_TESTS); rc=$$?; rmdir $$empty; exit $$rc
 
-# Benchmarks (long; not part of the tests): the DermaMNIST learning benchmark (about 2 hours on 2 cores: 3 seeds x
-# 4 arms + 7 ablations, resumable), then every throughput benchmark side by side. Results: benchmarks/results/.
+# Benchmarks (long; not part of the tests): the DermaMNIST learning benchmark (about 10 hours on 2 cores, two jobs at a
+# time: 2 regimes x 3 seeds x (base, 4 arms, CNN) + 8 one-seed ablations and base_align, resumable), then every
+# throughput benchmark side by side. Results: benchmarks/results/.
 bench: bench-learning bench-throughput
 
 bench-learning: $(STAMP)
