@@ -76,6 +76,22 @@ def test_report_seed_level_claims():
     assert lo < 0.52 < hi and round(hi - 0.52, 4) == round(0.52 - lo, 4)
 
 
+def test_vlm_vs_cnn_names_the_side_ahead_on_every_seed():
+    import report
+
+    cnn = {"seeds": [0, 1, 2], "test_per_seed": {"balanced_accuracy": [0.40, 0.40, 0.40]}}
+
+    def arm(values):
+        return {"seeds": [0, 1, 2], "per_seed": {s: {"test": {"balanced_accuracy": v}} for s, v in enumerate(values)}}
+
+    behind = report.vlm_vs_cnn(arm([0.35, 0.38, 0.39]), cnn)
+    assert behind["per_seed_delta"] == [-0.05, -0.02, -0.01] and behind["cnn_beats_vlm"]
+    assert not behind["vlm_beats_cnn"]
+    mixed = report.vlm_vs_cnn(arm([0.47, 0.41, 0.397]), cnn)
+    assert not mixed["vlm_beats_cnn"] and not mixed["cnn_beats_vlm"]
+    assert report.vlm_vs_cnn(arm([0.45, 0.41, 0.42]), cnn)["vlm_beats_cnn"]
+
+
 def test_report_bootstrap_metrics_match_the_evaluation_metrics():
     import random
 

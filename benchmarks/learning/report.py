@@ -232,7 +232,8 @@ def vlm_vs_cnn(arm: dict[str, Any], cnn: dict[str, Any], metric: str = "balanced
     sci = seed_ci(deltas)
     return {"seeds": seeds, "per_seed_delta": deltas, "delta": round(sum(deltas) / len(deltas), 4),
             "seed_ci95": sci, "per_seed_ratio": [round(a[s] / c[s], 3) if c[s] else None for s in seeds],
-            "vlm_beats_cnn": len(deltas) >= 2 and (all(d > 0 for d in deltas) or (sci is not None and sci[0] > 0))}
+            "vlm_beats_cnn": len(deltas) >= 2 and (all(d > 0 for d in deltas) or (sci is not None and sci[0] > 0)),
+            "cnn_beats_vlm": len(deltas) >= 2 and (all(d < 0 for d in deltas) or (sci is not None and sci[1] < 0))}
 
 
 def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[str, Any], cnn: dict[str, Any],
@@ -391,10 +392,11 @@ def markdown(result: dict[str, Any]) -> str:
                              f"→ {verdict}")
         for key, d in r.get("vlm_vs_cnn", {}).items():
             if d:
+                verdict = "VLM ahead" if d["vlm_beats_cnn"] else "CNN ahead" if d.get("cnn_beats_vlm") else "not shown"
                 lines.append(f"- {key} − CNN (balanced_accuracy): {d['delta']:+.4f} (per seed "
                              f"{', '.join(f'{x:+.4f}' for x in d['per_seed_delta'])}; ratio "
                              f"{', '.join(str(x) for x in d['per_seed_ratio'])}) → "
-                             f"{'VLM ahead' if d['vlm_beats_cnn'] else 'not shown'}")
+                             f"{verdict}")
         lines.append("")
     return "\n".join(lines)
 
