@@ -69,6 +69,48 @@ def test_an_unreadable_upload_is_refused_with_its_name(tmp_path):
     assert image_url(SAMPLE).startswith("data:image/jpeg;base64,")
 
 
+def test_an_answer_the_server_aborts_is_an_error_not_an_answer():
+    """vLLM ends a stream in flight with ``finish_reason: abort`` when it shuts down: the page must not show the
+    partial text as the model's answer."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dermvlm.app.chat import AnswerAborted, endpoint_error, stream_answer
+
+    def chunk(content: str | None, finish: str | None) -> bytes:
+        delta = {"content": content} if content is not None else {}
+        body = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "derm",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    class Aborting(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(chunk("<think>Here: a", None) + chunk(None, "abort") + b"data: [DONE]\n\n")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Aborting)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        settings = ChatSettings(endpoint=f"http://127.0.0.1:{httpd.server_port}/v1", model="derm", timeout=10)
+        seen = []
+        with pytest.raises(AnswerAborted) as err:
+            for text in stream_answer(settings, [{"role": "user", "content": "What is this?"}]):
+                seen.append(text)
+        assert seen == ["<think>Here: a"]
+        line = endpoint_error(err.value, settings)
+        assert line.startswith("No answer: the server at http://127.0.0.1:") and "stopped mid-answer" in line
+        assert "\n" not in line
+    finally:
+        httpd.shutdown()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

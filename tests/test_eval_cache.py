@@ -89,6 +89,11 @@ class Fake:
                     return self.send(400, {"error": {"message": "cannot identify image file", "code": 400}})
                 if fake.fail_all or any(b in raw for b in fake.flaky):
                     return self.send(500, {"error": {"message": "engine error", "code": 500}})
+                if any(b in raw for b in fake.abort):  # as vLLM answers a request in flight when it shuts down
+                    return self.send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                           "model": req["model"], "choices": [{
+                                               "index": 0, "finish_reason": "abort",
+                                               "message": {"role": "assistant", "content": "<think>Here: a"}}]})
                 time.sleep(fake.delay)
                 system = req["messages"][0]["content"] if req["messages"][0]["role"] == "system" else None
                 text = (f"<think>seen</think><answer>{req['model']}|t={req['temperature']}|"
@@ -106,6 +111,7 @@ class Fake:
         self.models, self.api_key, self.html, self.chat_status = ["derm", "other"], None, False, 0
         self.bad: list[bytes] = []
         self.flaky: list[bytes] = []
+        self.abort: list[bytes] = []
         self.fail_all, self.delay, self.requests, self.lock = False, 0.0, [], threading.Lock()
 
 
@@ -323,6 +329,37 @@ def test_server_errors_after_every_retry_are_item_errors_and_a_broken_server_sto
     with pytest.raises(EndpointError, match=r"the first 8 requests all failed \(last: HTTP 500"):
         run_suite(suite, tmp_path / "b", opts, base=SUITE.parent, show_progress=False)
     assert not lines(tmp_path / "b" / "predictions.jsonl")
+
+
+def test_an_aborted_answer_is_never_kept_and_is_asked_again(ep, tmp_path, items):
+    ep.abort = [image_marker(items[5])]  # vLLM returns what it has, finish_reason "abort", when it shuts down
+    aborted = {it["id"] for it in items if image_marker(it) == ep.abort[0]}
+    out = tmp_path / "out"
+    args = ["--endpoint", ep.url, "--model", "derm", "--out", str(out), "--concurrency", "1"]
+    r = cli(*args)
+    msg = one_error_line(r)
+    assert r.exit_code == 2 and "did not answer" in msg and "aborted by the server" in msg, r.output
+    kept = lines(out / "predictions.jsonl")
+    assert kept and not {p["id"] for p in kept} & aborted and all(p["finish_reason"] == "stop" for p in kept)
+    ep.abort = []
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["skipped_as_done"] == len(kept) and len(lines(out / "predictions.jsonl")) == N
+
+
+def test_an_aborted_judge_reply_is_no_verdict_and_is_asked_again(ep, tmp_path):
+    suite = load_config(ROOT / "eval" / "example_open.yaml", SuiteConfig)
+    opts = EndpointOptions(ep.url, "derm", concurrency=2)
+    judge = EndpointOptions(ep.url, "other", concurrency=2)
+    ep.abort = [b"Reference answer:"]  # only the judge's prompt says this
+    first = run_suite(suite, tmp_path / "a", opts, base=ROOT / "eval", show_progress=False, judge=judge, limit=4)
+    assert first["judge"]["failed"] == 4 and "aborted" in first["judge"]["failed_examples"][0]
+    assert not lines(tmp_path / "a" / "judge.jsonl")
+    ep.abort = []
+    again = run_suite(suite, tmp_path / "a", opts, base=ROOT / "eval", show_progress=False, judge=judge, limit=4)
+    assert again["judge"]["asked"] == 4 and again["judge"]["failed"] == 0
+    assert len(lines(tmp_path / "a" / "judge.jsonl")) == 4
 
 
 # ---------------------------------------------------------------- 3. bounds

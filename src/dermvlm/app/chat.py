@@ -63,10 +63,16 @@ def image_url(path: str | Path) -> str:
     return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
+class AnswerAborted(RuntimeError):
+    """The endpoint cut the answer off (``finish_reason: abort``); the partial text is not shown as an answer."""
+
+
 def endpoint_error(err: Exception, settings: ChatSettings) -> str:
     """One line for a failed request: which endpoint, what went wrong, what to do."""
     import openai
 
+    if isinstance(err, AnswerAborted):
+        return f"No answer: {err}"
     if isinstance(err, openai.AuthenticationError):
         return f"The endpoint {settings.endpoint} refused the API key (401): start the app with the server's key."
     if isinstance(err, openai.APIConnectionError | openai.APITimeoutError):
@@ -104,6 +110,9 @@ def stream_answer(settings: ChatSettings, messages: list[dict[str, Any]]) -> Ite
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
             yield text
+        if chunk.choices and chunk.choices[0].finish_reason == "abort":
+            raise AnswerAborted(f"the server at {settings.endpoint} stopped mid-answer (aborted after {len(text)} "
+                                "characters): is it shutting down? Ask again once it is back.")
 
 
 def build_app(settings: ChatSettings, examples: list[str] | None = None):

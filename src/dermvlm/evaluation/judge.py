@@ -82,6 +82,9 @@ def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_di
                 except openai.APIError as err:
                     failed.append(f"{p['id']}: {type(err).__name__}")
                     return
+            if r.choices[0].finish_reason == "abort":  # cut off by a server shutting down: no verdict, ask again
+                failed.append(f"{p['id']}: the judge's reply was aborted by its server")
+                return
             reply = r.choices[0].message.content or ""
             rec = {"judge": key, "id": p["id"], "answer_sha": answer_hash(p), "verdict": verdict_of(reply),
                    "reply": reply[:200]}

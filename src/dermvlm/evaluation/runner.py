@@ -37,6 +37,11 @@ class EndpointDown(EndpointError):
     """The endpoint stopped answering (connection refused or timeouts after every retry)."""
 
 
+class AbortedAnswer(Exception):
+    """The server returned a cut-off answer (``finish_reason: abort``, as vLLM does for requests in flight when it
+    shuts down): asked again, never recorded as an answer."""
+
+
 class ItemError(Exception):
     """One item's request failed; the item is recorded in ``errors.jsonl`` and asked again on the next run."""
 
@@ -187,6 +192,10 @@ async def _ask(client, item: dict[str, Any], opts: EndpointOptions, suite: Suite
             if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
                 raise EndpointError(f"{base}: POST /chat/completions answered something that is not a chat "
                                     f"completion ({_one_line(r, 60)!r}): {WRONG_URL}")
+            if choices[0].finish_reason == "abort":  # vLLM cut the answer off (shutting down): not an answer
+                last = AbortedAnswer(f"the answer was aborted by the server after "
+                                     f"{len(choices[0].message.content or '')} characters")
+                continue
             usage = getattr(r, "usage", None)
             return {"response": choices[0].message.content or "", "finish_reason": choices[0].finish_reason,
                     "latency_s": round(time.perf_counter() - started, 4),
