@@ -341,11 +341,17 @@ def test_an_aborted_answer_is_never_kept_and_is_asked_again(ep, tmp_path, items)
     assert r.exit_code == 2 and "did not answer" in msg and "aborted by the server" in msg, r.output
     kept = lines(out / "predictions.jsonl")
     assert kept and not {p["id"] for p in kept} & aborted and all(p["finish_reason"] == "stop" for p in kept)
+    # a file from before aborted answers were refused: such a row is asked again and never scored
+    old = {**kept[0], "id": sorted(aborted)[0], "response": "<think>Here: a", "finish_reason": "abort"}
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write(json.dumps(old) + "\n")
     ep.abort = []
     r = cli(*args)
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run"]["skipped_as_done"] == len(kept) and len(lines(out / "predictions.jsonl")) == N
+    assert metrics["run"]["skipped_as_done"] == len(kept) and metrics["metrics"]["n"] == N
+    rows = lines(out / "predictions.jsonl")
+    assert len(rows) == N + 1 and len({p["id"] for p in rows if p["finish_reason"] == "stop"}) == N
 
 
 def test_an_aborted_judge_reply_is_no_verdict_and_is_asked_again(ep, tmp_path):

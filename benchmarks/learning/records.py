@@ -65,7 +65,9 @@ def _read_predictions(run: Path, suite: str) -> list[dict[str, Any]] | None:
     path = run / "eval" / suite / "predictions.jsonl"
     if not path.exists():
         return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from dermvlm.evaluation.runner import kept_answers
+
+    return kept_answers(path)  # as the evaluation reads them: a torn last line or an aborted answer is not one
 
 
 def graded(preds: list[dict[str, Any]]) -> dict[str, list]:

@@ -99,6 +99,12 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def kept_answers(path: Path) -> list[dict[str, Any]]:
+    """The answers of a ``predictions.jsonl``, less any the server aborted (a file written before such answers were
+    refused): those items are asked again."""
+    return [p for p in read_predictions(path) if p.get("finish_reason") != "abort"]
+
+
 def _one_line(text: str, n: int = 200) -> str:
     return " ".join(str(text).split())[:n]
 
@@ -260,7 +266,7 @@ def ask_all(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOptio
     """Answer every item not yet in ``predictions.jsonl`` (``errors.jsonl`` is rewritten with this run's failed
     items); return run timings and counts."""
     out = out_dir / PREDICTIONS
-    done = {p["id"] for p in read_predictions(out)}
+    done = {p["id"] for p in kept_answers(out)}
     todo = [it for it in items if it["id"] not in done]
     (out_dir / ERRORS).unlink(missing_ok=True)  # earlier failures are asked again now
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from dermvlm.evaluation import cache
 from dermvlm.evaluation.items import build_items, corrupted
 from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.report import plots, write_report
-from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, probe, read_predictions
+from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, kept_answers, probe, read_predictions
 from dermvlm.evaluation.runner import system_prompt as system_text
 from dermvlm.evaluation.score import score_predictions
 from dermvlm.io import atomic_write_text
@@ -98,7 +98,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
         timing = ask_all(items, suite, endpoint, out, override, show_progress)
     by_id = {it["id"]: it for it in items}
     answers: dict[str, dict[str, Any]] = {}
-    for p in read_predictions(out / cache.PREDICTIONS):
+    for p in kept_answers(out / cache.PREDICTIONS):
         if p.get("id") in by_id and p["id"] not in answers:  # the gold fields come from the current items
             answers[p["id"]] = p | {k: v for k, v in by_id[p["id"]].items() if k != "image"}
     preds = [answers[i] for i in by_id if i in answers]
