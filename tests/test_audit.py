@@ -135,3 +135,20 @@ def test_cnn_classifier_ranks_the_flip_and_both_keeps_each_score(planted, tmp_pa
     second = cross_validated_proba(images, labels, folds=2, seed=3, size=16)
     assert (first.proba == second.proba).all() and first.proba.shape == (16, 2)
     assert first.proba.sum(axis=1) == pytest.approx(1.0)
+
+
+def test_label_error_candidates_of_evaluation_splits_are_held_for_review_not_excluded():
+    from dermvlm.audit.ranking import _exclusions
+
+    def row(i, split, conf, off=0.0):
+        return {"id": i, "split": split, "label": "melanoma", "predicted": "melanocytic_nevus",
+                "label_confidence": conf, "off_topic": off}
+
+    rows = [row("tr_low", "train", 0.001), row("va_low", "val", 0.001), row("te_low", "test", 0.001),
+            row("te_fine", "test", 0.9), row("te_blank", "test", 0.9, off=50.0), row("tr_copy", "train", 0.9),
+            row("te_orig", "test", 0.9)]
+    pairs = [{"a": "te_orig", "b": "tr_copy", "kind": "near", "distance": 1, "cross_split": True}]
+    exclude, held = _exclusions(rows, pairs, threshold=0.02)
+    assert {e["image"] for e in exclude} == {"tr_low", "te_blank", "tr_copy"}  # the test copy of a pair stays
+    assert [(h["image"], h["split"]) for h in held] == [("va_low", "val"), ("te_low", "test")]
+    assert all("out-of-sample probability 0.001" in h["why"] for h in held)

@@ -11,8 +11,8 @@
 - image facts (ITA tone, artefact tags) per image.
 
 Writes ``audit.json``, ``audit.md``, ``audit.html`` (thumbnails, worst first, each image named by its id), one
-contact sheet per ranking, and ``exclude.yaml`` — the candidates over each ranking's threshold with why — which a
-recipe consumes as ``exclude: exclude.yaml``.
+contact sheet per ranking, and ``exclude.yaml`` — the candidates over each ranking's threshold with why (label-error
+candidates of val/test are held for review instead) — which a recipe consumes as ``exclude: exclude.yaml``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     pairs.sort(key=lambda p: (not p["cross_split"], p["distance"]))
     rank_off = sorted(rows, key=lambda r: -r["off_topic"])
     rank_lab = sorted((r for r in rows if "label_confidence" in r), key=lambda r: r["label_confidence"])
-    exclude = _exclusions(rows, pairs, threshold)
+    exclude, held = _exclusions(rows, pairs, threshold)
     result = {
         "recipe": recipe.name, "images": len(rows), "skipped": len(skipped),
         "by_split": dict(Counter(r["split"] for r in rows)),
@@ -203,7 +203,7 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
                          for r in rank_lab[:top]],
         "tone_groups": dict(Counter(r["tone_group"] or "skipped" for r in rows)),
         "artefacts": dict(Counter(t for r in rows for t in r["artefacts"])),
-        "exclude": exclude, "per_image": rows,
+        "exclude": exclude, "held_for_review": held, "per_image": rows,
         "label_classifier": probe_info,
         "thresholds": {"off_topic": OFF_TOPIC_THRESHOLD, "label_confidence": threshold},
     }
@@ -224,10 +224,15 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     return result
 
 
-def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """What ``exclude.yaml`` proposes: the non-test copy of every cross-split duplicate and the second copy of
-    every exact duplicate, off-topic images over threshold, label-error candidates under threshold."""
+def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
+                threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What ``exclude.yaml`` proposes, and what is held for review instead: the non-test copy of every cross-split
+    duplicate and the second copy of every exact duplicate, off-topic images over threshold, and label-error
+    candidates under threshold **in the train split**. Label-error candidates of val and test are held for review,
+    not proposed: dropping the items a classifier disagrees with from an evaluation split inflates its metrics
+    (relabel them after review instead)."""
     out: dict[str, dict[str, Any]] = {}
+    held: list[dict[str, Any]] = []
     split = {r["id"]: r["split"] for r in rows}
     for p in pairs:
         if p["cross_split"]:
@@ -242,10 +247,13 @@ def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], thresho
             out.setdefault(r["id"], {"image": r["id"],
                                      "why": f"off-topic: {r['off_topic']:.1f} robust SDs from its nearest images"})
         if r.get("label_confidence", 1.0) < threshold:
-            out.setdefault(r["id"], {"image": r["id"], "why": f"label {r['label']} has out-of-sample probability "
-                                                               f"{r['label_confidence']:.3f} (looks like "
-                                                               f"{r['predicted']})"})
-    return list(out.values())
+            entry = {"image": r["id"], "why": f"label {r['label']} has out-of-sample probability "
+                                              f"{r['label_confidence']:.3f} (looks like {r['predicted']})"}
+            if r["split"] in ("train", None):
+                out.setdefault(r["id"], entry)
+            elif r["id"] not in out:
+                held.append(entry | {"split": r["split"]})
+    return list(out.values()), held
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -265,7 +273,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"- tone groups (ITA estimate): {result['tone_groups']}",
              f"- artefact tags: {result['artefacts'] or 'none'}",
              f"- proposed exclusions: {len(result['exclude'])} in `exclude.yaml` (use `exclude: exclude.yaml` in the "
-             "recipe after checking them)", "",
+             "recipe after checking them)",
+             f"- held for review, not proposed: {len(result.get('held_for_review', []))} label-error candidates of "
+             "val/test (`held_for_review` in `audit.json`): dropping what a classifier disagrees with from an "
+             "evaluation split inflates its metrics; relabel them after review instead", "",
              "Pictures: `audit.html` (worst first), `off_topic.png`, `label_errors.png`, `duplicates.png`.", ""]
     if result["label_errors"]:
         lines += ["## Label-error candidates (lowest out-of-sample probability of their label)", "",
