@@ -28,6 +28,25 @@ def test_atomic_dir_leaves_nothing_on_error_and_replaces_on_success(tmp_path):
     assert (tmp_path / "f.json").read_text() == "{}"
 
 
+def test_atomic_outputs_get_the_modes_of_a_plain_mkdir_and_open(tmp_path):
+    """Temporary files and folders are private (0600 / 0700); what they become must not be, or another user of a
+    shared machine (or a server running as another user) cannot read a built dataset, model or report."""
+    import os
+    import stat
+
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("1")
+    atomic_write_text(tmp_path / "f.json", "{}")
+    (tmp_path / "plain_dir").mkdir()
+    (tmp_path / "plain.txt").write_text("")
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain_dir")
+    assert mode(tmp_path / "f.json") == mode(tmp_path / "plain.txt")
+
+
 def test_torchvision_guard_is_narrow_and_idempotent():
     src = (
         'import torchvision.extension\n\n@torch.library.register_fake("torchvision::nms")\ndef meta_nms(): pass\n\n'
@@ -38,9 +57,10 @@ def test_torchvision_guard_is_narrow_and_idempotent():
     assert once.count(MARKER) == 2
     assert '@torch.library.register_fake("torchvision::roi_align")\n' in once
     assert guard_source(once) == once
-    import torchvision  # the guarded install imports
+    import importlib
 
-    assert torchvision.transforms.v2 is not None
+    v2 = importlib.import_module("torchvision.transforms.v2")  # the guarded install imports (this test alone too)
+    assert v2.RandomResizedCrop is not None
 
 
 def test_bundled_sample_is_cc0_or_cc_by_small_and_complete():

@@ -54,6 +54,15 @@ def mark_output(folder: str | Path, command: str) -> None:
     (Path(folder) / MARKER).write_text(json.dumps({"written_by": command}) + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = True, command: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path``, on error it is removed. With
@@ -65,6 +74,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True, command: str | None = N
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700: the result gets the modes a plain mkdir would give
     try:
         yield tmp
         if command:
@@ -92,6 +102,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: the file gets the modes a plain open would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
