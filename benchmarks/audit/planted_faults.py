@@ -4,7 +4,7 @@ photographs, at DermaMNIST's 28 px), and 20 test images copied into train (exact
 each ranking's precision and recall at k = the number planted (and at 2k), and the audit's wall time, in
 ``benchmarks/results/audit_planted.json`` (``--classifier features``, the default) or
 ``audit_planted_<classifier>[_s<seed>].json``; with ``both``, the label-error ranking of each classifier alone too.
-Nothing is copied into the project: the planted set lives under ``runs/audit_planted/``.
+Nothing is copied into the project: the planted set lives under ``runs/audit_planted/<classifier>_s<seed>/``.
 
     python benchmarks/audit/planted_faults.py [--seed 0] [--classifier features|cnn|both]
 """
@@ -54,13 +54,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier", choices=["features", "cnn", "both"], default="features")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "audit_planted")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="default: runs/audit_planted/<classifier>_s<seed> (one per run, so runs can go in parallel)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/audit_planted[...].json")
     args = ap.parse_args()
     if args.out is None:
         name = "audit_planted" + ("" if args.classifier == "features" else f"_{args.classifier}") \
             + ("" if args.seed == 0 else f"_s{args.seed}")
         args.out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if args.work is None:
+        args.work = ROOT / "runs" / "audit_planted" / f"{args.classifier}_s{args.seed}"
     rng = random.Random(args.seed)
     kg = load_graph()
     records = load_source("dermamnist", kg, root=str(DATA)).records
@@ -111,6 +114,7 @@ def main() -> None:
     found_dups = {p["a"] if p["a"] in dups else p["b"] for p in result["duplicates"]["pairs"]
                   if p["kind"] == "exact" and (p["a"] in dups or p["b"] in dups)}
     excluded = {e["image"] for e in result["exclude"]}
+    held = {e["image"] for e in result.get("held_for_review", [])}
     planted = flipped | extra | dups
     summary = {
         "images": result["images"], "audit_seconds": round(seconds, 1), "seed": args.seed,
@@ -122,7 +126,9 @@ def main() -> None:
                        "cross_split_pairs": result["duplicates"]["cross_split_pairs"]},
         "exclude_list": {"entries": len(excluded), "planted_in_it": len(excluded & planted),
                          "precision": round(len(excluded & planted) / max(1, len(excluded)), 3),
-                         "recall": round(len(excluded & planted) / len(planted), 3)},
+                         "recall": round(len(excluded & planted) / len(planted), 3),
+                         # val/test label-error candidates are held for review, never proposed for exclusion
+                         "held_for_review": len(held), "planted_held": len(held & planted)},
         "label_classifier": result["label_classifier"],
         "label_error_threshold": result["thresholds"]["label_confidence"],
         "flipped_label_ranks_median": sorted(by_label.index(i) for i in flipped if i in rows_by_id)[len(flipped) // 2],
