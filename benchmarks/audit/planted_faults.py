@@ -114,7 +114,7 @@ def main() -> None:
     found_dups = {p["a"] if p["a"] in dups else p["b"] for p in result["duplicates"]["pairs"]
                   if p["kind"] == "exact" and (p["a"] in dups or p["b"] in dups)}
     excluded = {e["image"] for e in result["exclude"]}
-    held = {e["image"] for e in result.get("held_for_review", [])}
+    held = {e["image"] for e in result["held_for_review"]}
     planted = flipped | extra | dups
     summary = {
         "images": result["images"], "audit_seconds": round(seconds, 1), "seed": args.seed,

@@ -274,7 +274,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"- artefact tags: {result['artefacts'] or 'none'}",
              f"- proposed exclusions: {len(result['exclude'])} in `exclude.yaml` (use `exclude: exclude.yaml` in the "
              "recipe after checking them)",
-             f"- held for review, not proposed: {len(result.get('held_for_review', []))} label-error candidates of "
+             f"- held for review, not proposed: {len(result['held_for_review'])} label-error candidates of "
              "val/test (`held_for_review` in `audit.json`): dropping what a classifier disagrees with from an "
              "evaluation split inflates its metrics; relabel them after review instead", "",
              "Pictures: `audit.html` (worst first), `off_topic.png`, `label_errors.png`, `duplicates.png`.", ""]
