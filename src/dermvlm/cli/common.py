@@ -1,0 +1,73 @@
+"""What several command groups share: the one-line failure, option types, command-line data sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from dermvlm.config import ConfigError
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+MergeDtype = Literal["float32", "bfloat16", "float16"]
+SplitChoice = Literal["train", "val", "test", "all"]
+LabelClassifier = Literal["features", "cnn", "both"]
+
+# Options shared by `data build` and `eval`: a command-line source replaces the recipe's (or suite's) sources.
+SourceOpt = Annotated[str | None, typer.Option(help="Replace the declared sources: adapter name.")]
+RootOpt = Annotated[Path | None, typer.Option(help="Root folder for --source.")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")]
+LabelsOpt = Annotated[Path | None, typer.Option(help="Your labels CSV.")]
+ImageColOpt = Annotated[str, typer.Option(help="Image column of --labels.")]
+LabelColOpt = Annotated[str, typer.Option(help="Label column of --labels.")]
+
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+
+def source_overrides(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
+                     image_col: str, label_col: str, group_col: str | None, allow_outside_images: bool = False
+                     ) -> list[dict] | None:
+    """Command-line sources that replace a recipe's (or a suite's) declared sources."""
+    if labels is not None or images is not None:
+        if labels is None:
+            fail("--images needs --labels CSV (or use --source imagefolder --root DIR)")
+        options = {"labels": str(labels), "image_col": image_col, "label_col": label_col}
+        if allow_outside_images:
+            options["allow_outside_images"] = True
+        if images is not None:
+            options["images"] = str(images)
+        if group_col:
+            options["group_col"] = group_col
+        return [{"name": "csv", "options": options}]
+    if source is not None:
+        return [{"name": source, "root": str(root) if root else None}]
+    if root is not None:
+        fail("--root needs --source NAME")
+    return None
+
+
+
+def run_data(run: Path) -> Path:
+    """The built recipe of a pipeline run folder (``RUN/data``), or ``run`` itself when it is one."""
+    for candidate in (run / "data", run):
+        if (candidate / "recipe.json").is_file():
+            return candidate
+    raise ConfigError(f"--run {run}: no built data recipe there (expected {run / 'data' / 'recipe.json'}); give the "
+                      "run folder of `dermvlm pipeline` (runs/NAME)")
+
+
+def parse_loras(items: list[str]) -> dict[str, str]:
+    loras = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            fail(f"--lora {item!r}: expected NAME=DIR")
+        loras[name] = path
+    return loras
+

@@ -1,0 +1,150 @@
+"""``dermvlm data``: build, audit, inspect and fetch labeled-image datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from dermvlm.cli.common import (
+    ImageColOpt,
+    ImagesOpt,
+    LabelClassifier,
+    LabelColOpt,
+    LabelsOpt,
+    RootOpt,
+    SourceOpt,
+    fail,
+    source_overrides,
+)
+from dermvlm.config import ConfigError
+
+data_app = typer.Typer(help="Data recipes: labeled images → training and evaluation datasets.",
+                       no_args_is_help=True)
+
+
+@data_app.command("build")
+def data_build(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML from data_recipes/.")],
+    out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
+    group_col: Annotated[str | None, typer.Option(help="Patient/lesion column of --labels.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+    allow_outside_images: Annotated[bool, typer.Option(help="Accept --labels paths that leave --images.")] = False,
+) -> None:
+    """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv)."""
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError, check_output
+    from dermvlm.knowledge import UnknownLabelError
+    from dermvlm.recipes.build import build
+
+    try:
+        check_output(out, "data build", force)
+        cfg = load_config(recipe, RecipeConfig)
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, group_col,
+                                     allow_outside_images)
+        result = build(cfg, out, overrides, base=recipe.resolve().parent)
+    except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
+        fail(str(err))
+    s = result.stats
+    by_split = ", ".join(f"{k} {v}" for k, v in s["records_by_split"].items())
+    typer.echo(f"wrote {result.out}: {s['records']} images ({by_split})")
+    for kind, counts in s["kinds"].items():
+        if set(counts) <= {"train", "val", "test"}:
+            typer.echo(f"  {kind:<16} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} file(s): "
+                   + ", ".join(f"{k} ({v})" for k, v in s["skipped_by_reason"].items()) + f"; see {out}/skipped.csv")
+
+
+@data_app.command("audit")
+def data_audit(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML, or an image folder with a labels.csv (image,label).")],
+    out: Annotated[Path, typer.Option(help="Report folder (audit.md/html/json, contact sheets, exclude.yaml).")],
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds for label-error candidates.")] = 5,
+    classifier: Annotated[LabelClassifier, typer.Option(
+        help="Label-error classifier: features (logistic regression, seconds), cnn (a small CNN per fold, minutes) "
+             "or both (their mean; finds the most planted errors).")] = "features",
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+) -> None:
+    """Rank a dataset's duplicates, off-topic images and label-error candidates, worst first, and propose an
+    exclude list a recipe can use (`exclude: OUT/exclude.yaml`)."""
+    from dermvlm.audit import audit
+    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.io import OutputError, check_output
+    from dermvlm.knowledge import UnknownLabelError
+
+    try:
+        check_output(out, "data audit", force)
+        if recipe.is_dir():
+            if images is None and labels is None and source is None:
+                images, labels = recipe, recipe / "labels.csv"
+                if not labels.is_file():
+                    fail(f"{recipe}: a folder to audit needs a labels.csv (or give --labels CSV)")
+            cfg = RecipeConfig.model_validate({"name": recipe.name, "sources": [{"name": "csv"}],
+                                               "kinds": {"image_label": {"splits": ["train", "val", "test"]}}})
+            base = Path.cwd()
+        else:
+            cfg = load_config(recipe, RecipeConfig)
+            base = recipe.resolve().parent
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
+        result = audit(cfg, out, overrides, base=base, folds=folds, classifier=classifier)
+    except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
+        fail(str(err))
+    d = result["duplicates"]
+    typer.echo(f"audited {result['images']} images: {d['exact_pairs']} exact / {d['near_pairs']} near duplicate "
+               f"pairs ({d['cross_split_pairs']} across splits), {len(result['conflicts'])} label conflicts, "
+               f"{len(result['exclude'])} proposed exclusions; report: {out / 'audit.md'}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    folder: Annotated[Path, typer.Argument(help="A folder written by 'dermvlm data build'.")],
+    examples: Annotated[int, typer.Option(help="Examples to print per kind.")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Label distribution PNG (default: FOLDER/labels.png).")] = None,
+) -> None:
+    """Counts, examples and a label-distribution plot of a built dataset folder."""
+    from dermvlm.recipes.inspect import inspect_folder
+
+    try:
+        report = inspect_folder(folder, examples, plot)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    typer.echo(report)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[Literal["dermamnist"], typer.Argument(help="The dataset to fetch (its official release).")],
+    size: Annotated[Literal["28", "64", "128", "224"], typer.Option(help="Image side in px.")] = "28",
+    out: Annotated[Path | None, typer.Option(help="Folder to write to (default: the data root's dermamnist/).")
+                   ] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of a mirror (default: the MedMNIST+ Zenodo record).")
+                   ] = None,
+) -> None:
+    """Download a dataset's official release where the internet is reachable (DermaMNIST: CC BY-NC 4.0)."""
+    from dermvlm.data_root import rerooted
+    from dermvlm.datasets.fetch import ZENODO, FetchError, fetch_dermamnist
+
+    folder = out or Path(rerooted("../shared/data/dermamnist"))
+    try:
+        path, counts = fetch_dermamnist(folder, int(size), url or ZENODO)
+    except FetchError as err:
+        fail(str(err))
+    typer.echo(f"{path}: DermaMNIST at {size} px, " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+               + f"; use it as a source: {{name: dermamnist, root: {path}}}")
+

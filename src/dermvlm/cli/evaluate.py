@@ -1,0 +1,194 @@
+"""``dermvlm eval``: a VQA suite against an OpenAI-compatible endpoint; ``eval compare`` tabulates runs."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dermvlm.cli.common import (
+    Dtype,
+    ImageColOpt,
+    ImagesOpt,
+    LabelColOpt,
+    LabelsOpt,
+    RootOpt,
+    SourceOpt,
+    SplitChoice,
+    fail,
+    run_data,
+    source_overrides,
+)
+from dermvlm.config import ConfigError
+
+
+def eval_cmd(
+    suite: Annotated[str, typer.Argument(help="A suite YAML (eval/*.yaml), or 'compare' followed by output folders.")],
+    folders: Annotated[list[Path] | None, typer.Argument(help="With 'compare': evaluation output folders.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+                        ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at --endpoint.")] = None,
+    serve: Annotated[Path | None, typer.Option(help="Serve this model folder with vLLM for the evaluation.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (predictions, metrics, report).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent requests (at least 1).")] = 8,
+    limit: Annotated[int | None, typer.Option(min=0, help="Evaluate the first N items only (0: all).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --endpoint.")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="'dermiq', 'none' or a prompt (overrides the suite).")
+                             ] = None,
+    dtype: Annotated[Dtype, typer.Option(help="dtype for --serve.")] = "auto",
+    max_model_len: Annotated[int, typer.Option(min=1, help="Context length for --serve.")] = 1024,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the answers (and other files) an earlier eval "
+                                        "wrote in --out and start over.")] = False,
+    corruption: Annotated[str | None, typer.Option(help="Corrupt every image (MedMNIST-C dermatoscopy: pixelate, "
+                                                   "jpeg_compression, gaussian_noise, ..., black_corner, characters).")
+                          ] = None,
+    severity: Annotated[int | None, typer.Option(min=1, max=5, help="Severity 1-5 of --corruption.")] = None,
+    robustness: Annotated[bool, typer.Option("--robustness", help="Run the suite clean and under every corruption "
+                                             "x severity of its robustness: block (default all 15 x 5) into --out "
+                                             "and write robustness.md/json/png.")] = False,
+    data: Annotated[Path | None, typer.Option(help="A benchmark file (VLMEvalKit-style .tsv, .jsonl or .csv) to "
+                                              "evaluate with this suite's settings.")] = None,
+    split: Annotated[SplitChoice | None, typer.Option(help="The suite's split (all: every image of an external "
+                                                      "test set).")] = None,
+    run: Annotated[Path | None, typer.Option(help="The pipeline run folder (runs/NAME) the model was trained in: "
+                                             "an item whose image is in its training split stops the "
+                                             "evaluation.")] = None,
+    judge_endpoint: Annotated[str | None, typer.Option(help="An OpenAI-compatible base URL whose model grades "
+                                                       "open-ended answers against the reference (LLM judge).")
+                              ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Model name at --judge-endpoint.")] = None,
+    judge_api_key: Annotated[str | None, typer.Option(help="API key for --judge-endpoint.")] = None,
+    source: SourceOpt = None,
+    root: RootOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = "image",
+    label_col: LabelColOpt = "label",
+) -> None:
+    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs.
+
+    Answers are reused on a rerun only if the model, endpoint, sampling settings, system prompt and suite items are
+    the same (cache_key.json); exit code 1 when some items' requests failed (errors.jsonl), 2 on any other error,
+    128 + the signal number on SIGINT/SIGTERM (the vLLM server of --serve is stopped)."""
+    if suite == "compare":
+        from dermvlm.evaluation.report import compare
+
+        if not folders:
+            fail("eval compare needs one or more output folders")
+        try:
+            typer.echo(compare(folders))
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        return
+    import threading
+
+    from dermvlm.config import SuiteConfig, load_config
+    from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.evaluation.runner import EndpointError, EndpointOptions
+    from dermvlm.evaluation.suite import run_suite
+    from dermvlm.serving.server import ServerError
+
+    if (endpoint is None) == (serve is None):
+        fail("give exactly one of --endpoint URL (with --model) and --serve MODEL_DIR")
+    if (corruption is None) != (severity is None):
+        fail("--corruption NAME and --severity K (1-5) go together")
+    if corruption is not None and robustness:
+        fail("--robustness runs every corruption of the suite's robustness: block; leave out --corruption")
+    if corruption is not None:
+        from dermvlm.evaluation.corruptions import NAMES
+
+        if corruption not in NAMES:
+            fail(f"--corruption: unknown corruption {corruption!r}; choose one of: {', '.join(NAMES)}")
+    if endpoint is not None and not model:
+        fail("--endpoint needs --model NAME (the name the server answers to)")
+    if (judge_endpoint is None) != (judge_model is None):
+        fail("--judge-endpoint URL and --judge-model NAME go together")
+    if judge_endpoint is not None and robustness:
+        fail("--judge-endpoint grades one evaluation; leave it out of --robustness")
+
+    def one_line(err: BaseException) -> str:  # a server's log tail: its first and last lines
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+
+    caught: list[int] = []
+
+    def on_signal(signum, _frame) -> None:  # unwind, so that the vLLM server's context manager stops it
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the shutdown
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    out_dir = out or Path("runs") / "eval" / Path(suite).stem
+    try:
+        cfg = load_config(Path(suite), SuiteConfig)
+        if split is not None:
+            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"split": split})
+        if data is not None:
+            fmt = {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(data.suffix.lower())
+            if fmt is None:
+                raise ConfigError(f"--data {data}: name the file .tsv, .jsonl or .csv")
+            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"format": fmt, "data": str(data.resolve()),
+                                                                 "sources": []})
+        out_dir = out or Path("runs") / "eval" / cfg.name
+        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
+        ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
+                             concurrency=concurrency)
+        if corruption is not None:
+            from dermvlm.config import CorruptionSpec
+
+            cfg = cfg.model_copy(update={"corruption": CorruptionSpec(name=corruption, severity=severity)})
+        runner, judging = run_suite, {}
+        if judge_endpoint is not None:
+            judging = {"judge": EndpointOptions(base_url=judge_endpoint, model=judge_model or "",
+                                                api_key=judge_api_key or "EMPTY", concurrency=concurrency)}
+        if robustness:
+            from dermvlm.evaluation.robustness import run_robustness as runner
+        result = runner(cfg, out_dir, ep, serve_model=serve, **judging,
+                        serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
+                        overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
+                        system_prompt=system_prompt, fresh=fresh, **({"train_data": run_data(run)} if run else {}))
+    except KeyboardInterrupt:
+        signum = caught[0] if caught else signal.SIGINT
+        typer.secho(f"error: interrupted by {signal.Signals(signum).name}: "
+                    f"{'stopped the vLLM server; ' if serve else ''}the answers so far are kept in "
+                    f"{out_dir / 'predictions.jsonl'}; rerun the same command to continue", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(128 + signum) from None
+    except (ConfigError, DatasetError, ServerError, EndpointError, ValueError, OSError) as err:
+        fail(one_line(err))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if robustness:
+        worst = result["worst_corruption"]
+        typer.echo(f"clean balanced accuracy {result['clean']['balanced_accuracy']:.3f}; worst corruption {worst} "
+                   f"(mean relative {result['mean_relative_balanced_accuracy'][worst]:.2f}); "
+                   f"table in {out_dir / 'robustness.md'}")
+        if result["errors"]:
+            typer.secho(f"error: {result['errors']} items got no answer across the runs; rerun the same command to "
+                        "ask them again", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
+        return
+    m = result["metrics"]
+    for kind, t in m["types"].items():
+        if kind == "open_text":
+            typer.echo(f"{kind:<11} n={t['n']:<5} exact match {t['exact_match']:.3f}  token F1 {t['token_f1']:.3f}  "
+                       f"ROUGE-L {t['rouge_l']:.3f}  BLEU {t['bleu']:.2f}"
+                       + (f"  judge {t['judge']['accuracy']:.3f} (unparsable {t['judge']['unparsable_rate']:.3f})"
+                          if "judge" in t else ""))
+            continue
+        typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
+                   f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")
+    typer.echo(f"report: {out_dir / 'report.md'}")
+    if result["errors"]:
+        example = f" (e.g. {result['error_examples'][0][:120]})" if result.get("error_examples") else ""
+        typer.secho(f"error: {result['errors']} of {result['n_items']} items got no answer; they are listed in "
+                    f"{out_dir / 'errors.jsonl'}, not scored, and asked again on the next run{example}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+

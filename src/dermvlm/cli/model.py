@@ -1,0 +1,65 @@
+"""``dermvlm nano build`` and ``dermvlm model merge``: model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from dermvlm.cli.common import MergeDtype, fail
+from dermvlm.config import FamilyName
+
+nano_app = typer.Typer(help="Build the tiny Qwen2.5-VL-architecture model locally.", no_args_is_help=True)
+model_app = typer.Typer(help="Model folders: merge LoRA adapters.", no_args_is_help=True)
+
+
+@nano_app.command("build")
+def nano_build(
+    out: Annotated[Path, typer.Option(help="Folder to write (replaced atomically).")],
+    preset: Annotated[Literal["nano", "micro"], typer.Option(help="nano (<1M parameters) or micro (5-20M; "
+                                                            "qwen2_5_vl only).")] = "nano",
+    seed: Annotated[int, typer.Option(help="Seed for weights and tokenizer corpus.")] = 0,
+    min_pixels: Annotated[int | None, typer.Option(help="Image processor minimum pixels.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
+    family: Annotated[FamilyName, typer.Option(help="VLM family (dermvlm.models.families).")] = "qwen2_5_vl",
+) -> None:
+    """Build a tiny model of a VLM family (default Qwen2.5-VL) with random weights and a locally trained
+    tokenizer."""
+    import json
+
+    from dermvlm.io import check_output
+    from dermvlm.models.families import FAMILIES, nano_presets
+    from dermvlm.models.nano import build_nano
+
+    if family not in FAMILIES:
+        fail(f"--family: unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
+    presets = nano_presets(family)
+    if preset not in presets:
+        fail(f"--preset: unknown preset {preset!r}; choose one of {', '.join(sorted(presets))}")
+    try:
+        check_output(out, "nano build", force)
+        path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size, family=family)
+    except ValueError as err:
+        fail(str(err))
+    info = json.loads((path / "dermvlm_nano.json").read_text())
+    what = preset if family == "qwen2_5_vl" else f"{family} {preset}"
+    typer.echo(f"built {what} model ({info['parameters']:,} parameters) in {path}")
+
+
+@model_app.command("merge")
+def model_merge(
+    adapter: Annotated[Path, typer.Argument(help="LoRA adapter folder (adapter_config.json).")],
+    out: Annotated[Path, typer.Option(help="Folder for the merged model.")],
+    base: Annotated[str | None, typer.Option(help="Base model; default: the adapter's recorded base.")] = None,
+    dtype: Annotated[MergeDtype, typer.Option(help="dtype of the merged weights.")] = "float32",
+) -> None:
+    """Merge a LoRA adapter into its base model: a standalone folder vLLM serves."""
+    from dermvlm.models.merge import merge_adapter
+
+    if not (adapter / "adapter_config.json").is_file():
+        fail(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    typer.echo(f"merged into {merge_adapter(adapter, out, base, dtype)}")
+

@@ -1,0 +1,44 @@
+"""Read a YAML config file and validate it against its schema, every mistake a ``ConfigError`` naming the file
+and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from dermvlm.config.base import ConfigError
+from dermvlm.config.messages import error_lines
+from dermvlm.config.run import RunConfig
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def validate(data: Any, schema: type[BaseModel], source: str = "<config>") -> BaseModel:
+    """Validate a parsed mapping against ``schema``; raise ``ConfigError`` naming ``source`` and the fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values, not {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        lines = error_lines(err, schema)
+        raise ConfigError(f"{source}: invalid {schema.__name__}:\n  " + "\n  ".join(lines)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+
+
+def load_config(path: str | Path, schema: type[T] = RunConfig) -> T:  # type: ignore[assignment]
+    """Read and validate a YAML config file."""
+    return validate(read_yaml(path), schema, str(path))  # type: ignore[return-value]
