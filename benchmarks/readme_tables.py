@@ -1,11 +1,13 @@
-"""Keep the README's result tables equal to what the benchmarks wrote: the text between
-``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in README.md is replaced by a benchmark's markdown table."""
+"""Keep the documents' result tables equal to what the benchmarks wrote: the text between
+``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in a markdown file (README.md, docs/BENCHMARKS.md) is replaced by a
+benchmark's markdown table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 
 def update_readme(name: str, text: str, readme: Path = README) -> bool:

@@ -114,9 +114,9 @@ def main() -> None:
     md = markdown(table)
     (RESULTS / "throughput.md").write_text(md)
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from readme_tables import update_readme
+    from readme_tables import BENCHMARKS, update_readme
 
-    update_readme("throughput", md)
+    update_readme("throughput", md, BENCHMARKS)
     print(md)
 
 
