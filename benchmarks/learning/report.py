@@ -1,6 +1,7 @@
 """Tabulate and plot the learning benchmark v2 from the committed run records (``records.py``; the finished runs
 under ``runs/learning/`` get fresh records first): ``benchmarks/results/learning.json``, a markdown table
-(``benchmarks/results/learning.md``, also written into docs/BENCHMARKS.md) and plots (``benchmarks/results/learning/*.png``).
+(``benchmarks/results/learning.md``, also written into docs/BENCHMARKS.md) and plots
+(``benchmarks/results/learning/*.png``).
 
 Per regime and arm: accuracy, balanced accuracy and macro-F1 on DermaMNIST test, per seed and as a mean with two
 intervals: over seeds (Student t on the per-seed values: what another seed would give) and over items (bootstrap of
@@ -452,7 +453,8 @@ def main() -> None:
                     help="run folders whose finished runs get (fresh) records first; records are the input")
     ap.add_argument("--records", type=Path, default=RECORDS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--no-readme", dest="readme", action="store_false", help="leave docs/BENCHMARKS.md's table as it is")
+    ap.add_argument("--no-readme", dest="readme", action="store_false",
+                    help="leave docs/BENCHMARKS.md's table as it is")
     args = ap.parse_args()
     from dermvlm.manifest import versions
 
