@@ -10,7 +10,7 @@ from dermvlm.cli.model import model_app, nano_app
 app.command()(serve.serve)
 app.command()(train.pipeline)
 app.command()(train.train)
-app.command("eval")(evaluate.eval_cmd)
+app.add_typer(evaluate.eval_app, name="eval")
 app.command()(serve.chat)
 app.command()(train.demo)
 app.add_typer(nano_app, name="nano")

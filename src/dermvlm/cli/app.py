@@ -24,6 +24,7 @@ class OneLineErrors(typer.core.TyperGroup):
         from typer import _click as click  # typer's own click, whose exceptions its commands raise
 
         kwargs["standalone_mode"] = False
+        blank_flag_metavars(self)
         try:
             rv = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as err:  # a bare group: its help, as before
@@ -33,6 +34,19 @@ class OneLineErrors(typer.core.TyperGroup):
             typer.secho(f"error: {err.format_message().replace('Value error, ', '')}", fg=typer.colors.RED, err=True)
             sys.exit(err.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def blank_flag_metavars(command) -> None:
+    """Show on/off flags (``--fresh``, ``--help``) with no value type: typer labels them ``<bool>``, which reads as
+    though they took a value."""
+    from typer import _click as click
+
+    help_option = command.get_help_option(click.Context(command))
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        blank_flag_metavars(sub)
 
 
 app = typer.Typer(help="dermvlm: a dermatology vision-language assistant, trained with TRL and served with vLLM.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 import typer
 
@@ -22,12 +22,28 @@ LabelsOpt = Annotated[Path | None, typer.Option(help="Your labels CSV.")]
 ImageColOpt = Annotated[str, typer.Option(help="Image column of --labels.")]
 LabelColOpt = Annotated[str, typer.Option(help="Label column of --labels.")]
 
+# Options shared by the commands that read a config file (`pipeline`, `train`, `config check`, `eval`).
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a value of the config file, validated like the file: a dotted key "
+    "(stages by name or index) and a YAML value, e.g. --set stages.grpo.trl.learning_rate=5e-6 (repeatable).",
+    show_default=False)]
+
+# Options shared by the commands that start vLLM on a model folder (`serve`, `chat --serve`, `eval --serve`).
+DtypeOpt = Annotated[Dtype, typer.Option(help="Weights dtype for vLLM (auto: the checkpoint's).")]
+LoraOpt = Annotated[list[str] | None, typer.Option(help="Serve a LoRA adapter as NAME=DIR (repeatable).",
+                                                   show_default=False)]
 
 
-def fail(message: str) -> None:
+def fresh_option(discards: str):
+    """``--fresh``, the same flag wherever it appears: discard what an earlier run of the command wrote and would
+    reuse (``discards`` says what, for that command) and start over. Nothing else is deleted."""
+    return typer.Option("--fresh", help=f"Start over: discard {discards} instead of reusing or resuming it.")
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: MESSAGE`` (one line) and exit with status 2: an input or usage problem."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
-
 
 
 def source_overrides(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
@@ -52,7 +68,6 @@ def source_overrides(source: str | None, root: Path | None, images: Path | None,
     return None
 
 
-
 def run_data(run: Path) -> Path:
     """The built recipe of a pipeline run folder (``RUN/data``), or ``run`` itself when it is one."""
     for candidate in (run / "data", run):
@@ -71,3 +86,9 @@ def parse_loras(items: list[str]) -> dict[str, str]:
         loras[name] = path
     return loras
 
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a server's log tail: its first and last lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"

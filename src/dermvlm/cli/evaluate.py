@@ -1,32 +1,55 @@
-"""``dermvlm eval``: a VQA suite against an OpenAI-compatible endpoint; ``eval compare`` tabulates runs."""
+"""``dermvlm eval``: ``eval [run] SUITE`` evaluates a model on a VQA suite through an OpenAI-compatible endpoint;
+``eval compare DIR...`` tabulates evaluations side by side."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dermvlm.cli.common import (
-    Dtype,
+    DtypeOpt,
     ImageColOpt,
     ImagesOpt,
     LabelColOpt,
     LabelsOpt,
     RootOpt,
+    SetOpt,
     SourceOpt,
     SplitChoice,
     fail,
+    fresh_option,
+    one_line,
     run_data,
     source_overrides,
 )
+from dermvlm.cli.default_group import DefaultCommandGroup
+from dermvlm.cli.interrupts import exit_code, signal_name, unwind_on_signals
 from dermvlm.config import ConfigError
 
+eval_app = typer.Typer(
+    cls=DefaultCommandGroup, no_args_is_help=True, subcommand_metavar="[run] SUITE [OPTIONS] | compare DIR...",
+    help="Evaluate a model on a VQA suite (`dermvlm eval SUITE ...` is `dermvlm eval run SUITE ...`) or compare "
+         "evaluations.")
 
-def eval_cmd(
-    suite: Annotated[str, typer.Argument(help="A suite YAML (eval/*.yaml), or 'compare' followed by output folders.")],
-    folders: Annotated[list[Path] | None, typer.Argument(help="With 'compare': evaluation output folders.")] = None,
+
+@eval_app.command("compare")
+def eval_compare(
+    folders: Annotated[list[Path], typer.Argument(help="Evaluation output folders (each with metrics.json).")],
+) -> None:
+    """Tabulate evaluations side by side (one column per output folder)."""
+    from dermvlm.evaluation.report import compare
+
+    try:
+        typer.echo(compare(folders))
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+
+
+@eval_app.command("run")
+def eval_run(
+    suite: Annotated[Path, typer.Argument(help="A suite YAML (eval/*.yaml).")],
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
                         ] = None,
     model: Annotated[str | None, typer.Option(help="Model name at --endpoint.")] = None,
@@ -37,10 +60,10 @@ def eval_cmd(
     api_key: Annotated[str | None, typer.Option(help="API key for --endpoint.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="'dermiq', 'none' or a prompt (overrides the suite).")
                              ] = None,
-    dtype: Annotated[Dtype, typer.Option(help="dtype for --serve.")] = "auto",
+    dtype: DtypeOpt = "auto",
     max_model_len: Annotated[int, typer.Option(min=1, help="Context length for --serve.")] = 1024,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the answers (and other files) an earlier eval "
-                                        "wrote in --out and start over.")] = False,
+    fresh: Annotated[bool, fresh_option("the answers, metrics and reports an earlier evaluation wrote in --out "
+                                        "(nothing else there)")] = False,
     corruption: Annotated[str | None, typer.Option(help="Corrupt every image (MedMNIST-C dermatoscopy: pixelate, "
                                                    "jpeg_compression, gaussian_noise, ..., black_corner, characters).")
                           ] = None,
@@ -66,30 +89,57 @@ def eval_cmd(
     labels: LabelsOpt = None,
     image_col: ImageColOpt = "image",
     label_col: LabelColOpt = "label",
+    overrides: SetOpt = None,
 ) -> None:
-    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint; `eval compare DIR...` tabulates runs.
+    """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint (`dermvlm eval SUITE` runs this).
 
     Answers are reused on a rerun only if the model, endpoint, sampling settings, system prompt and suite items are
     the same (cache_key.json); exit code 1 when some items' requests failed (errors.jsonl), 2 on any other error,
     128 + the signal number on SIGINT/SIGTERM (the vLLM server of --serve is stopped)."""
-    if suite == "compare":
-        from dermvlm.evaluation.report import compare
-
-        if not folders:
-            fail("eval compare needs one or more output folders")
-        try:
-            typer.echo(compare(folders))
-        except (FileNotFoundError, ValueError) as err:
-            fail(str(err))
-        return
-    import threading
-
     from dermvlm.config import SuiteConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.evaluation.runner import EndpointError, EndpointOptions
-    from dermvlm.evaluation.suite import run_suite
     from dermvlm.serving.server import ServerError
 
+    check_eval_flags(endpoint, serve, model, corruption, severity, robustness, judge_endpoint, judge_model)
+    out_dir = out or Path("runs") / "eval" / suite.stem
+    with unwind_on_signals() as caught:
+        try:
+            cfg = load_config(suite, SuiteConfig, overrides)
+            cfg = suite_for_run(cfg, split, data, corruption, severity)
+            out_dir = out or Path("runs") / "eval" / cfg.name
+            sources = source_overrides(source, root, images, labels, image_col, label_col, None)
+            ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
+                                 concurrency=concurrency)
+            judging = {}
+            if judge_endpoint is not None:
+                judging = {"judge": EndpointOptions(base_url=judge_endpoint, model=judge_model or "",
+                                                    api_key=judge_api_key or "EMPTY", concurrency=concurrency)}
+            if robustness:
+                from dermvlm.evaluation.robustness import run_robustness as runner
+            else:
+                from dermvlm.evaluation.suite import run_suite as runner
+            result = runner(cfg, out_dir, ep, serve_model=serve, **judging,
+                            serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
+                            overrides=sources, base=suite.resolve().parent, limit=limit,
+                            system_prompt=system_prompt, fresh=fresh,
+                            **({"train_data": run_data(run)} if run else {}))
+        except KeyboardInterrupt:
+            typer.secho(f"error: interrupted by {signal_name(caught)}: "
+                        f"{'stopped the vLLM server; ' if serve else ''}the answers so far are kept in "
+                        f"{out_dir / 'predictions.jsonl'}; rerun the same command to continue", fg=typer.colors.RED,
+                        err=True)
+            raise typer.Exit(exit_code(caught)) from None
+        except (ConfigError, DatasetError, ServerError, EndpointError, ValueError, OSError) as err:
+            fail(one_line(err))
+    if robustness:
+        report_robustness(result, out_dir)
+    else:
+        report_metrics(result, out_dir)
+
+
+def check_eval_flags(endpoint, serve, model, corruption, severity, robustness, judge_endpoint, judge_model) -> None:
+    """The combinations of ``eval`` flags that cannot work, refused before anything is read."""
     if (endpoint is None) == (serve is None):
         fail("give exactly one of --endpoint URL (with --model) and --serve MODEL_DIR")
     if (corruption is None) != (severity is None):
@@ -108,74 +158,38 @@ def eval_cmd(
     if judge_endpoint is not None and robustness:
         fail("--judge-endpoint grades one evaluation; leave it out of --robustness")
 
-    def one_line(err: BaseException) -> str:  # a server's log tail: its first and last lines
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
 
-    caught: list[int] = []
+def suite_for_run(cfg, split: str | None, data: Path | None, corruption: str | None, severity: int | None):
+    """The suite with the command line's --split, --data and --corruption applied."""
+    from dermvlm.config import CorruptionSpec, SuiteConfig
 
-    def on_signal(signum, _frame) -> None:  # unwind, so that the vLLM server's context manager stops it
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the shutdown
-        caught.append(signum)
-        raise KeyboardInterrupt
+    if split is not None:
+        cfg = SuiteConfig.model_validate(cfg.model_dump() | {"split": split})
+    if data is not None:
+        fmt = {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(data.suffix.lower())
+        if fmt is None:
+            raise ConfigError(f"--data {data}: name the file .tsv, .jsonl or .csv")
+        cfg = SuiteConfig.model_validate(cfg.model_dump() | {"format": fmt, "data": str(data.resolve()),
+                                                             "sources": []})
+    if corruption is not None:
+        cfg = cfg.model_copy(update={"corruption": CorruptionSpec(name=corruption, severity=severity)})
+    return cfg
 
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    out_dir = out or Path("runs") / "eval" / Path(suite).stem
-    try:
-        cfg = load_config(Path(suite), SuiteConfig)
-        if split is not None:
-            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"split": split})
-        if data is not None:
-            fmt = {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(data.suffix.lower())
-            if fmt is None:
-                raise ConfigError(f"--data {data}: name the file .tsv, .jsonl or .csv")
-            cfg = SuiteConfig.model_validate(cfg.model_dump() | {"format": fmt, "data": str(data.resolve()),
-                                                                 "sources": []})
-        out_dir = out or Path("runs") / "eval" / cfg.name
-        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
-        ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
-                             concurrency=concurrency)
-        if corruption is not None:
-            from dermvlm.config import CorruptionSpec
 
-            cfg = cfg.model_copy(update={"corruption": CorruptionSpec(name=corruption, severity=severity)})
-        runner, judging = run_suite, {}
-        if judge_endpoint is not None:
-            judging = {"judge": EndpointOptions(base_url=judge_endpoint, model=judge_model or "",
-                                                api_key=judge_api_key or "EMPTY", concurrency=concurrency)}
-        if robustness:
-            from dermvlm.evaluation.robustness import run_robustness as runner
-        result = runner(cfg, out_dir, ep, serve_model=serve, **judging,
-                        serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
-                        overrides=overrides, base=Path(suite).resolve().parent, limit=limit,
-                        system_prompt=system_prompt, fresh=fresh, **({"train_data": run_data(run)} if run else {}))
-    except KeyboardInterrupt:
-        signum = caught[0] if caught else signal.SIGINT
-        typer.secho(f"error: interrupted by {signal.Signals(signum).name}: "
-                    f"{'stopped the vLLM server; ' if serve else ''}the answers so far are kept in "
-                    f"{out_dir / 'predictions.jsonl'}; rerun the same command to continue", fg=typer.colors.RED,
-                    err=True)
-        raise typer.Exit(128 + signum) from None
-    except (ConfigError, DatasetError, ServerError, EndpointError, ValueError, OSError) as err:
-        fail(one_line(err))
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    if robustness:
-        worst = result["worst_corruption"]
-        typer.echo(f"clean balanced accuracy {result['clean']['balanced_accuracy']:.3f}; worst corruption {worst} "
-                   f"(mean relative {result['mean_relative_balanced_accuracy'][worst]:.2f}); "
-                   f"table in {out_dir / 'robustness.md'}")
-        if result["errors"]:
-            typer.secho(f"error: {result['errors']} items got no answer across the runs; rerun the same command to "
-                        "ask them again", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1)
-        return
-    m = result["metrics"]
-    for kind, t in m["types"].items():
+def report_robustness(result: dict, out_dir: Path) -> None:
+    worst = result["worst_corruption"]
+    typer.echo(f"clean balanced accuracy {result['clean']['balanced_accuracy']:.3f}; worst corruption {worst} "
+               f"(mean relative {result['mean_relative_balanced_accuracy'][worst]:.2f}); "
+               f"table in {out_dir / 'robustness.md'}")
+    if result["errors"]:
+        typer.secho(f"error: {result['errors']} items got no answer across the runs; rerun the same command to "
+                    "ask them again", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def report_metrics(result: dict, out_dir: Path) -> None:
+    """The metrics by question type, the report's path, and exit status 1 when some items got no answer."""
+    for kind, t in result["metrics"]["types"].items():
         if kind == "open_text":
             typer.echo(f"{kind:<11} n={t['n']:<5} exact match {t['exact_match']:.3f}  token F1 {t['token_f1']:.3f}  "
                        f"ROUGE-L {t['rouge_l']:.3f}  BLEU {t['bleu']:.2f}"
@@ -191,4 +205,3 @@ def eval_cmd(
                     f"{out_dir / 'errors.jsonl'}, not scored, and asked again on the next run{example}",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-

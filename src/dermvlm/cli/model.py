@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,7 +11,9 @@ import typer
 from dermvlm.cli.common import MergeDtype, fail
 from dermvlm.config import FamilyName
 
-nano_app = typer.Typer(help="Build the tiny Qwen2.5-VL-architecture model locally.", no_args_is_help=True)
+FAMILY_NAMES = typing.get_args(FamilyName)
+nano_app = typer.Typer(help=f"Build a tiny model locally (random weights, a locally trained tokenizer) of one of the "
+                            f"{len(FAMILY_NAMES)} VLM families: {', '.join(FAMILY_NAMES)}.", no_args_is_help=True)
 model_app = typer.Typer(help="Model folders: merge LoRA adapters.", no_args_is_help=True)
 
 
@@ -26,8 +29,8 @@ def nano_build(
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
     family: Annotated[FamilyName, typer.Option(help="VLM family (dermvlm.models.families).")] = "qwen2_5_vl",
 ) -> None:
-    """Build a tiny model of a VLM family (default Qwen2.5-VL) with random weights and a locally trained
-    tokenizer."""
+    """Build a tiny model of one VLM family (--family: qwen2_5_vl, qwen3_vl, gemma3, smolvlm or llava_next; default
+    qwen2_5_vl) with random weights and a locally trained tokenizer."""
     import json
 
     from dermvlm.io import check_output

@@ -11,14 +11,14 @@ from typing import Annotated
 
 import typer
 
-from dermvlm.cli.common import Dtype, fail, parse_loras
+from dermvlm.cli.common import DtypeOpt, LoraOpt, fail, parse_loras
 
 
 def serve(
     model_dir: Annotated[str, typer.Argument(help="Model folder (or hub name on a connected machine).")],
     vllm_args: Annotated[list[str] | None, typer.Argument(
         help="Extra vLLM flags after --, e.g. `dermvlm serve DIR -- --max-num-seqs 8`.", show_default=False)] = None,
-    lora: Annotated[list[str] | None, typer.Option(help="Serve an adapter as NAME=DIR (repeatable).")] = None,
+    lora: LoraOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 unless told otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
@@ -28,7 +28,7 @@ def serve(
         help="Let image URLs point at this host (repeatable); by default only inline data: URLs are read.")] = None,
     served_model_name: Annotated[str | None, typer.Option(help="Name to answer to (default: the folder's).")] = None,
     max_model_len: Annotated[int, typer.Option(help="Context length (must hold the image tokens).")] = 1024,
-    dtype: Annotated[Dtype, typer.Option(help="Weights dtype (auto: the checkpoint's).")] = "auto",
+    dtype: DtypeOpt = "auto",
     kv_cache_memory: Annotated[str, typer.Option(help="KV cache size on CPU (e.g. 128M, 1G).")] = "128M",
     enforce_eager: Annotated[bool | None, typer.Option(
         "--enforce-eager/--no-enforce-eager", help="Eager mode (default: on the CPU build only).",
@@ -110,8 +110,13 @@ def chat(
     port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
     max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 2048,
+    dtype: DtypeOpt = "auto",
+    lora: LoraOpt = None,
 ) -> None:
-    """A chat page (Gradio) about skin images: upload, ask, read the answer, differential and referral advice."""
+    """A chat page (Gradio) about skin images: upload, ask, read the answer, differential and referral advice.
+
+    With --serve the page talks to the model folder (served under its run's name), or with --lora NAME=DIR to that
+    adapter on it (--model NAME picks one of several)."""
     from dermvlm.app.chat import ChatSettings, launch
     from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
 
@@ -119,15 +124,21 @@ def chat(
         fail("give either --endpoint URL --model NAME, or --serve MODEL_DIR")
     if endpoint is not None and not model:
         fail("--endpoint needs --model NAME (the name the server answers to; see its /v1/models)")
+    if endpoint is not None and lora:
+        fail("--lora goes with --serve MODEL_DIR (an --endpoint serves its own adapters: name one with --model)")
+    loras = parse_loras(lora or [])
+    if serve is not None and model is not None and model not in loras:
+        fail(f"--model {model!r}: with --serve, name one of the --lora adapters ({', '.join(loras) or 'none given'})")
     server = None
     try:
         if serve is not None:
             options = ServeOptions(model=str(serve), port=0, api_key=api_key, max_model_len=max_model_len,
+                                   dtype=dtype, loras=loras,
                                    log_file=str(Path(tempfile.gettempdir()) / f"dermvlm-chat-vllm-{os.getpid()}.log"))
             options.validate()
             server = VLLMServer(options)
             server.start()
-            endpoint, model = server.base_url, server.model_name
+            endpoint, model = server.base_url, model or next(iter(loras), server.model_name)
         settings = ChatSettings(endpoint=endpoint, model=model, api_key=api_key, max_tokens=max_tokens)
         typer.echo(f"chat page at http://{host}:{port} (model {model} at {endpoint}); Ctrl-C stops")
         launch(settings, host=host, port=port)

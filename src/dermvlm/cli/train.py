@@ -7,20 +7,21 @@ from typing import Annotated
 
 import typer
 
-from dermvlm.cli.common import fail
+from dermvlm.cli.common import SetOpt, fail, fresh_option
 from dermvlm.config import ConfigError
 
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 
 
 @config_app.command("check")
-def config_check(config: Annotated[Path, typer.Argument(help="A run config YAML.")]) -> None:
+def config_check(config: Annotated[Path, typer.Argument(help="A run config YAML.")],
+                 overrides: SetOpt = None) -> None:
     """Validate a run config: every field, each stage's trainer settings as TRL will read them, and every path."""
     from dermvlm.config import load_config
     from dermvlm.pipeline import check_paths, check_stages
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=overrides)
         check_stages(cfg, str(config))
         check_paths(cfg, str(config))
     except ConfigError as err:
@@ -32,6 +33,7 @@ def pipeline(
     config: Annotated[Path, typer.Argument(help="Run config.")],
     from_stage: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
     to_stage: Annotated[str | None, typer.Option("--to", help="Stop after this stage.")] = None,
+    overrides: SetOpt = None,
 ) -> None:
     """Data → stages → merged model, resuming finished stages and checkpoints (runs/<name>/)."""
     from dermvlm.config import load_config
@@ -40,7 +42,7 @@ def pipeline(
     from dermvlm.pipeline import run_pipeline
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=overrides)
         final = run_pipeline(cfg, str(config), from_stage, to_stage)
     except (ConfigError, DatasetError, OutputError) as err:
         fail(str(err))
@@ -53,7 +55,10 @@ def train(
     config: Annotated[Path, typer.Argument(help="Run config.")],
     stage: Annotated[str | None, typer.Option(help="Stage name (needed when the config has several of KIND).")
                      ] = None,
-    fresh: Annotated[bool, typer.Option(help="Train the stage again from its start, even if it finished.")] = False,
+    fresh: Annotated[bool, fresh_option("the stage's folder (runs/NAME/STAGE: checkpoints, adapter, model, logs) "
+                                        "an earlier run wrote; later stages then train again on their next run")
+                     ] = False,
+    overrides: SetOpt = None,
 ) -> None:
     """Run one stage of a config (and whatever it needs before it), e.g. `dermvlm train grpo configs/x.yaml`.
     A finished stage is reused and an interrupted one resumes from its last checkpoint, unless --fresh."""
@@ -65,7 +70,7 @@ def train(
     if kind not in STAGE_KINDS:
         fail(f"kind {kind!r}: choose one of {', '.join(STAGE_KINDS)}")
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=overrides)
         names = [s.name for s in cfg.stages if s.kind == kind and (stage is None or s.name == stage)]
         if not names:
             fail(f"{config}: no {kind} stage" + (f" named {stage!r}" if stage else ""))
@@ -80,6 +85,7 @@ def train(
 
 def demo(
     config: Annotated[Path, typer.Argument(help="Run config.")] = Path("configs/nano-cpu.yaml"),
+    overrides: SetOpt = None,
 ) -> None:
     """Train the config's stages on the bundled sample, serve the model with vLLM, ask it one question."""
     from dermvlm.config import load_config
@@ -87,7 +93,7 @@ def demo(
     from dermvlm.serving.server import ServerError
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=overrides)
         result = run_demo(cfg, str(config))
     except (ConfigError, ServerError, ValueError) as err:
         fail(str(err))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from dermvlm.config.base import ConfigError
 from dermvlm.config.messages import error_lines
+from dermvlm.config.overrides import apply_overrides
 from dermvlm.config.run import RunConfig
 
 T = TypeVar("T", bound=BaseModel)
@@ -24,7 +25,8 @@ def validate(data: Any, schema: type[BaseModel], source: str = "<config>") -> Ba
         return schema.model_validate(data)
     except ValidationError as err:
         lines = error_lines(err, schema)
-        raise ConfigError(f"{source}: invalid {schema.__name__}:\n  " + "\n  ".join(lines)) from None
+        sep = " " if len(lines) == 1 else "\n  "  # one mistake: one line; several: one line each under the file
+        raise ConfigError(f"{source}: invalid {schema.__name__}:{sep}" + "\n  ".join(lines)) from None
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -39,6 +41,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
 
 
-def load_config(path: str | Path, schema: type[T] = RunConfig) -> T:  # type: ignore[assignment]
-    """Read and validate a YAML config file."""
-    return validate(read_yaml(path), schema, str(path))  # type: ignore[return-value]
+def load_config(path: str | Path, schema: type[T] = RunConfig,  # type: ignore[assignment]
+                overrides: list[str] | None = None) -> T:
+    """Read a YAML config file, apply the command line's ``--set KEY=VALUE`` ``overrides`` and validate it."""
+    source = f"{path} with --set" if overrides else str(path)
+    return validate(apply_overrides(read_yaml(path), overrides), schema, source)  # type: ignore[return-value]

@@ -116,7 +116,9 @@ class ServeOptions:
 
     @property
     def model_name(self) -> str:
-        return self.served_model_name or Path(self.model).name or str(self.model)
+        from dermvlm.serving.naming import folder_model_name
+
+        return self.served_model_name or folder_model_name(self.model)
 
     def validate(self) -> None:
         """Raise ``ServeConfigError`` with one clear line for any option vLLM or the front door would reject."""
