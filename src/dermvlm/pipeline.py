@@ -22,6 +22,7 @@ from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load
 from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
 from dermvlm.ranks import is_main_process, wait_for
+from dermvlm.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ def stage_dataset(stage: StageSpec, data_dir: Path, where: str):
     return recipe_dataset(data_dir, kinds, "train", where)
 
 
-def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path, out: Path, where: str):
+def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path, out: Path, where: str,
+              report_to: list[str] | str = "none"):
     from dermvlm.training.dpo import run_dpo
     from dermvlm.training.grpo import run_grpo
     from dermvlm.training.sft import run_sft
@@ -167,7 +169,6 @@ def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path
 
     dataset = stage_dataset(stage, data_dir, where)
     runner = {"sft": run_sft, "align": run_sft, "grpo": run_grpo, "dpo": run_dpo, "vision": run_vision}[stage.kind]
-    report_to = "none" if cfg.logging == "none" else cfg.logging
     return runner(stage, cfg.model, model_path, dataset, out, cfg.seed, where=where, report_to=report_to)
 
 
@@ -203,6 +204,17 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
     check_stages(cfg, source)
     check_paths(cfg, source)
+    root = run_dir(cfg)
+    tracker = Tracker(cfg.trackers() if is_main_process() else [], cfg.name, root, cfg.model_dump())
+    tracker.check(source)
+    try:
+        return _run_stages(cfg, source, from_stage, to_stage, evaluate, tracker)
+    finally:
+        tracker.close()
+
+
+def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: str | None, evaluate: bool,
+                tracker: Tracker) -> Path:
     root = run_dir(cfg)
     claim_run_dir(root)
     data_dir, data_key = build_data(cfg, source)
@@ -241,8 +253,8 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             where = f"{source}: stages[{i}] ({stage.name})"
             log.info("stage %s (%s, %s): training from %s", stage.name, stage.kind,
                      "LoRA" if stage.use_lora else "full", current)
-            with PeakRSS() as mem:
-                result = run_stage(stage, cfg, current, data_dir, stage_dir, where)
+            with PeakRSS() as mem, tracker.stage(stage.name, stage.kind, stage_dir) as report_to:
+                result = run_stage(stage, cfg, current, data_dir, stage_dir, where, report_to)
             run_id = uuid.uuid4().hex
             info = {"key": key, "run_id": run_id, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
             if is_main_process():
@@ -260,7 +272,7 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
         manifest.data["final_model_key"] = upstream
         manifest.save()
         if evaluate and cfg.evaluate:
-            reports, _ = serve_and_evaluate(cfg, current, upstream, source)
+            reports, _ = serve_and_evaluate(cfg, current, upstream, source, tracker=tracker)
             manifest.data["evaluation"] = reports
             manifest.save()
     return current
@@ -318,8 +330,8 @@ def resolve_path(path: str, source: str) -> Path:
     return candidate if candidate.exists() else p
 
 
-def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: str = "<config>", during=None
-                       ) -> tuple[dict[str, Any], Any]:
+def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: str = "<config>", during=None,
+                       tracker: Tracker | None = None) -> tuple[dict[str, Any], Any]:
     """Serve ``model_dir`` with vLLM once, run every suite of ``cfg.evaluate`` against it (outputs in
     ``runs/<name>/eval/<suite>/``, reset when the model changes) and call ``during(server)`` while it is up."""
     from dermvlm.config import SuiteConfig
@@ -347,6 +359,8 @@ def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: 
             atomic_write_text(key_file, model_key)
             result = run_suite(suite, out, endpoint=endpoint, base=path.resolve().parent,
                                train_data=run_dir(cfg) / "data")  # a suite must not ask about training images
+            if tracker is not None:
+                tracker.evaluation(suite.name, result, out)
             reports[suite.name] = {
                 "report": str(out / "report.md"),
                 **{kind: {k: t.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}

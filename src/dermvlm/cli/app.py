@@ -62,6 +62,9 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Harmless on AVX512-BF16 CPUs (an optional hub kernel we must not fetch; ENVIRONMENT.md).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    from dermvlm import known_warnings
+
+    known_warnings.install()  # TRL's vLLM-range warning once, in one line; known harmless notices dropped
 
 
 

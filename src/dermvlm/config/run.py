@@ -11,6 +11,8 @@ from dermvlm.config.model import ModelSpec
 from dermvlm.config.serving import DemoSpec, ServeSpec
 from dermvlm.config.stages import AnyStage
 
+TrackerName = Literal["none", "tensorboard", "trackio", "mlflow", "wandb"]
+
 
 class DataSpec(Strict):
     """The data recipe a run trains on (built into ``runs/<name>/data`` once, rebuilt when it changes)."""
@@ -32,7 +34,13 @@ class RunConfig(Strict):
     serve: ServeSpec = ServeSpec()
     demo: DemoSpec = DemoSpec()
     evaluate: list[str] = Field(default_factory=list)  # suites (eval/*.yaml) run on the final model, served by vLLM
-    logging: Literal["none", "tensorboard", "trackio"] = "none"
+    # experiment tracking (dermvlm.tracking): one back-end or several, e.g. [mlflow, wandb]
+    logging: TrackerName | list[TrackerName] = "none"
+
+    def trackers(self) -> list[str]:
+        """The tracking back-ends, ``none`` left out."""
+        chosen = [self.logging] if isinstance(self.logging, str) else self.logging
+        return [t for t in dict.fromkeys(chosen) if t != "none"]
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from dermvlm.config import SuiteConfig
 from dermvlm.evaluation.cache import ERRORS, PREDICTIONS
+from dermvlm.progress import ProgressLine
 from dermvlm.recipes.text import SYSTEM_PROMPT
 
 FORMAT_REGEX = r"<think>[^<]{1,1500}</think><answer>[^<]{1,120}</answer>"
@@ -270,17 +271,14 @@ def ask_all(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOptio
     todo = [it for it in items if it["id"] not in done]
     (out_dir / ERRORS).unlink(missing_ok=True)  # earlier failures are asked again now
     started = time.perf_counter()
-    bar = task = None
-    if show_progress and todo:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("asking {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), transient=True)
-        bar.start()
-        task = bar.add_task("ask", total=len(todo), model=opts.model)
+    bar = ProgressLine(f"{suite.name}: asking {opts.model}", len(todo), "answers") if show_progress and todo \
+        else None
     try:
+        if bar:
+            bar.start()
         counts = asyncio.run(_run(todo, suite, opts, out_dir, system_prompt(suite, system_override),
-                                  (lambda: bar.advance(task)) if bar else None)) if todo else {"asked": 0, "errors": 0}
+                                  (lambda: bar.update(advance=1)) if bar else None)) if todo else {"asked": 0,
+                                                                                                     "errors": 0}
     finally:
         if bar:
             bar.stop()

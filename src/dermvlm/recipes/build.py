@@ -34,6 +34,7 @@ from dermvlm.datasets.splits import assign_splits, check_leakage
 from dermvlm.io import atomic_dir
 from dermvlm.knowledge import KGScorer, load_graph
 from dermvlm.knowledge.grounding import RecordFacts
+from dermvlm.progress import ProgressLine
 from dermvlm.recipes.kinds import BUILDERS, SFT_KINDS, Context
 
 
@@ -81,13 +82,6 @@ def _features(kind: str):
                      "source_label": Value("string"), "record_facts": Value("string"),
                      "skin_tone_ita": Value("float64"),
                      "tone_group": Value("string"), "artefacts": List(Value("string"))})
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)
 
 
 PATH_OPTIONS = ("labels", "images")
@@ -217,12 +211,9 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     skipped += dup
     assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
     # -- images
-    bar = _progress() if progress else None
-    if bar:
-        bar.start()
-        task = bar.add_task("checking images", total=len(records))
+    bar = ProgressLine("checking images", len(records), "images", transient=True).start() if progress else None
     try:
-        kept, clean = load_checked(records, recipe, skipped, (lambda: bar.advance(task)) if bar else None)
+        kept, clean = load_checked(records, recipe, skipped, (lambda: bar.update(advance=1)) if bar else None)
     finally:
         if bar:
             bar.stop()

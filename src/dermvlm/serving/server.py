@@ -350,15 +350,24 @@ class VLLMServer:
         return all(p is not None and p.poll() is None for p in (self.proc, self.proxy_proc))
 
     def wait_ready(self, timeout: float) -> None:
+        from dermvlm.serving.startup_status import StartupStatus
+
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise self._failure(f"vLLM exited with code {self.proc.returncode} during start-up")
-            if self.proxy_proc is not None and self.proxy_proc.poll() is not None:
-                raise self._failure(f"the front door exited with code {self.proxy_proc.returncode} during start-up")
-            if self.healthy():
-                return
-            time.sleep(0.5)
+        status = StartupStatus(self.options.host)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise self._failure(f"vLLM exited with code {self.proc.returncode} during start-up")
+                if self.proxy_proc is not None and self.proxy_proc.poll() is not None:
+                    raise self._failure(f"the front door exited with code {self.proxy_proc.returncode} during "
+                                        "start-up")
+                if self.healthy():
+                    status.ready()
+                    return
+                status.tick()
+                time.sleep(0.5)
+        finally:
+            status.stop()
         raise self._failure(f"vLLM not healthy after {timeout:.0f} s")
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -41,7 +41,7 @@ class StageResult:
 
 
 def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir: Path, seed: int, where: str,
-               report_to: str = "none"):
+               report_to: list[str] | str = "none"):
     """A TRL config dataclass from dermvlm defaults + the stage's ``trl`` mapping; bad fields and impossible
     values fail here, before any model loads, naming ``where`` (file and stage)."""
     from dermvlm.models.loading import cuda_available, resolve_dtype
@@ -49,8 +49,8 @@ def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir
     checked = check_dataclass_kwargs(cls, stage.trl, where)
     kwargs = {**COMMON_DEFAULTS, **defaults, "seed": seed, "data_seed": seed,
               "output_dir": str(output_dir / "checkpoints"), "report_to": report_to}
-    if report_to != "none":
-        kwargs["logging_dir"] = str(output_dir / "logs")
+    if report_to not in ("none", []):
+        kwargs["run_name"] = output_dir.name  # the stage's folder: its name (TensorBoard's folder: dermvlm.tracking)
     if not cuda_available():
         kwargs.update(use_cpu=True, bf16=False)
     else:

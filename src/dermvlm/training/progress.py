@@ -1,5 +1,6 @@
-"""A clean training display: one rich progress bar per stage with loss, reward and learning rate, and the raw
-per-step metric dicts in the stage's ``train_log.jsonl`` instead of the terminal (transformers prints each dict)."""
+"""A clean training display: one progress display per stage (``dermvlm.progress``: a bar with an ETA on a terminal,
+plain periodic lines in a log) with loss, reward and learning rate, and the raw per-step metric dicts in the stage's
+``train_log.jsonl`` instead of the terminal (transformers prints each dict)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from dermvlm.progress import ProgressLine
 
 LOG_FILE = "train_log.jsonl"
 
@@ -21,29 +24,23 @@ def _fmt(value: Any) -> str:
 
 
 class StepProgress(TrainerCallback):
-    """Progress bar (main process only) and the JSON-lines metric log of one stage."""
+    """The stage's progress (main process only: ``dermvlm.progress``, a bar with an ETA on a terminal, periodic
+    plain lines otherwise) and the JSON-lines metric log of one stage."""
 
     def __init__(self, output_dir: str | Path, title: str) -> None:
         self.log_file = Path(output_dir) / LOG_FILE
         self.title = title
-        self.progress = None
-        self.task = None
+        self.progress: ProgressLine | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"))
-        self.task = self.progress.add_task(self.title, total=state.max_steps, completed=state.global_step,
-                                           metrics="")
-        self.progress.start()
+        self.progress = ProgressLine(self.title, state.max_steps, "steps", completed=state.global_step).start()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -53,11 +50,11 @@ class StepProgress(TrainerCallback):
         if self.progress is not None:
             shown = [f"{k} {_fmt(logs[k])}" for k in ("loss", "reward", "learning_rate") if k in logs]
             if shown:
-                self.progress.update(self.task, metrics="  ".join(shown).replace("learning_rate", "lr"))
+                self.progress.update(info="  ".join(shown).replace("learning_rate", "lr"))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(state.global_step)
             self.progress.stop()
             self.progress = None
 

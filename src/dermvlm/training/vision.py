@@ -323,6 +323,9 @@ def run_vision(stage: VisionStage, model_spec: ModelSpec, model_path: str | Path
 
     trainer = _trainer_class()(model=objective, args=args, train_dataset=stream, data_collator=collate,
                                callbacks=callbacks)
+    from dermvlm.training.progress import show_progress
+
+    show_progress(trainer, output_dir, f"{stage.name} ({stage.kind})")
     checkpoint = last_checkpoint(output_dir)
     if checkpoint:
         _load_checkpoint_strict(objective, checkpoint)
