@@ -35,6 +35,15 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(err.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def invoke(self, ctx):
+        """Ctrl-C or SIGTERM (``run`` turns it into ``KeyboardInterrupt``) ends a command with one line and status
+        130; typer would exit 130 without a word."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.secho("error: interrupted", fg=typer.colors.RED, err=True)
+            raise typer.Exit(130) from None
+
 
 def blank_flag_metavars(command) -> None:
     """Show on/off flags (``--fresh``, ``--help``) with no value type: typer labels them ``<bool>``, which reads as
