@@ -1,6 +1,5 @@
-"""``report.md`` and PNG plots (confusion matrix, per-class recall, per-Fitzpatrick accuracy, fairness by
-stratum) for one evaluation,
-and the side-by-side table of ``dermvlm eval compare``."""
+"""``report.md`` of one evaluation (its plots: ``evaluation.plots``) and the side-by-side table of ``dermvlm eval
+compare``."""
 
 from __future__ import annotations
 
@@ -8,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dermvlm.evaluation.plots import plots
 from dermvlm.io import atomic_write_text
+
+__all__ = ["compare", "fairness_lines", "plots", "settings_line", "write_report"]
 
 
 def _fmt(v: Any) -> str:
@@ -17,83 +19,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, list | tuple) and len(v) == 2:
         return f"[{v[0]:.3f}, {v[1]:.3f}]"
     return "" if v is None else str(v)
-
-
-def _save(fig, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
-
-
-def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    made = []
-    primary = result["metrics"]["types"].get(result["metrics"]["primary"] or "", {})
-    conf = primary.get("confusion")
-    if conf:
-        m = np.array(conf["matrix"], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(conf["columns"]), 1.0 + 0.5 * len(conf["labels"])))
-        ax.imshow(m, cmap="Blues")
-        ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(conf["labels"])), conf["labels"], fontsize=8)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("gold")
-        ax.set_title(f"confusion matrix ({result['metrics']['primary']})")
-        made.append(_save(fig, out_dir / "confusion_matrix.png"))
-    per = primary.get("per_class")
-    if per:
-        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(per) + 2), 3.5))
-        ax.bar(range(len(per)), [v["recall"] for v in per.values()])
-        ax.set_xticks(range(len(per)), list(per), rotation=45, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("recall")
-        ax.set_title("per-class recall")
-        made.append(_save(fig, out_dir / "per_class.png"))
-    fitz = primary.get("strata", {}).get("fitzpatrick")
-    if fitz:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.bar(list(fitz), [v["accuracy"] for v in fitz.values()])
-        for i, v in enumerate(fitz.values()):
-            ax.text(i, v["accuracy"], f"n={v['n']}", ha="center", va="bottom", fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy")
-        ax.set_title("accuracy by Fitzpatrick type")
-        made.append(_save(fig, out_dir / "per_fitzpatrick.png"))
-    fair = {k: v for k, v in (primary.get("fairness") or {}).items() if v.get("groups")}
-    if fair:
-        fig, axes = plt.subplots(1, len(fair), figsize=(3.2 * len(fair) + 0.5, 3.4), squeeze=False)
-        for ax, (name, f) in zip(axes[0], fair.items(), strict=True):
-            groups = list(f["groups"])
-            vals = [f["groups"][g]["balanced_accuracy"] for g in groups]
-            cis = [f["groups"][g].get("ci95", {}).get("balanced_accuracy") or (v, v) for g, v in zip(groups, vals,
-                                                                                                        strict=True)]
-            err = np.array([[v - lo for v, (lo, _) in zip(vals, cis, strict=True)],
-                            [hi - v for v, (_, hi) in zip(vals, cis, strict=True)]]).clip(min=0)
-            worst = (f.get("worst_group") or {}).get("group")
-            colours = ["tab:red" if g == worst else ("lightgrey" if f["groups"][g]["n"] < f["min_n"] else "tab:blue")
-                       for g in groups]
-            ax.bar(range(len(groups)), vals, yerr=err, color=colours, capsize=2)
-            ax.set_xticks(range(len(groups)), [f"{g}\nn={f['groups'][g]['n']}" for g in groups], rotation=45,
-                          ha="right", fontsize=7)
-            ax.set_ylim(0, 1.05)
-            ax.set_title(f"by {name}", fontsize=9)
-        axes[0][0].set_ylabel("balanced accuracy (95% CI)")
-        fig.suptitle("fairness: worst group in red, groups under min n in grey", fontsize=9)
-        made.append(_save(fig, out_dir / "fairness.png"))
-    return made
 
 
 def fairness_lines(primary: dict[str, Any], kind: str) -> list[str]:
@@ -208,7 +133,7 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
             lines += ["", f"## By {name} ({m['primary']})", "", f"| {name} | n | accuracy |", "|---|---|---|"]
             lines += [f"| {g} | {v['n']} | {v['accuracy']:.3f} |" for g, v in st.items()]
     lines += fairness_lines(primary, m["primary"])
-    for png in ("confusion_matrix.png", "per_class.png", "per_fitzpatrick.png", "fairness.png"):
+    for png in ("summary.png", "per_class.png", "confusion_matrix.png", "per_fitzpatrick.png", "fairness.png"):
         if (out_dir / png).exists():
             lines += ["", f"![{png[:-4]}]({png})"]
     lines += ["", "Research use only: these numbers describe a model on a benchmark, not a diagnostic device.", ""]

@@ -123,7 +123,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dermvlm.evaluation.report import _save
+    from dermvlm.evaluation.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sev = summary["severities"]
@@ -135,4 +135,4 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(sev)
     ax.set_title(f"robustness: {summary['model']}", fontsize=9)
     ax.legend(fontsize=6, ncol=2, loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -170,25 +170,29 @@ def plot_curves(history: list[dict], out: Path, title: str = "") -> Path:
     reward_keys = sorted({k for h in steps for k in h if k == "reward" or (k.startswith("rewards/")
                                                                           and k.endswith("/mean"))})
     panels = 1 + bool(reward_keys) + any("rewards/chosen" in h for h in steps)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False, layout="constrained")
+    marker = "o" if len(steps) <= 30 else None  # a short run's points stay visible
     ax = axes[0][0]
-    ax.plot([h["step"] for h in steps], [h["loss"] for h in steps])
+    ax.plot([h["step"] for h in steps], [h["loss"] for h in steps], marker=marker, markersize=3)
     ax.set_title("loss")
-    ax.set_xlabel("step")
     if reward_keys:
         ax = axes[0][1]
         for k in reward_keys:
             xs = [h["step"] for h in steps if k in h]
-            ax.plot(xs, [h[k] for h in steps if k in h], label=k.replace("rewards/", "").replace("/mean", ""))
-        ax.set_title("reward")
-        ax.legend(fontsize=7)
+            ax.plot(xs, [h[k] for h in steps if k in h], label=k.replace("rewards/", "").replace("/mean", ""),
+                    marker=marker, markersize=3, linewidth=2.2 if k == "reward" else 1.0)
+        ax.set_title("reward (total thick; components thin)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if any("rewards/chosen" in h for h in steps):
         ax = axes[0][-1]
         for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
             xs = [h["step"] for h in steps if k in h]
-            ax.plot(xs, [h[k] for h in steps if k in h], label=k.split("/")[1])
+            ax.plot(xs, [h[k] for h in steps if k in h], label=k.split("/")[1], marker=marker, markersize=3)
         ax.set_title("DPO implicit rewards")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     return _save_figure(fig, out)
 
@@ -196,9 +200,8 @@ def plot_curves(history: list[dict], out: Path, title: str = "") -> Path:
 def _save_figure(fig, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=90, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(out)
     return out
