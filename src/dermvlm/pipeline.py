@@ -275,6 +275,7 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
             reports, _ = serve_and_evaluate(cfg, current, upstream, source, tracker=tracker)
             manifest.data["evaluation"] = reports
             manifest.save()
+            add_results_to_card(current, root, upstream, cfg.name)
     return current
 
 
@@ -380,7 +381,7 @@ def write_model_card(cfg: RunConfig, model_dir: Path, manifest: Manifest) -> Pat
     nano = cfg.model.nano
     base = cfg.model.name_or_path or f"dermvlm {nano.preset} (built from scratch, seed {nano.seed})"
     hub_id = cfg.model.name_or_path if is_hub_id(cfg.model.name_or_path) else None
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text",
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", model_name=cfg.name,
                          tags=["dermatology", "vision-language", "dermvlm", "trl"],
                          **({"base_model": hub_id} if hub_id else {}))  # a local or random start names no hub model
     text = f"""---
@@ -406,6 +407,14 @@ Serve it: `dermvlm serve {model_dir}` (vLLM, OpenAI-compatible).
 including about malignancy; anyone with a changing, bleeding or worrying lesion should see a dermatologist.
 """
     return atomic_write_text(model_dir / "README.md", str(ModelCard(text)))
+
+
+def add_results_to_card(model_dir: Path, root: Path, model_key: str, name: str) -> Path:
+    """The final model's card, now with the evaluation's results (``hub.card``: model-index, fairness, robustness)."""
+    from dermvlm.hub.card import run_evaluations, with_results
+
+    card = model_dir / "README.md"
+    return atomic_write_text(card, with_results(card.read_text(), run_evaluations(root, model_key), name))
 
 
 def is_hub_id(name: str | None) -> bool:

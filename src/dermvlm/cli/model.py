@@ -14,7 +14,7 @@ from dermvlm.config import FamilyName
 FAMILY_NAMES = typing.get_args(FamilyName)
 nano_app = typer.Typer(help=f"Build a tiny model locally (random weights, a locally trained tokenizer) of one of the "
                             f"{len(FAMILY_NAMES)} VLM families: {', '.join(FAMILY_NAMES)}.", no_args_is_help=True)
-model_app = typer.Typer(help="Model folders: merge LoRA adapters.", no_args_is_help=True)
+model_app = typer.Typer(help="Model folders: merge LoRA adapters, push to the Hugging Face Hub.", no_args_is_help=True)
 
 
 @nano_app.command("build")
@@ -66,3 +66,22 @@ def model_merge(
         fail(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     typer.echo(f"merged into {merge_adapter(adapter, out, base, dtype)}")
 
+
+
+@model_app.command("push")
+def model_push(
+    run_or_dir: Annotated[Path, typer.Argument(help="A pipeline run folder (runs/NAME: its final model) or a model "
+                                               "or adapter folder.")],
+    repo: Annotated[str, typer.Option(help="Hub repository, ORG/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List exactly what would be uploaded; upload nothing."
+                                          )] = False,
+) -> None:
+    """Upload the model (or adapter), its processor and its card, with the evaluation's results (model-index
+    metrics, fairness and robustness tables), to the Hugging Face Hub in one commit."""
+    from dermvlm.hub.push import PushError, push
+
+    try:
+        typer.echo(push(run_or_dir, repo, private=private, dry_run=dry_run))
+    except PushError as err:
+        fail(str(err))
