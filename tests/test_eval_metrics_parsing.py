@@ -116,3 +116,16 @@ def test_score_predictions_hand_computed(kg):
     assert (t["malignancy"]["tp"], t["malignancy"]["fn"], t["malignancy"]["tn"]) == (2, 0, 1)
     assert m["format_compliance"] == pytest.approx(2 / 3, abs=1e-3) and m["latency"]["p50_s"] == 0.3
     assert t["kg_factuality"]["referral_when_malignancy_in_play"] == 0.5
+
+
+def test_vectorised_bootstrap_scores_equal_the_scalar_metrics_on_the_same_resamples():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(["a", "b", "c", "d"], size=120).tolist()
+    y_pred = [t if rng.random() < 0.5 else str(rng.choice(["a", "b", "x", M.UNPARSABLE])) for t in y_true]
+    draws = rng.integers(0, len(y_true), size=(40, len(y_true)))
+    t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    for metric in (M.accuracy, M.balanced_accuracy, M.macro_f1):
+        scalar = [metric(list(t[d]), list(p[d])) for d in draws]
+        assert np.allclose(M._resampled_scores(metric, t, p, draws), scalar, atol=1e-12), metric.__name__
