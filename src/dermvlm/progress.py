@@ -1,6 +1,6 @@
 """One progress display for every long wait (a training stage, an evaluation, a data build): a rich bar with the
 rate and an ETA on a terminal; plain lines (``title: 120/250 (48%) loss 2.31, 1m10s elapsed, ETA 1m15s``) every
-``every`` seconds when the output is a file or a pipe (nohup, Slurm, ``| tee``), where a bar would only be written
+``every`` seconds (10) when the output is a file or a pipe (nohup, Slurm, ``| tee``), where a bar would only be written
 when it ends."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class ProgressLine:
     """``start()``, ``update(completed, info)`` any number of times, ``stop()``. ``unit`` names what is counted
     (``steps``, ``answers``); ``info`` is a short text shown beside the count (loss, reward)."""
 
-    def __init__(self, title: str, total: int, unit: str = "steps", completed: int = 0, every: float = 15.0,
+    def __init__(self, title: str, total: int, unit: str = "steps", completed: int = 0, every: float = 10.0,
                  transient: bool = False) -> None:
         self.title, self.total, self.unit, self.every, self.transient = title, max(0, total), unit, every, transient
         self.completed, self.first, self.info = completed, completed, ""

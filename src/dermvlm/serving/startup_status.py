@@ -32,7 +32,7 @@ def _recorded() -> list[float]:
 class StartupStatus:
     """``tick()`` while waiting, ``ready()`` once healthy (records the time), ``stop()`` in any case."""
 
-    def __init__(self, host: str, every: float = 15.0) -> None:
+    def __init__(self, host: str, every: float = 10.0) -> None:
         past = _recorded()
         self.expected = round(statistics.median(past)) if past else None
         about = f"about {self.expected} s on this machine" if self.expected else "the first start here: 1-2 min"
