@@ -21,3 +21,30 @@ def test_a_stage_prints_no_metric_dicts_and_logs_them_to_a_file(nano_dir, recipe
     logged = [json.loads(line) for line in (tmp_path / "sft" / LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]
     assert "train_runtime" in logged[-1]
+
+
+def test_without_a_terminal_progress_is_plain_lines_with_an_eta(monkeypatch, capsys):
+    import dermvlm.progress as P
+
+    monkeypatch.setattr(P, "plain_output", lambda: True)
+    line = P.ProgressLine("pretrain (sft)", 100, "steps", every=0.0).start()
+    line.update(40, info="loss 2.31")
+    line.stop()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "pretrain (sft): 0/100 steps"
+    assert err[1].startswith("pretrain (sft): 40/100 steps (40%)  loss 2.31, ") and ", ETA " in err[1]
+    assert len(err) == 3 and "(done)" not in err[2]  # stopped early: no "(done)"
+
+
+def test_vllm_start_up_names_the_expected_wait_from_this_machines_last_starts(monkeypatch, tmp_path, capsys):
+    import dermvlm.progress as P
+    from dermvlm.serving.startup_status import StartupStatus
+
+    monkeypatch.setattr(P, "plain_output", lambda: True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = StartupStatus("127.0.0.1")
+    first.ready()
+    assert "starting vLLM on 127.0.0.1 (the first start here: 1-2 min)" in capsys.readouterr().err
+    (tmp_path / "dermvlm" / "vllm_startup.json").write_text('{"seconds": [70, 80, 90]}')
+    StartupStatus("127.0.0.1").stop()
+    assert "starting vLLM on 127.0.0.1 (about 80 s on this machine)" in capsys.readouterr().err
