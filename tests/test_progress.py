@@ -30,10 +30,10 @@ def test_without_a_terminal_progress_is_plain_lines_with_an_eta(monkeypatch, cap
     line = P.ProgressLine("pretrain (sft)", 100, "steps", every=0.0).start()
     line.update(40, info="loss 2.31")
     line.stop()
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == "pretrain (sft): 0/100 steps"
-    assert err[1].startswith("pretrain (sft): 40/100 steps (40%)  loss 2.31, ") and ", ETA " in err[1]
-    assert len(err) == 3 and "(done)" not in err[2]  # stopped early: no "(done)"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "pretrain (sft): 0/100 steps"
+    assert out[1].startswith("pretrain (sft): 40/100 steps (40%)  loss 2.31, ") and ", ETA " in out[1]
+    assert len(out) == 3 and "(done)" not in out[2]  # stopped early: no "(done)"
 
 
 def test_vllm_start_up_names_the_expected_wait_from_this_machines_last_starts(monkeypatch, tmp_path, capsys):
@@ -44,7 +44,26 @@ def test_vllm_start_up_names_the_expected_wait_from_this_machines_last_starts(mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = StartupStatus("127.0.0.1")
     first.ready()
-    assert "starting vLLM on 127.0.0.1 (the first start here: 1-2 min)" in capsys.readouterr().err
+    assert "starting vLLM on 127.0.0.1 (the first start here: 1-2 min)" in capsys.readouterr().out
     (tmp_path / "dermvlm" / "vllm_startup.json").write_text('{"seconds": [70, 80, 90]}')
     StartupStatus("127.0.0.1").stop()
-    assert "starting vLLM on 127.0.0.1 (about 80 s on this machine)" in capsys.readouterr().err
+    assert "starting vLLM on 127.0.0.1 (about 80 s on this machine)" in capsys.readouterr().out
+
+
+def test_trls_vllm_range_warning_is_one_line_once_and_others_pass(caplog, recwarn):
+    import logging
+    import warnings
+
+    from dermvlm import known_warnings
+
+    known_warnings._shown.clear()
+    known_warnings.install()
+    text = ("TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have version 0.32.0 installed. We "
+            "recommend installing a supported version to avoid compatibility issues.")
+    with caplog.at_level(logging.INFO, logger="dermvlm"):
+        for lineno in (42, 48, 57):  # TRL warns once per importing module
+            warnings.showwarning(UserWarning(text), UserWarning, f"trl/m{lineno}.py", lineno)
+        warnings.showwarning(UserWarning("y_pred contains classes not in y_true"), UserWarning, "sk.py", 1)
+    notes = [r.getMessage() for r in caplog.records if "vLLM 0.32.0 is newer" in r.getMessage()]
+    assert len(notes) == 1 and "0.22.0-0.31.0" in notes[0] and "\n" not in notes[0]
+    assert not any("y_pred" in r.getMessage() for r in caplog.records)

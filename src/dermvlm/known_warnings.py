@@ -12,8 +12,8 @@ log = logging.getLogger("dermvlm")
 # (pattern of the warning's text, the one line to show once; None: say nothing)
 KNOWN: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"TRL currently supports vLLM versions from (\S+) to (\S+)\. You have version (\S+)"),
-     "note: TRL {2} is newer than the vLLM range TRL was tested with ({0}-{1}); dermvlm verifies this pairing "
-     "(docs/ENVIRONMENT.md) — TRL's warning is shown once here instead of once per module"),
+     "note: vLLM {2} is newer than the range TRL was tested with ({0}-{1}); dermvlm verifies this pairing by its "
+     "tests (README: Environment), so TRL's warning is shown once, here, instead of once per module"),
     # sklearn's balanced accuracy on a test split where the model named a class the split has no example of
     (re.compile(r"y_pred contains classes not in y_true"), None),
 ]

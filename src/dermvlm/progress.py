@@ -10,11 +10,12 @@ import time
 
 
 def plain_output() -> bool:
-    """Whether standard error is not a terminal (then bars are replaced by periodic lines); rich's own test, so
-    ``FORCE_COLOR``/``TTY_COMPATIBLE`` settings count."""
+    """Whether standard output is not a terminal (then bars are replaced by periodic lines); rich's own test, so
+    ``FORCE_COLOR``/``TTY_COMPATIBLE`` settings count. Progress goes to standard output, with the log lines, so
+    that a failing command's standard error is its one ``error:`` line."""
     from rich.console import Console
 
-    return not Console(stderr=True).is_terminal
+    return not Console().is_terminal
 
 
 def duration(seconds: float) -> str:
@@ -39,7 +40,7 @@ class ProgressLine:
     def start(self) -> ProgressLine:
         self.started = self.last_line = time.monotonic()
         if plain_output():
-            print(f"{self.title}: {self.completed}/{self.total} {self.unit}", file=sys.stderr, flush=True)
+            print(f"{self.title}: {self.completed}/{self.total} {self.unit}", file=sys.stdout, flush=True)
             return self
         from rich.console import Console
         from rich.progress import (
@@ -54,7 +55,7 @@ class ProgressLine:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn(f"{self.unit} ·"), TimeElapsedColumn(), TextColumn("ETA"),
                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=self.transient,
-                            console=Console(stderr=True))
+                            console=Console())
         self.task = self.bar.add_task(self.title, total=self.total, completed=self.completed, info="")
         self.bar.start()
         return self
@@ -80,7 +81,7 @@ class ProgressLine:
             self.bar.update(self.task, completed=self.completed, info=self.info)
         elif time.monotonic() - self.last_line >= self.every:
             self.last_line = time.monotonic()
-            print(self.line(), file=sys.stderr, flush=True)
+            print(self.line(), file=sys.stdout, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -88,7 +89,7 @@ class ProgressLine:
             self.bar.stop()
             self.bar = None
         elif self.started:
-            print(self.line() + " (done)" if self.completed >= self.total else self.line(), file=sys.stderr,
+            print(self.line() + " (done)" if self.completed >= self.total else self.line(), file=sys.stdout,
                   flush=True)
         self.started = 0.0
 
