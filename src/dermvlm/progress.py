@@ -79,7 +79,7 @@ class ProgressLine:
         self.info = self.info if info is None else info
         if self.bar is not None:
             self.bar.update(self.task, completed=self.completed, info=self.info)
-        elif time.monotonic() - self.last_line >= self.every:
+        elif time.monotonic() - self.last_line >= self.every and self.completed < self.total:  # stop() says done
             self.last_line = time.monotonic()
             print(self.line(), file=sys.stdout, flush=True)
 
