@@ -100,6 +100,38 @@ def test_tower_switch_decides_what_trains(tower, changed, nano_dir, vision_split
         assert moved and all(k.endswith(".weight") and ("qkv" in k or "proj" in k) for k in moved)
 
 
+def test_vision_stage_in_bfloat16_trains_and_probes_on_the_trainers_device(nano_dir, vision_splits, tmp_path):
+    """A bfloat16 tower (as on a GPU) trains, describes classes and is probed: its features reach the float32 head,
+    every forward the stage runs gets its inputs on the trainer's device, and the probe reads features on the host
+    (a CUDA or bfloat16 tensor has no ``.numpy()``)."""
+    from transformers import TrainerCallback
+
+    from dermvlm.config import ModelSpec
+    from dermvlm.training.vision import run_vision
+
+    seen: dict[str, set] = {"inputs": set(), "params": set()}
+
+    class RecordDevices(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            tower = next(iter(model.parts.values()))
+            seen["trainer"] = args.device
+
+            def hook(module, inputs):
+                seen["inputs"].update(t.device for t in inputs if isinstance(t, torch.Tensor))
+                seen["params"].add(next(module.parameters()).device)
+
+            tower.register_forward_pre_hook(hook)
+
+    stage = make_stage(name="vision", kind="vision", augment=None, contrastive=True,
+                       trl={"max_steps": 2, "per_device_train_batch_size": 8, "save_steps": 100, "logging_steps": 1})
+    spec = ModelSpec(name_or_path=str(nano_dir), dtype="bfloat16")
+    result = run_vision(stage, spec, nano_dir, vision_splits, tmp_path / "bf16", seed=0, callbacks=[RecordDevices()])
+    assert result.extra["probe"]["val"]["probe"]["n"] > 0 and len(result.losses()) >= 1
+    assert seen["inputs"] == seen["params"] == {seen["trainer"]}
+    saved = load_file(str(result.model_dir / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+
+
 def test_augmentation_is_seeded_and_keeps_size():
     from dermvlm.config import AugmentSpec
     from dermvlm.training.augment import augment

@@ -25,6 +25,7 @@ from typing import Any
 from dermvlm.config import ConfigError, ModelSpec, VisionStage
 from dermvlm.io import atomic_dir, atomic_write_text
 from dermvlm.training.common import StageResult, last_checkpoint, plot_curves, trl_config
+from dermvlm.training.placement import placed, to_device, to_host, trainer_device
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,15 @@ def image_inputs(processor, images: list) -> dict[str, Any]:
 
 
 def pooled_features(vlm, inputs: dict[str, Any]):
-    """One vector per image: the projector's output tokens averaged (the visual tokens the language model reads)."""
+    """One vector per image: the projector's output tokens averaged (the visual tokens the language model reads),
+    in float32 (the head and projections are float32 whatever the tower's dtype)."""
     import torch
 
     out = vlm.get_image_features(**inputs)
     feats = getattr(out, "pooler_output", out)
     if isinstance(feats, list | tuple):
-        return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
-    return feats.reshape(feats.shape[0], -1, feats.shape[-1]).mean(1)
+        return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats]).float()
+    return feats.reshape(feats.shape[0], -1, feats.shape[-1]).mean(1).float()
 
 
 def _make_objective(vlm, family, stage: VisionStage, n_classes: int, prior, text_embeddings):
@@ -169,9 +171,10 @@ def _make_objective(vlm, family, stage: VisionStage, n_classes: int, prior, text
     return VisionObjective()
 
 
-def description_embeddings(vlm, family, processor, kg, classes: list[str]):
+def description_embeddings(vlm, family, processor, kg, classes: list[str], device):
     """``[K, A, D]``: the frozen language model's mean last hidden state over each class's aspect sentences
-    (aspects a class lacks repeat its name sentence, so every class has ``A`` rows)."""
+    (aspects a class lacks repeat its name sentence, so every class has ``A`` rows), computed on ``device`` (the
+    trainer's) and returned on the host."""
     import torch
 
     from dermvlm.knowledge.descriptions import aspect_descriptions
@@ -180,19 +183,20 @@ def description_embeddings(vlm, family, processor, kg, classes: list[str]):
     texts = [list(aspect_descriptions(kg, c).values()) for c in classes]
     width = max(len(t) for t in texts)
     rows = []
-    with torch.no_grad():
+    with torch.no_grad(), placed(lm, device):
         for sentences in texts:
             sentences = (sentences * width)[:width]
             embs = []
             for s in sentences:
-                ids = processor.tokenizer(s, return_tensors="pt")["input_ids"]
-                embs.append(lm(input_ids=ids).last_hidden_state[0].mean(0))
+                ids = processor.tokenizer(s, return_tensors="pt")["input_ids"].to(device)
+                embs.append(to_host(lm(input_ids=ids).last_hidden_state[0].mean(0)))
             rows.append(torch.stack(embs))
-    return torch.stack(rows).float()
+    return torch.stack(rows)
 
 
-def extract(objective, processor, dataset, batch_size: int = 256):
-    """Pooled features and head logits (no augmentation) for every row of ``dataset``."""
+def extract(objective, processor, dataset, device, batch_size: int = 256):
+    """Pooled features and head logits (no augmentation) for every row of ``dataset``, computed on ``device`` (the
+    trainer's, where the tower is) and returned as numpy arrays."""
     import torch
 
     feats, logits = [], []
@@ -200,10 +204,10 @@ def extract(objective, processor, dataset, batch_size: int = 256):
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             rows = dataset.select(range(start, min(len(dataset), start + batch_size)))
-            inputs = image_inputs(processor, [_decode(r) for r in rows])
+            inputs = to_device(image_inputs(processor, [_decode(r) for r in rows]), device)
             f = pooled_features(objective.vlm, inputs)
-            feats.append(f)
-            logits.append(objective.head(f))
+            feats.append(to_host(f))
+            logits.append(to_host(objective.head(f)))
     objective.train()
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
@@ -216,7 +220,7 @@ def _metrics(y, pred) -> dict[str, float]:
             "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 4), "n": len(y)}
 
 
-def probe_report(objective, processor, splits: dict[str, Any], class_index: dict[str, int], seed: int
+def probe_report(objective, processor, splits: dict[str, Any], class_index: dict[str, int], seed: int, device
                  ) -> dict[str, Any]:
     """A logistic-regression probe fitted on the train features (class-balanced), scored on val and test; beside
     it, the temporary head's own predictions. Nothing is selected on either split."""
@@ -227,7 +231,7 @@ def probe_report(objective, processor, splits: dict[str, Any], class_index: dict
 
     data = {}
     for split, ds in splits.items():
-        feats, logits = extract(objective, processor, ds)
+        feats, logits = extract(objective, processor, ds, device)
         y = np.array([class_index.get(lab, -1) for lab in ds["label"]])
         keep = y >= 0
         data[split] = (feats[keep], logits[keep], y[keep])
@@ -310,7 +314,8 @@ def run_vision(stage: VisionStage, model_spec: ModelSpec, model_path: str | Path
                                            target_modules=family.vision_lora_targets), vlm)
     for name, p in vlm.named_parameters():
         p.requires_grad_(family.part_of(name) in parts or "lora_" in name)
-    text = description_embeddings(vlm, family, processor, load_graph(), classes) if stage.contrastive else None
+    text = description_embeddings(vlm, family, processor, load_graph(), classes, trainer_device(args)) \
+        if stage.contrastive else None
     objective = _make_objective(vlm, family, stage, len(classes), prior, text)
     trained = {k: v for k, v in part_counts(vlm, family, trainable_only=True).items() if v}
     log.info("vision stage %s: %d classes, %d images, %d steps x %d, training %s", stage.name, len(classes),
@@ -332,7 +337,8 @@ def run_vision(stage: VisionStage, model_spec: ModelSpec, model_path: str | Path
         log.info("vision stage %s: resuming from %s", stage.name, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     history = list(trainer.state.log_history)
-    report = probe_report(objective, processor, splits, class_index, seed) if stage.probe else {}
+    report = probe_report(objective, processor, splits, class_index, seed, trainer_device(trainer)) \
+        if stage.probe else {}
     if trainer.is_world_process_zero():
         _save(vlm, processor, objective, stage, classes, prior, report, output_dir)
         atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
