@@ -43,7 +43,7 @@ def make(project: Path, target: str) -> list[str]:
 
 def test_setup_gpu_is_kept_by_test_and_demo(project):
     calls = make(project, "setup-gpu")
-    assert "pip install --no-cache-dir --no-deps -q -r requirements/gpu.lock" in calls
+    assert any(c.endswith("-r requirements/gpu.lock") for c in calls)
     assert not any("cpu.lock" in c for c in calls)
     assert (project / ".venv" / ".dermvlm-setup").is_file()
     for target in ("test", "demo"):  # the environment is set up: nothing is installed over it
