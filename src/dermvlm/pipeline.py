@@ -20,9 +20,10 @@ from typing import Any
 
 from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load_config
 from dermvlm.devices import GpuPeak, release_memory
+from dermvlm.distributed import barrier, init_processes
 from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
-from dermvlm.ranks import is_main_process, wait_for
+from dermvlm.ranks import is_main_process
 from dermvlm.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,12 @@ def build_data(cfg: RunConfig, source: str = "<config>") -> tuple[Path, str]:
     key = sha256_text(recipe_hash(recipe) + json.dumps(overrides))[:16]
     out = run_dir(cfg) / "data"
     stats = out / "stats.json"
-    if stats.exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key:
-        return out, key
-    if not is_main_process():
-        wait_for(out / "key.txt", key)
-        return out, key
-    log.info("building data recipe %s into %s", recipe_path, out)
-    build(recipe, out, overrides, base=recipe_path.resolve().parent)
-    atomic_write_text(out / "key.txt", key)
+    built = stats.exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key
+    if not built and is_main_process():
+        log.info("building data recipe %s into %s", recipe_path, out)
+        build(recipe, out, overrides, base=recipe_path.resolve().parent)
+        atomic_write_text(out / "key.txt", key)
+    barrier("the data recipe")
     return out, key
 
 
@@ -98,17 +97,14 @@ def base_model(cfg: RunConfig) -> Path:
     info = out / "dermvlm_nano.json"
     n = cfg.model.nano
     want = n.model_dump() | {"family": n.family or "qwen2_5_vl"}
-    if info.exists():
-        have = json.loads(info.read_text())
+    have = json.loads(info.read_text()) if info.exists() else None
+    if have is not None:
         have.setdefault("family", "qwen2_5_vl")  # Qwen2.5-VL builds predate the field
-        if all(have.get(k) == v for k, v in want.items() if v is not None):
-            return out
-    if not is_main_process():
-        wait_for(info)
-        return out
-    log.info("building the %s %s model (seed %d) in %s", want["family"], n.preset, n.seed, out)
-    return build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size,
-                      family=want["family"])
+    if is_main_process() and not (have and all(have.get(k) == v for k, v in want.items() if v is not None)):
+        log.info("building the %s %s model (seed %d) in %s", want["family"], n.preset, n.seed, out)
+        build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size, family=want["family"])
+    barrier("the base model")
+    return out
 
 
 # ---------------------------------------------------------------------- stages
@@ -205,9 +201,6 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
             raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
     check_stages(cfg, source)
     check_paths(cfg, source)
-    from dermvlm.training.preload import preload_trainers
-
-    preload_trainers()  # here, not inside a stage whose frames an import-time traceback would keep alive
     root = run_dir(cfg)
     tracker = Tracker(cfg.trackers() if is_main_process() else [], cfg.name, root, cfg.model_dump())
     tracker.check(source)
@@ -220,6 +213,7 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
 def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: str | None, evaluate: bool,
                 tracker: Tracker) -> Path:
     root = run_dir(cfg)
+    init_processes()
     claim_run_dir(root)
     data_dir, data_key = build_data(cfg, source)
     manifest = Manifest(root, write=is_main_process())
@@ -227,6 +221,9 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
                                                 "data_stats_sha256": sha256_text((data_dir / "stats.json")
                                                                                  .read_text())})
     current = base_model(cfg)
+    from dermvlm.training.preload import preload_trainers
+
+    preload_trainers()  # here, not inside a stage whose frames an import-time traceback would keep alive
     upstream = sha256_text(str(current.resolve()) + data_key + model_identity(current))
     forced = False
     for i, stage in enumerate(cfg.stages):
@@ -252,8 +249,7 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
                     shutil.rmtree(stage_dir)  # no stale checkpoint may be resumed
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(key_file, key)
-            else:
-                wait_for(key_file, key)
+            barrier(f"stage {stage.name}'s folder")
             where = f"{source}: stages[{i}] ({stage.name})"
             log.info("stage %s (%s, %s): training from %s", stage.name, stage.kind,
                      "LoRA" if stage.use_lora else "full", current)
@@ -266,9 +262,8 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
             if is_main_process():
                 atomic_write_text(done, json.dumps(info, indent=2) + "\n")
                 manifest.stage_done(stage.name, info)
-            else:
-                wait_for(done)
-                run_id = json.loads(done.read_text())["run_id"]
+            barrier(f"stage {stage.name}'s done.json")
+            run_id = json.loads(done.read_text())["run_id"]
         current, upstream = stage_dir / "model", sha256_text(key + run_id)
         if stage.name == to_stage:
             break

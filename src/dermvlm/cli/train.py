@@ -38,13 +38,14 @@ def pipeline(
     """Data → stages → merged model, resuming finished stages and checkpoints (runs/<name>/)."""
     from dermvlm.config import load_config
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.distributed import PeerError
     from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
 
     try:
         cfg = load_config(config, overrides=overrides)
         final = run_pipeline(cfg, str(config), from_stage, to_stage)
-    except (ConfigError, DatasetError, OutputError) as err:
+    except (ConfigError, DatasetError, OutputError, PeerError) as err:
         fail(str(err))
     typer.echo(f"final model: {final}")
     typer.echo(f"manifest: {Path(cfg.output_dir) / cfg.name / 'manifest.json'}")
@@ -64,6 +65,7 @@ def train(
     A finished stage is reused and an interrupted one resumes from its last checkpoint, unless --fresh."""
     from dermvlm.config import STAGE_KINDS, load_config
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.distributed import PeerError
     from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
 
@@ -77,7 +79,7 @@ def train(
         if len(names) > 1:
             fail(f"{config}: {len(names)} {kind} stages ({', '.join(names)}); choose one with --stage NAME")
         final = run_pipeline(cfg, str(config), from_stage=names[0] if fresh else None, to_stage=names[0])
-    except (ConfigError, DatasetError, OutputError) as err:
+    except (ConfigError, DatasetError, OutputError, PeerError) as err:
         fail(str(err))
     typer.echo(f"stage {names[0]} finished: {final}")
 

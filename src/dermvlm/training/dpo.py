@@ -181,7 +181,8 @@ def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Pat
     prompts into ``.pairs-part-R``, the main process alone joins them into ``pairs/`` (the others wait for it)."""
     from datasets import concatenate_datasets, load_from_disk
 
-    from dermvlm.ranks import rank, wait_for, world_size
+    from dermvlm.distributed import barrier
+    from dermvlm.ranks import rank, world_size
 
     pairs_dir, stats_file = output_dir / "pairs", output_dir / "pairs_stats.json"
     if (pairs_dir / "dataset_info.json").exists():  # sampled before an interruption: reuse
@@ -197,21 +198,18 @@ def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Pat
         with atomic_dir(part) as tmp:
             pairs.save_to_disk(str(tmp / "pairs"))
             (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
-    if me != 0:
-        wait_for(pairs_dir / "dataset_info.json")
-        wait_for(stats_file)
-        return load_from_disk(str(pairs_dir)), json.loads(stats_file.read_text())
-    parts = [output_dir / f".pairs-part-{r}-of-{world}" for r in range(world)]
-    for p in parts:
-        wait_for(p / "stats.json")
-    pairs = concatenate_datasets([load_from_disk(str(p / "pairs")) for p in parts])
-    stats = merged_pair_stats([json.loads((p / "stats.json").read_text()) for p in parts])
-    atomic_write_text(stats_file, json.dumps(stats, indent=2) + "\n")
-    with atomic_dir(pairs_dir) as tmp:
-        pairs.save_to_disk(str(tmp))
-    for p in parts:  # the shares this stage wrote, now joined
-        shutil.rmtree(p, ignore_errors=True)
-    return load_from_disk(str(pairs_dir)), stats
+    barrier("every process's share of the policy pairs")
+    if me == 0:
+        parts = [output_dir / f".pairs-part-{r}-of-{world}" for r in range(world)]
+        pairs = concatenate_datasets([load_from_disk(str(p / "pairs")) for p in parts])
+        stats = merged_pair_stats([json.loads((p / "stats.json").read_text()) for p in parts])
+        atomic_write_text(stats_file, json.dumps(stats, indent=2) + "\n")
+        with atomic_dir(pairs_dir) as tmp:
+            pairs.save_to_disk(str(tmp))
+        for p in parts:  # the shares this stage wrote, now joined
+            shutil.rmtree(p, ignore_errors=True)
+    barrier("the joined policy pairs")
+    return load_from_disk(str(pairs_dir)), json.loads(stats_file.read_text())
 
 
 def recipe_pair_stats(pairs) -> dict[str, Any]:
