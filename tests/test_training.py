@@ -209,6 +209,10 @@ def test_grpo_plus_stage_with_lora_ref_sync_logs_everything(trained_run, grpo_da
         assert key in logged, key
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert not (result.adapter_dir / "ref").exists()  # the reference adapter is not shipped
+    # the curriculum scored the prompts with the model the trainer placed, once, and kept the plan for a resume
+    plan = json.loads((tmp_path / "grpo" / "plan.json").read_text())
+    assert plan["info"]["difficulty_scored"] > 0 and result.extra["plan"]["difficulty_scored"] > 0
+    assert len(plan["plan"]) == result.extra["plan"]["prompts"] and None not in plan["plan"]
     assert (result.model_dir / "model.safetensors").is_file() and (tmp_path / "grpo" / "curves.png").is_file()
 
 

@@ -120,6 +120,11 @@ def check_stages(cfg: RunConfig, source: str = "<config>") -> None:
     from dermvlm.training.vision import vision_config
 
     build = {"sft": sft_config, "align": sft_config, "grpo": grpo_config, "dpo": dpo_config, "vision": vision_config}
+    from dermvlm.launch import launch_problems, sharding_from_env
+
+    problems = launch_problems(cfg, sharding_from_env(), source)
+    if problems:
+        raise ConfigError(problems[0])
     with tempfile.TemporaryDirectory() as tmp:
         for i, stage in enumerate(cfg.stages):
             args = build[stage.kind](stage, Path(tmp), cfg.seed, f"{source}: stages[{i}] ({stage.name}).trl")

@@ -14,16 +14,26 @@ config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 
 
 @config_app.command("check")
-def config_check(config: Annotated[Path, typer.Argument(help="A run config YAML.")],
-                 overrides: SetOpt = None) -> None:
-    """Validate a run config: every field, each stage's trainer settings as TRL will read them, and every path."""
+def config_check(
+    config: Annotated[Path, typer.Argument(help="A run config YAML.")],
+    overrides: SetOpt = None,
+    accelerate_config: Annotated[Path | None, typer.Option(
+        help="The accelerate config you will launch with (configs/accelerate/*.yaml).")] = None,
+) -> None:
+    """Validate a run config: every field, each stage's trainer settings as TRL will read them, every path, and
+    (with --accelerate-config, or under accelerate launch) what the launch's sharding cannot run."""
     from dermvlm.config import load_config
+    from dermvlm.launch import launch_problems, sharding_from_config
     from dermvlm.pipeline import check_paths, check_stages
 
     try:
         cfg = load_config(config, overrides=overrides)
         check_stages(cfg, str(config))
         check_paths(cfg, str(config))
+        if accelerate_config is not None:
+            problems = launch_problems(cfg, sharding_from_config(accelerate_config), str(config))
+            if problems:
+                raise ConfigError(problems[0])
     except ConfigError as err:
         fail(str(err))
     typer.echo(f"{config}: ok ({len(cfg.stages)} stages: {', '.join(s.name for s in cfg.stages)})")

@@ -22,14 +22,26 @@ def cuda_available() -> bool:
 
 
 def resolve_dtype(name: str):
-    """``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    """``auto`` is the GPU's half precision (bfloat16 where supported, float16 on older GPUs), float32 on CPU."""
     import torch
 
+    from dermvlm.devices import gpu_dtype, gpu_supports_bf16
+
     if name == "auto":
-        if cuda_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return getattr(torch, gpu_dtype(gpu_supports_bf16())) if cuda_available() else torch.float32
     return getattr(torch, name)
+
+
+def compute_dtype(q: QuantizationSpec):
+    """The 4-bit layers' compute dtype: as configured, except bfloat16 on a GPU without it (float16 then)."""
+    import torch
+
+    from dermvlm.devices import gpu_supports_bf16
+
+    if q.compute_dtype == "bfloat16" and cuda_available() and not gpu_supports_bf16():
+        log.warning("quantization.compute_dtype bfloat16: this GPU has no bfloat16; computing in float16")
+        return torch.float16
+    return getattr(torch, q.compute_dtype)
 
 
 def use_4bit(q: QuantizationSpec) -> bool:
@@ -48,15 +60,18 @@ def use_4bit(q: QuantizationSpec) -> bool:
     return False
 
 
-def bnb_config(q: QuantizationSpec):
-    import torch
+def bnb_config(q: QuantizationSpec, quant_storage=None):
+    """bitsandbytes' 4-bit settings; ``quant_storage``: the dtype the packed weights are stored in (the model's
+    dtype when ZeRO-3 or FSDP shard them: they shard only tensors of the model's one floating dtype)."""
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_compute_dtype=compute_dtype(q),
+        **extra,
     )
 
 
@@ -79,7 +94,9 @@ def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` derived from the spec (dtype, quantization, attention)."""
     kw: dict[str, Any] = {"dtype": resolve_dtype(spec.dtype), "trust_remote_code": spec.trust_remote_code}
     if use_4bit(spec.quantization):
-        kw["quantization_config"] = bnb_config(spec.quantization)
+        from dermvlm.launch import sharding_from_env
+
+        kw["quantization_config"] = bnb_config(spec.quantization, kw["dtype"] if sharding_from_env() else None)
         device_map = quantized_device_map()
         if device_map is not None:
             kw["device_map"] = device_map

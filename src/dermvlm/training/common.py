@@ -53,10 +53,11 @@ def trl_config(cls: type, defaults: dict[str, Any], stage: StageSpec, output_dir
         kwargs["run_name"] = output_dir.name  # the stage's folder: its name (TensorBoard's folder: dermvlm.tracking)
     if not cuda_available():
         kwargs.update(use_cpu=True, bf16=False)
-    else:
+    else:  # mixed precision in the GPU's half precision (fp16 where it has no bf16)
         import torch
 
         kwargs["bf16"] = resolve_dtype("auto") == torch.bfloat16
+        kwargs["fp16"] = resolve_dtype("auto") == torch.float16
     kwargs.update(checked)
     try:
         return cls(**kwargs)

@@ -2,9 +2,10 @@
 
 ``pairs_from: recipe`` trains on the recipe's ``preference_pair`` kind (graph-consistent answer vs a tagged
 perturbation). ``pairs_from: policy`` samples ``policy_samples`` answers per prompt from the current model (vLLM's
-offline engine on a GPU, transformers ``generate`` otherwise), scores each with the KG scorer, and keeps best vs
-worst when their score margin is at least ``min_margin``: the graph stands in for a dermatologist's preference.
-The pairs and their statistics are saved beside the stage (``pairs/``, ``pairs_stats.json``).
+offline engine in a child process on a GPU, ``vllm_sampling.py``; transformers ``generate`` otherwise), scores
+each with the KG scorer, and keeps best vs worst when their score margin is at least ``min_margin``: the graph
+stands in for a dermatologist's preference. The pairs and their statistics are saved beside the stage (``pairs/``,
+``pairs_stats.json``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dermvlm.io import atomic_dir, atomic_write_text
 from dermvlm.knowledge import KGScorer
 from dermvlm.ranks import is_main_process
 from dermvlm.training.common import StageResult, finish, last_checkpoint, load_for_stage, trl_config
+from dermvlm.training.placement import trainer_device
 from dermvlm.training.resume import strict_resume
 
 DPO_DEFAULTS: dict[str, Any] = {
@@ -60,49 +62,38 @@ def _text(messages: list[dict]) -> str:
     return "".join(p.get("text") or "" for p in messages[-1]["content"] if p.get("type") == "text")
 
 
-def sample_transformers(model, processor, rows, k: int, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """``k`` sampled answers per prompt row with transformers ``generate``."""
+def sample_transformers(model, processor, rows, k: int, max_new_tokens: int, seed: int, device
+                        ) -> list[list[str]]:
+    """``k`` sampled answers per prompt row with transformers ``generate``, on ``device`` (the trainer's)."""
     import torch
+
+    from dermvlm.training.placement import to_device
 
     torch.manual_seed(seed)
     out = []
     model.eval()
     for row in rows:
         text = processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        inputs = processor(text=[text], images=row["images"], return_tensors="pt").to(model.device)
+        inputs = to_device(processor(text=[text], images=row["images"], return_tensors="pt"), device)
         with torch.no_grad():
             gen = model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, num_return_sequences=k,
                                  max_new_tokens=max_new_tokens)
         n = inputs["input_ids"].shape[1]
-        out.append(processor.tokenizer.batch_decode(gen[:, n:], skip_special_tokens=True))
+        out.append(processor.tokenizer.batch_decode(gen[:, n:].cpu(), skip_special_tokens=True))
     return out
 
 
-def sample_vllm(model_dir: str, rows, k: int, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """``k`` sampled answers per prompt row with vLLM's offline engine (used on GPU machines)."""
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model_dir, seed=seed, max_model_len=2048, limit_mm_per_prompt={"image": 1})
-    params = SamplingParams(n=k, temperature=1.0, max_tokens=max_new_tokens, seed=seed)
-    conversations = []
-    for row in rows:
-        msgs = []
-        for m in row["prompt"]:
-            parts = [{"type": "image_pil", "image_pil": row["images"][0]} if p["type"] == "image"
-                     else {"type": "text", "text": p["text"]} for p in m["content"]]
-            msgs.append({"role": m["role"], "content": parts})
-        conversations.append(msgs)
-    results = llm.chat(conversations, params, use_tqdm=False)
-    return [[o.text for o in r.outputs] for r in results]
-
-
 def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
-                 output_dir: Path, shard: tuple[int, int] = (0, 1)):
-    """Pairs ranked by the KG scorer from the current policy's own samples, with statistics. ``shard``
-    (index, count): sample only every count-th prompt from index (one share per process)."""
+                 output_dir: Path, device, shard: tuple[int, int] = (0, 1)):
+    """Pairs ranked by the KG scorer from the current policy's own samples, with statistics. ``device``: where
+    transformers samples (the trainer's). ``shard`` (index, count): sample only every count-th prompt from index
+    (one share per process)."""
     from datasets import Dataset
 
+    from dermvlm.devices import release_memory
     from dermvlm.models.loading import cuda_available, load_model
+    from dermvlm.training.placement import placed
+    from dermvlm.training.vllm_sampling import sample_in_child
 
     rows = prompts.select(range(min(len(prompts), stage.max_prompts or len(prompts))))
     if shard[1] > 1:
@@ -110,12 +101,17 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     use_vllm = stage.sampler == "vllm" or (stage.sampler == "auto" and cuda_available())
     started = time.perf_counter()
     if use_vllm:
-        samples = sample_vllm(str(model_path), rows, stage.policy_samples, stage.sample_max_new_tokens, seed)
+        work = output_dir / f".vllm-sampling-{shard[0]}"
+        samples = sample_in_child(str(model_path), rows, stage.policy_samples, stage.sample_max_new_tokens, seed,
+                                  work)
+        shutil.rmtree(work, ignore_errors=True)
     else:
         model, processor = load_model(model_spec, model_path)
-        samples = sample_transformers(model, processor, rows, stage.policy_samples, stage.sample_max_new_tokens,
-                                      seed)
+        with placed(model, device):
+            samples = sample_transformers(model, processor, rows, stage.policy_samples,
+                                          stage.sample_max_new_tokens, seed, device)
         del model
+        release_memory()
     scorer = KGScorer()
     pairs: dict[str, list] = {"images": [], "prompt": [], "chosen": [], "rejected": [], "label": [],
                               "chosen_score": [], "rejected_score": []}
@@ -176,7 +172,7 @@ def merged_pair_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
-                  output_dir: Path):
+                  output_dir: Path, device):
     """Policy pairs sampled once for the stage: under ``accelerate launch`` every process samples its share of the
     prompts into ``.pairs-part-R``, the main process alone joins them into ``pairs/`` (the others wait for it)."""
     from datasets import concatenate_datasets, load_from_disk
@@ -189,12 +185,13 @@ def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Pat
         return load_from_disk(str(pairs_dir)), json.loads(stats_file.read_text())
     me, world = rank(), world_size()
     if world == 1:
-        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed, output_dir)
+        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed, output_dir, device)
         pairs.save_to_disk(str(pairs_dir))
         return pairs, stats
     part = output_dir / f".pairs-part-{me}-of-{world}"
     if not (part / "stats.json").exists():
-        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed + me, output_dir, (me, world))
+        pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed + me, output_dir, device,
+                                    (me, world))
         with atomic_dir(part) as tmp:
             pairs.save_to_disk(str(tmp / "pairs"))
             (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
@@ -236,7 +233,8 @@ def run_dpo(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, pai
     set_seed(seed)
     started = time.perf_counter()
     if stage.pairs_from == "policy":
-        pairs, stats = sampled_pairs(stage, model_spec, model_path, pairs_or_prompts, seed, output_dir)
+        pairs, stats = sampled_pairs(stage, model_spec, model_path, pairs_or_prompts, seed, output_dir,
+                                     trainer_device(args))
     else:
         pairs = pairs_or_prompts
         stats = recipe_pair_stats(pairs)

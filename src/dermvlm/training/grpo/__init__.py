@@ -89,8 +89,9 @@ def prompts_needed(args, dataset_len: int) -> int:
     return dataset_len * max(1, math.ceil(args.num_train_epochs))
 
 
-def plan_for(stage: GRPOStage, args, dataset, seed: int, model=None, processor=None) -> tuple[list[int], dict]:
-    """The prompt plan of a GRPO++ stage and what it was built from (class shares, difficulty coverage)."""
+def plan_for(stage: GRPOStage, args, dataset, seed: int) -> tuple[list[int] | None, dict]:
+    """The prompt plan of a GRPO++ stage and what it was built from (class shares), or None for the plan when the
+    curriculum orders it by the policy's difficulty once the trainer has placed the model (``curriculum_plan``)."""
     plus = stage.plus
     labels = list(dataset["label"])
     balance = plus.balance if plus.class_balanced else 0.0
@@ -98,20 +99,58 @@ def plan_for(stage: GRPOStage, args, dataset, seed: int, model=None, processor=N
     shares = class_shares(labels, balance)
     info: dict[str, Any] = {"prompts": n, "balance": balance,
                             "class_shares": {c: round(q, 4) for c, q in shares.items()}}
-    if plus.curriculum and model is not None:
-        from dermvlm.training.grpo.difficulty import policy_difficulty
+    return (None if plus.curriculum else plan_prompts(labels, n, seed, balance)), info
 
-        candidates = sorted(set(plan_prompts(labels, n, seed, balance)))  # score only what a plan can draw
-        rng_extra = sorted(set(plan_prompts(labels, n, seed + 7, balance)) - set(candidates))
-        scored = policy_difficulty(model, processor, dataset, candidates + rng_extra)
-        keep = sorted(scored)
-        sub_labels = [labels[i] for i in keep]
-        sub_plan = plan_prompts(sub_labels, n, seed, balance, [scored[i] for i in keep], plus.curriculum_noise,
-                                shares)
-        info["difficulty_scored"] = len(keep)
-        info["difficulty_mean"] = round(sum(scored.values()) / len(scored), 4)
-        return [keep[j] for j in sub_plan], info
-    return plan_prompts(labels, n, seed, balance), info
+
+def curriculum_plan(model, processor, device, stage: GRPOStage, n: int, dataset, seed: int, info: dict) -> list[int]:
+    """The curriculum's plan: each class's prompts easy → hard by the policy's own difficulty, scored with the model
+    the trainer placed on ``device`` (sharded or not: every process scores the same prompts, in the same order)."""
+    from dermvlm.training.grpo.difficulty import policy_difficulty
+
+    plus = stage.plus
+    labels = list(dataset["label"])
+    balance = plus.balance if plus.class_balanced else 0.0
+    candidates = sorted(set(plan_prompts(labels, n, seed, balance)))  # score only what a plan can draw
+    rng_extra = sorted(set(plan_prompts(labels, n, seed + 7, balance)) - set(candidates))
+    scored = policy_difficulty(model, processor, dataset, candidates + rng_extra, device)
+    keep = sorted(scored)
+    sub_plan = plan_prompts([labels[i] for i in keep], n, seed, balance, [scored[i] for i in keep],
+                            plus.curriculum_noise, class_shares(labels, balance))
+    info["difficulty_scored"] = len(keep)
+    info["difficulty_mean"] = round(sum(scored.values()) / len(scored), 4)
+    return [keep[j] for j in sub_plan]
+
+
+def curriculum_callback(sampler: PlannedSampler, stage: GRPOStage, dataset, seed: int, processor, info: dict,
+                        output_dir: Path):
+    """Fills the sampler's plan when training begins: after the trainer has placed (or sharded) the model and
+    before the first prompt is drawn. The plan is kept in ``plan.json``, so a resumed run draws the same prompts
+    (the model it would score then has trained)."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from dermvlm.io import atomic_write_text
+    from dermvlm.ranks import is_main_process
+    from dermvlm.training.placement import trainer_device
+
+    path = output_dir / "plan.json"
+    # read now, before any process can reach training: every process must decide alike whether to score (the
+    # scoring passes of a sharded model are collectives)
+    saved = json.loads(path.read_text()) if path.is_file() else None
+
+    class CurriculumPlan(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if saved is not None:
+                sampler.plan = saved["plan"]
+                info.update(saved["info"])
+                return
+            sampler.plan = curriculum_plan(model, processor, trainer_device(args), stage, len(sampler.plan),
+                                           dataset, seed, info)
+            if is_main_process():
+                atomic_write_text(path, json.dumps({"plan": sampler.plan, "info": info}) + "\n")
+
+    return CurriculumPlan()
 
 
 def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, train_dataset, output_dir: str | Path,
@@ -135,14 +174,16 @@ def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, tr
     plus = stage.plus
     sampler, class_weights, plan_info = None, None, {}
     if plus is not None and "label" in train_dataset.column_names:
-        plan, plan_info = plan_for(stage, args, train_dataset, seed, model, processor)
-        sampler = PlannedSampler(plan, args.num_generations, args.generation_batch_size // args.num_generations,
+        plan, plan_info = plan_for(stage, args, train_dataset, seed)
+        sampler = PlannedSampler(plan or [None] * plan_info["prompts"], args.num_generations,
+                                 args.generation_batch_size // args.num_generations,
                                  args.num_iterations * args.steps_per_generation)
         if plus.rarity_weight:
             class_weights = rarity_weights(class_shares(list(train_dataset["label"]),
                                                         plus.balance if plus.class_balanced else 0.0))
             plan_info["rarity_weights"] = {c: round(w, 4) for c, w in class_weights.items()}
-        log.info("GRPO++ %s: %d planned prompts, class shares %s", stage.name, len(plan), plan_info["class_shares"])
+        log.info("GRPO++ %s: %d planned prompts, class shares %s", stage.name, plan_info["prompts"],
+                 plan_info["class_shares"])
     trainer = make_trainer_class()(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, processing_class=processor,
         peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=list(callbacks or []),
@@ -151,6 +192,9 @@ def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, tr
         replacement_pool=train_dataset, pool_seed=seed + 1, sampler=sampler, class_weights=class_weights,
         hint_fade_until=plus.hint_fade_until if plus and plus.hints else None,
     )
+    if sampler is not None and plan is None:  # the curriculum: scored once the trainer has placed the model
+        trainer.add_callback(curriculum_callback(sampler, stage, train_dataset, seed, processor, plan_info,
+                                                 output_dir))
     if plus is not None and plus.ref_sync and stage.use_lora:
         add_ref_adapter(trainer.model)
         trainer.add_callback(lora_ref_sync_callback(plus.ref_sync_steps, plus.ref_sync_alpha))

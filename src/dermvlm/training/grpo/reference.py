@@ -20,9 +20,16 @@ def lora_ref_sync_callback(steps: int, alpha: float):
                     if ".default." in name:
                         ref = params.get(name.replace(".default.", ".ref."))
                         if ref is not None:
-                            ref.mul_(1 - alpha).add_(p.detach(), alpha=alpha)
+                            local(ref).mul_(1 - alpha).add_(local(p).detach(), alpha=alpha)
 
     return LoraRefSync()
+
+
+def local(param):
+    """The part of ``param`` this process holds: its ZeRO-3 partition (``ds_tensor``; the parameter itself is an
+    empty placeholder outside a forward pass, so an update to it would be lost), else the parameter (a plain tensor,
+    or an FSDP2 DTensor whose in-place arithmetic acts on the local shard)."""
+    return getattr(param, "ds_tensor", param)
 
 
 def add_ref_adapter(peft_model) -> None:

@@ -77,7 +77,8 @@ def plan_prompts(labels: list[str], n: int, seed: int, balance: float = 0.0, dif
 
 
 class PlannedSampler:
-    """A ``torch`` sampler over a fixed prompt plan, in ``RepeatSampler``'s layout."""
+    """A ``torch`` sampler over a fixed prompt plan, in ``RepeatSampler``'s layout. Its length is fixed at creation;
+    the curriculum's plan is filled in when training begins (``plan`` then holds placeholders until that point)."""
 
     def __init__(self, plan: list[int], mini_repeat_count: int, batch_size: int, repeat_count: int):
         self.plan, self.mini, self.batch_size, self.repeat = plan, mini_repeat_count, batch_size, repeat_count
