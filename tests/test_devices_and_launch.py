@@ -110,3 +110,21 @@ def test_compute_dtype_follows_the_gpu():
     from dermvlm.devices import gpu_dtype
 
     assert gpu_dtype(bf16_supported=True) == "bfloat16" and gpu_dtype(bf16_supported=False) == "float16"
+
+
+def test_the_fsdp_config_has_fsdp2_settings_only(monkeypatch, caplog):
+    """accelerate reads the file's fsdp_config as FSDP_* variables; FSDP1-only keys under fsdp_version 2 draw its
+    'not supported in FSDP2' / 'obsolete in FSDP2' warnings."""
+    import logging
+
+    import yaml
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    cfg = yaml.safe_load((ROOT / "configs" / "accelerate" / "fsdp.yaml").read_text())
+    for key, value in cfg["fsdp_config"].items():
+        monkeypatch.setenv(key.upper(), str(value).lower() if isinstance(value, bool) else str(value))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level(logging.WARNING, logger="accelerate.utils.dataclasses"):
+        plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.cpu_ram_efficient_loading
+    assert not [r.getMessage() for r in caplog.records if "FSDP2" in r.getMessage()]

@@ -1,6 +1,7 @@
 """The multi-process path for real: `accelerate launch --num_processes 2` (CPU, gloo) runs the nano pipeline (SFT,
-GRPO, DPO with policy pairs); data and the base model are built once, both ranks train (the global batch is two
-devices' worth), DPO samples each prompt once across the ranks, one valid model is saved, and vLLM serves it."""
+GRPO++ with the curriculum and the synced reference, DPO with policy pairs); data and the base model are built once,
+both ranks train (the global batch is two devices' worth), DPO samples each prompt once across the ranks, one valid
+model is saved, and vLLM serves it."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ stages:
   - {{name: sft, kind: sft, use_lora: true, data: [reasoning_trace],
       trl: {{max_steps: 2, learning_rate: 1.0e-3, per_device_train_batch_size: 2}}}}
   - {{name: grpo, kind: grpo, use_lora: true, rewards: {{format: 0.2, partial_credit: 1.0}},
+      plus: {{curriculum: true, zero_variance_filter: false, ref_sync_steps: 1}},
       trl: {{max_steps: 2, num_generations: 2, per_device_train_batch_size: 2, max_completion_length: 24,
             learning_rate: 1.0e-4}}}}
   - {{name: dpo, kind: dpo, use_lora: true, pairs_from: policy, policy_samples: 2, min_margin: 0.0, max_prompts: 6,
@@ -65,6 +67,13 @@ def test_both_ranks_train_one_global_batch(two_rank_run):
     history = json.loads((run / "sft" / "log_history.json").read_text())
     per_rank_steps = math.ceil(math.ceil(n / 2) / 2)  # the distributed sampler gives each rank half the rows
     assert history[-1]["epoch"] == pytest.approx(2 / per_rank_steps, rel=1e-6)
+
+
+def test_the_curriculum_plans_alike_on_both_ranks(two_rank_run):
+    run, log = two_rank_run
+    plan = json.loads((run / "grpo" / "plan.json").read_text())
+    assert plan["info"]["difficulty_scored"] > 0 and None not in plan["plan"]
+    assert log.count("GRPO++ grpo:") == 2  # both ranks planned (and scored the same prompts in the same order)
 
 
 def test_dpo_policy_pairs_are_sampled_once_across_ranks(two_rank_run):
