@@ -10,6 +10,9 @@ with; TRL then warns that it was tested up to vLLM 0.31.
     python scripts/lock_gpu.py            # write requirements/gpu.lock
     python scripts/lock_gpu.py --check    # re-resolve and fail if the lock differs (make gpu-lock-check)
 
+torchaudio 2.11.0 beside torch 2.13.0 is vLLM 0.32.0's own pin (its metadata requires both; torchaudio has no
+release after 2.11.1 and declares no torch version); dermvlm never imports torchaudio.
+
 Pins the resolver cannot take are left to it (``RELAXED``) and the lock's header names them: Gradio needs
 pillow < 13, while the CPU lock keeps pillow 13 (it is installed with ``--no-deps``). Source-only packages
 (``SDIST_ONLY``, pure Python) are pinned as in pyproject with their dependencies resolved in their place.
