@@ -25,7 +25,7 @@ def main() -> None:
 
     from dermvlm.config import RecipeConfig, load_config
     from dermvlm.datasets.sample import load_sample_records
-    from dermvlm.datasets.splits import assign_splits
+    from dermvlm.datasets.split_assignment import assign_splits
     from dermvlm.knowledge import load_graph
 
     recipe = load_config(ROOT / "data_recipes" / "sample.yaml", RecipeConfig)

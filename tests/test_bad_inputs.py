@@ -123,6 +123,31 @@ def check_args(edit: Callable[[dict], None]) -> Callable[[Path], list[str]]:
     return lambda tmp: ["config", "check", str(run_config(tmp, edit))]
 
 
+SAMPLE_PHOTOS = sorted((ROOT / "src" / "dermvlm" / "sample_data" / "pad_ufes_20").glob("*.jpg"))
+
+
+def own_photos(tmp: Path, labels: list[str]) -> Path:
+    """Bundled CC BY photos under ``tmp/photos`` and a labels CSV (file, dx) naming them; the CSV's path."""
+    (tmp / "photos").mkdir(exist_ok=True)
+    for p in SAMPLE_PHOTOS[:len(labels)]:
+        shutil.copy(p, tmp / "photos" / p.name)
+    return labels_csv(tmp, [(p.name, dx) for p, dx in zip(SAMPLE_PHOTOS, labels, strict=False)], "photos.csv")
+
+
+def sample_recipe(tmp: Path, kinds: dict) -> str:
+    """A recipe of the bundled sample with only ``kinds``."""
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "sources": [{"name": "sample"}], "kinds": kinds}))
+    return str(path)
+
+
+def suite_of_everything(tmp: Path) -> str:
+    """A suite asking about every image of the sample, the training split's included."""
+    path = tmp / "all.yaml"
+    path.write_text(yaml.safe_dump({"name": "all", "sources": [{"name": "sample"}], "split": "all"}))
+    return str(path)
+
+
 def foreign_folder(tmp: Path, name: str = "out") -> Path:
     folder = tmp / name
     folder.mkdir(exist_ok=True)
@@ -268,6 +293,38 @@ CASES = [
          ["evaluate[0]: suite file not found: eval/sampel.yaml"]),
     Case("recipe missing", check_args(lambda c: c["data"].update(recipe="data_recipes/nope.yaml")),
          ["data.recipe: recipe file not found"]),
+    Case("config: a stage reads a kind its recipe does not build", lambda t: check_args(lambda c: c["data"].update(
+        recipe=sample_recipe(t, {"reasoning_trace": {}, "eval_item": {}})))(t),
+        ["stages[0] (vision) reads kind 'image_label', which the recipe", "add `image_label: {}` under its kinds:"]),
+    Case("config: held-out evaluation without eval_item rows", lambda t: check_args(lambda c: (c["data"].update(
+        recipe=sample_recipe(t, {k: {} for k in ("image_label", "reasoning_trace", "mcq", "open_diagnosis", "yes_no",
+                                                 "attribute", "conversation", "grpo_prompt", "preference_pair")})),
+        c.update(evaluate=["test"])))(t), ["evaluate: 'test' evaluates the held-out test split", "eval_item"]),
+    Case("config: the held-out split would be empty", check_args(lambda c: (
+        c["data"].update(split={"val": 0.1, "test": 0.0}), c.pop("evaluate"))),
+        ["the held-out test split would be empty (72 images in 71 groups, test fraction 0.0)", "evaluate: []"]),
+    Case("config: a suite that asks about training images", lambda t: check_args(
+        lambda c: c.update(evaluate=[suite_of_everything(t)]))(t),
+        ["evaluate[0]", "images it asks about are in the run's training split", "evaluate: [test]"]),
+    Case("config: a model folder without its processor", lambda t: check_args(lambda c: c.update(model={
+        "name_or_path": ((t / "m").mkdir(), (t / "m" / "config.json").write_text('{"model_type": "qwen2_5_vl"}'),
+                         str(t / "m"))[-1]}))(t), ["has no processor", "copy it from the base checkpoint"]),
+    Case("config: --images/--labels keep the recipe's label_map", lambda t: [
+        "data", "build", (t / "r.yaml").write_text(yaml.safe_dump({
+            "name": "mine", "sources": [{"name": "csv", "label_map": {"spot": "melanoma"}}],
+            "kinds": {"reasoning_trace": {}}})) and str(t / "r.yaml"), "--out", str(t / "out"), "--images",
+        str(t / "photos"), "--labels", str(own_photos(t, ["spot", "BCC", "spot", "ACK"])), "--image-col", "file",
+        "--label-col", "dx"], ["wrote", "4 images"], code=0, out=["out"]),
+    Case("config: my_images.yaml has the kinds of every stage of nano-cpu.yaml", lambda t: check_args(
+        lambda c: c.update(data={"recipe": str(ROOT / "data_recipes" / "my_images.yaml"), "images": "photos",
+                                 "labels": str(own_photos(t, ["BCC", "ACK", "NEV", "SEK"] * 5)),
+                                 "image_col": "file", "label_col": "dx", "split": {"val": 0.1, "test": 0.3}},
+                           evaluate=["test"]))(t), ["ok (5 stages", "warning: small data"], code=0),
+    Case("data build: three images said plainly", lambda t: [
+        "data", "build", str(ROOT / "data_recipes" / "my_images.yaml"), "--out", str(t / "out"), "--images",
+        str(t / "photos"), "--labels", str(own_photos(t, ["BCC", "ACK", "NEV"])), "--image-col", "file",
+        "--label-col", "dx"], ["3 images", "small data: the train split has", "classes have fewer than 5 training"],
+        code=0, out=["out"]),
     Case("model folder missing", check_args(lambda c: c.update(model={"name_or_path": "./models/none"})),
          ["model.name_or_path: no such model folder: ./models/none"]),
     Case("pipeline with a misspelled suite stops before building", lambda t: [

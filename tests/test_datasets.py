@@ -16,7 +16,8 @@ from dermvlm.datasets.adapters.common import DatasetError
 from dermvlm.datasets.dedup import find_duplicates, resolve
 from dermvlm.datasets.images import ImageProblem, load_image
 from dermvlm.datasets.records import Record
-from dermvlm.datasets.splits import LeakageError, assign_splits, check_leakage
+from dermvlm.datasets.split_assignment import assign_splits
+from dermvlm.datasets.splits import LeakageError, check_leakage
 from dermvlm.knowledge import load_graph
 
 

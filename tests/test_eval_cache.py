@@ -30,7 +30,7 @@ from dermvlm.serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "eval" / "sample.yaml"
-N = 30  # items of eval/sample.yaml
+N = 24  # items of eval/sample.yaml (12 test images, mcq and open)
 
 
 class Fake:

@@ -26,6 +26,7 @@ model:
   lora: {{r: 8, alpha: 16, dropout: 0.0}}
 data:
   recipe: {root}/data_recipes/sample.yaml
+evaluate: []
 stages:
   - {{name: sft, kind: sft, use_lora: true, data: [reasoning_trace],
       trl: {{max_steps: 2, learning_rate: 1.0e-3, per_device_train_batch_size: 2}}}}

@@ -24,7 +24,7 @@ def two_stage_config(tmp_path: Path, name: str, pretrain_steps: int = 24, sft_st
     cfg = {"name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
            "model": {"nano": {"preset": "nano", "seed": 0}, "dtype": "float32",
                      "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-           "data": {"recipe": str(ROOT / "data_recipes" / "sample.yaml")},
+           "data": {"recipe": str(ROOT / "data_recipes" / "sample.yaml")}, "evaluate": [],
            "stages": [
                {"name": "pretrain", "kind": "sft", "use_lora": False, "data": ["open_diagnosis", "mcq"],
                 "trl": {"max_steps": pretrain_steps, "learning_rate": 3e-3, "save_steps": 10, "logging_steps": 2}},

@@ -158,7 +158,7 @@ def test_vision_stage_needs_two_classes_and_an_objective(nano_dir, vision_splits
 def _vision_config(tmp_path: Path, name: str) -> Path:
     cfg = {"name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
            "model": {"nano": {"preset": "nano", "seed": 0}, "dtype": "float32"},
-           "data": {"recipe": str(ROOT / "data_recipes" / "sample.yaml")},
+           "data": {"recipe": str(ROOT / "data_recipes" / "sample.yaml")}, "evaluate": [],
            "stages": [{"name": "vision", "kind": "vision", "probe": False,
                        "trl": {"max_steps": 40, "per_device_train_batch_size": 8, "save_steps": 10,
                                "logging_steps": 5}}]}

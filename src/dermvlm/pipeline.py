@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dermvlm.config import ConfigError, RecipeConfig, RunConfig, StageSpec, load_config
+from dermvlm.config import ConfigError, RunConfig, StageSpec
 from dermvlm.devices import GpuPeak, release_memory
 from dermvlm.distributed import barrier, init_processes
 from dermvlm.io import atomic_write_text
@@ -66,22 +66,24 @@ class PeakRSS:
 
 
 def build_data(cfg: RunConfig, source: str = "<config>") -> tuple[Path, str]:
-    """Build the run's data recipe once (rebuilt when the recipe or its source changes); return (dir, hash)."""
+    """Build the run's data (``recipes.run_data``: the recipe and what ``data:`` names) once, rebuilt when it
+    changes; return (dir, key). The key names the split rule when a source has no official split."""
+    from dermvlm.datasets.adapters import SOURCES
     from dermvlm.recipes.build import build, recipe_hash
+    from dermvlm.recipes.run_data import run_recipe
 
-    recipe_path = Path(cfg.data.recipe)
-    if not recipe_path.is_file() and source != "<config>":
-        candidate = Path(source).resolve().parent.parent / cfg.data.recipe
-        recipe_path = candidate if candidate.is_file() else recipe_path
-    recipe = load_config(recipe_path, RecipeConfig)
-    overrides = [{"name": cfg.data.source, "root": cfg.data.root}] if cfg.data.source else None
-    key = sha256_text(recipe_hash(recipe) + json.dumps(overrides))[:16]
+    recipe, base = run_recipe(cfg, source)
+    derived = any(not SOURCES[s.name].official_splits for s in recipe.sources)
+    key = sha256_text(recipe_hash(recipe) + json.dumps(None) + ("|split: sha256(seed:group)" if derived else ""))[:16]
     out = run_dir(cfg) / "data"
     stats = out / "stats.json"
     built = stats.exists() and (out / "key.txt").exists() and (out / "key.txt").read_text() == key
     if not built and is_main_process():
-        log.info("building data recipe %s into %s", recipe_path, out)
-        build(recipe, out, overrides, base=recipe_path.resolve().parent)
+        log.info("building the run's data (%s) into %s", cfg.data.recipe or "your images", out)
+        result = build(recipe, out, base=base)
+        for line in [result.split_change, *result.stats["warnings"]]:
+            if line:
+                log.warning(line)
         atomic_write_text(out / "key.txt", key)
     barrier("the data recipe")
     return out, key
@@ -192,11 +194,14 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
 
 def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | None = None,
                  to_stage: str | None = None, evaluate: bool = True) -> Path:
-    """Run the data build, every stage not yet finished and (``evaluate``) the config's evaluation suites on the
-    served final model; return the final model folder. The terminal shows one bar per stage (``StepProgress``);
+    """Run the config checks, the data build, the checks before training (``held_out``), every stage not yet
+    finished and (``evaluate``) the run's evaluation (its held-out test split and suites) on the served final
+    model; return the final model folder. The terminal shows one bar per stage (``StepProgress``);
     the libraries' per-file loading and saving bars are off."""
     import datasets
     from transformers.utils import logging as hf_logging
+
+    from dermvlm.run_check import check_run
 
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -204,8 +209,7 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
     for flag, name in (("--from", from_stage), ("--to", to_stage)):
         if name is not None and name not in names:
             raise ConfigError(f"{flag} {name!r}: no such stage; stages are {', '.join(names)}")
-    check_stages(cfg, source)
-    check_paths(cfg, source)
+    check_run(cfg, source, plan=False)
     root = run_dir(cfg)
     tracker = Tracker(cfg.trackers() if is_main_process() else [], cfg.name, root, cfg.model_dump())
     tracker.check(source)
@@ -217,10 +221,13 @@ def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | Non
 
 def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: str | None, evaluate: bool,
                 tracker: Tracker) -> Path:
+    from dermvlm.held_out import check_before_training
+
     root = run_dir(cfg)
     init_processes()
     claim_run_dir(root)
     data_dir, data_key = build_data(cfg, source)
+    targets = check_before_training(cfg, source, data_dir)  # the held-out split and the suites, before training
     manifest = Manifest(root, write=is_main_process())
     manifest.start(cfg.model_dump(), cfg.seed, {"data_recipe": cfg.data.recipe, "data_key": data_key,
                                                 "data_stats_sha256": sha256_text((data_dir / "stats.json")
@@ -277,7 +284,7 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
         manifest.data["final_model"] = str(current)
         manifest.data["final_model_key"] = upstream
         manifest.save()
-        if evaluate and cfg.evaluate:
+        if evaluate and targets:
             reports, _ = serve_and_evaluate(cfg, current, upstream, source, tracker=tracker)
             manifest.data["evaluation"] = reports
             manifest.save()
@@ -308,45 +315,17 @@ def claim_run_dir(root: Path) -> None:
             mark_output(root, "pipeline")
 
 
-def check_paths(cfg: RunConfig, source: str = "<config>") -> None:
-    """Every path the run will read, resolved before anything is built: recipe, evaluation suites, start model."""
-    from dermvlm.config import SuiteConfig
-
-    recipe = Path(cfg.data.recipe)
-    if not recipe.is_file() and source != "<config>":
-        recipe = Path(source).resolve().parent.parent / cfg.data.recipe
-    if not recipe.is_file():
-        raise ConfigError(f"{source}: data.recipe: recipe file not found: {cfg.data.recipe}")
-    load_config(recipe, RecipeConfig)
-    for i, suite in enumerate(cfg.evaluate):
-        path = resolve_path(suite, source)
-        if not path.is_file():
-            raise ConfigError(f"{source}: evaluate[{i}]: suite file not found: {suite}")
-        load_config(path, SuiteConfig)
-    name = cfg.model.name_or_path
-    if name is not None and not Path(name).exists() and not is_hub_id(name):  # a hub id is checked when it loads
-        raise ConfigError(f"{source}: model.name_or_path: no such model folder: {name}")
-
-
-def resolve_path(path: str, source: str) -> Path:
-    """A path from a config: as given when it exists, else relative to the project root above ``configs/``."""
-    p = Path(path)
-    if p.exists() or p.is_absolute() or source == "<config>":
-        return p
-    candidate = Path(source).resolve().parent.parent / path
-    return candidate if candidate.exists() else p
-
-
 def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: str = "<config>", during=None,
                        tracker: Tracker | None = None) -> tuple[dict[str, Any], Any]:
-    """Serve ``model_dir`` with vLLM once, run every suite of ``cfg.evaluate`` against it (outputs in
-    ``runs/<name>/eval/<suite>/``, reset when the model changes) and call ``during(server)`` while it is up."""
-    from dermvlm.config import SuiteConfig
+    """Serve ``model_dir`` with vLLM once, run what the run evaluates against it (``held_out``: its own test split
+    and the suites of ``evaluate:``; outputs in ``runs/<name>/eval/<suite>/``, reset when the model changes) and
+    call ``during(server)`` while it is up."""
     from dermvlm.evaluation.runner import EndpointOptions
     from dermvlm.evaluation.suite import run_suite
+    from dermvlm.held_out import evaluated_suites
     from dermvlm.serving.server import ServeOptions, VLLMServer
 
-    suites = [(resolve_path(p, source), load_config(resolve_path(p, source), SuiteConfig)) for p in cfg.evaluate]
+    suites = evaluated_suites(cfg, source, run_dir(cfg) / "data")
     s = cfg.serve
     root = run_dir(cfg) / "eval"
     options = ServeOptions(
@@ -357,14 +336,14 @@ def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: 
     log.info("serving %s with vLLM for evaluation", model_dir)
     with VLLMServer(options) as server:
         endpoint = EndpointOptions(base_url=server.base_url, model=server.model_name, api_key=s.api_key or "EMPTY")
-        for path, suite in suites:
+        for base, suite in suites:
             out = root / suite.name
             key_file = out / "model_key.txt"
             if out.exists() and (not key_file.exists() or key_file.read_text() != model_key):
                 shutil.rmtree(out)  # answers of an earlier model must not be mixed in
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(key_file, model_key)
-            result = run_suite(suite, out, endpoint=endpoint, base=path.resolve().parent,
+            result = run_suite(suite, out, endpoint=endpoint, base=base,
                                train_data=run_dir(cfg) / "data")  # a suite must not ask about training images
             if tracker is not None:
                 tracker.evaluation(suite.name, result, out)
@@ -400,7 +379,7 @@ A dermatology vision-language model trained by dermvlm ({', '.join(s.name for s 
 It answers in the DermIQ format `<think>observation, differential</think><answer>diagnosis</answer>`.
 
 - base: {base}
-- data recipe: `{cfg.data.recipe}` (data key `{manifest.data.get('inputs', {}).get('data_key')}`)
+- data: `{cfg.data.recipe or cfg.data.labels}` (data key `{manifest.data.get('inputs', {}).get('data_key')}`)
 - config hash: `{manifest.data.get('config_hash', '')[:16]}`, seed {cfg.seed}
 
 | stage | kind | steps | seconds | last loss | final reward |

@@ -37,7 +37,7 @@ from dermvlm.datasets.contact_sheet import contact_sheet
 from dermvlm.datasets.dedup import find_duplicates
 from dermvlm.datasets.image_facts import image_facts
 from dermvlm.datasets.skin_tone import lab, rgb_array
-from dermvlm.datasets.splits import assign_splits
+from dermvlm.datasets.split_assignment import SplitTable, assign_splits
 from dermvlm.io import atomic_dir
 from dermvlm.knowledge import load_graph
 from dermvlm.recipes.build import collect_records, load_checked
@@ -47,6 +47,8 @@ OFF_TOPIC_THRESHOLD = 8.0  # robust z of the distance to the nearest images (bla
 # checked on seed 1: benchmarks/audit/README.md); the CNN's probabilities are smoother than the regression's
 LABEL_ERROR_THRESHOLDS = {"features": 0.02, "cnn": 0.05, "both": 0.05}
 CLASSIFIERS = tuple(LABEL_ERROR_THRESHOLDS)
+# below these, a cross-validated label-error ranking is noise: its candidates are held for review, never proposed
+MIN_RANKING_IMAGES, MIN_RANKING_PER_CLASS = 50, 10
 THUMB = 64
 
 
@@ -139,14 +141,16 @@ def label_probabilities(classifier: str, x: np.ndarray, images: list[Image.Image
 
 
 def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = None, base: Path | None = None,
-          folds: int = 5, top: int = 48, classifier: str = "features") -> dict[str, Any]:
+          folds: int = 5, top: int = 48, classifier: str = "features", splits: SplitTable | None = None
+          ) -> dict[str, Any]:
     """Audit the recipe's images (every split) and write the report folder; returns ``audit.json``'s content.
-    ``classifier`` is the label-error classifier: ``features`` (seconds), ``cnn`` or ``both`` (minutes)."""
+    ``classifier`` is the label-error classifier: ``features`` (seconds), ``cnn`` or ``both`` (minutes). Splits
+    are the build's (``splits``: its ``splits.csv``) or, without one, the same pure function the build uses."""
     kg = load_graph()
     records, skipped, _ = collect_records(recipe, kg, overrides, base)
     keep, conflicts = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), "first")
     records = [records[i] for i in keep]
-    assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
+    assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed, splits)
     kept, images = load_checked(records, recipe, skipped)
     if len(kept) < 2:
         raise DatasetError("audit: fewer than two usable images")
@@ -191,7 +195,8 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     pairs.sort(key=lambda p: (not p["cross_split"], p["distance"]))
     rank_off = sorted(rows, key=lambda r: -r["off_topic"])
     rank_lab = sorted((r for r in rows if "label_confidence" in r), key=lambda r: r["label_confidence"])
-    exclude, held = _exclusions(rows, pairs, threshold)
+    caveat = ranking_caveat(labels)
+    exclude, held = _exclusions(rows, pairs, threshold, propose_label_errors=caveat is None)
     result = {
         "recipe": recipe.name, "images": len(rows), "skipped": len(skipped),
         "by_split": dict(Counter(r["split"] for r in rows)),
@@ -204,7 +209,7 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         "tone_groups": dict(Counter(r["tone_group"] or "skipped" for r in rows)),
         "artefacts": dict(Counter(t for r in rows for t in r["artefacts"])),
         "exclude": exclude, "held_for_review": held, "per_image": rows,
-        "label_classifier": probe_info,
+        "label_classifier": probe_info, "label_error_caveat": caveat,
         "thresholds": {"off_topic": OFF_TOPIC_THRESHOLD, "label_confidence": threshold},
     }
     with atomic_dir(Path(out), command="data audit") as tmp:
@@ -224,13 +229,25 @@ def audit(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     return result
 
 
-def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
-                threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def ranking_caveat(labels: list[str]) -> str | None:
+    """Why the label-error ranking is too thin to act on (too few images, or a class too small), or None."""
+    counts = Counter(labels)
+    fewest = min(counts.values()) if counts else 0
+    if len(labels) >= MIN_RANKING_IMAGES and fewest >= MIN_RANKING_PER_CLASS:
+        return None
+    rarest = min(counts, key=lambda k: (counts[k], k)) if counts else "-"
+    return (f"the label-error ranking rests on {len(labels)} images ({len(counts)} classes, the smallest {rarest} "
+            f"with {fewest}); below {MIN_RANKING_IMAGES} images or {MIN_RANKING_PER_CLASS} per class its "
+            "probabilities mean little: its candidates are held for review, none proposed")
+
+
+def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], threshold: float,
+                propose_label_errors: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """What ``exclude.yaml`` proposes, and what is held for review instead: the non-test copy of every cross-split
     duplicate and the second copy of every exact duplicate, off-topic images over threshold, and label-error
     candidates under threshold **in the train split**. Label-error candidates of val and test are held for review,
     not proposed: dropping the items a classifier disagrees with from an evaluation split inflates its metrics
-    (relabel them after review instead)."""
+    (relabel them after review instead); so are all of them when ``propose_label_errors`` is off (small data)."""
     out: dict[str, dict[str, Any]] = {}
     held: list[dict[str, Any]] = []
     split = {r["id"]: r["split"] for r in rows}
@@ -249,7 +266,7 @@ def _exclusions(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
         if r.get("label_confidence", 1.0) < threshold:
             entry = {"image": r["id"], "why": f"label {r['label']} has out-of-sample probability "
                                               f"{r['label_confidence']:.3f} (looks like {r['predicted']})"}
-            if r["split"] in ("train", None):
+            if r["split"] in ("train", None) and propose_label_errors:
                 out.setdefault(r["id"], entry)
             elif r["id"] not in out:
                 held.append(entry | {"split": r["split"]})
@@ -269,14 +286,16 @@ def markdown(result: dict[str, Any]) -> str:
              f"- off-topic over {result['thresholds']['off_topic']}: "
              f"{sum(r['off_topic'] >= result['thresholds']['off_topic'] for r in result['per_image'])}",
              f"- label-error candidates under {result['thresholds']['label_confidence']} "
-             f"({_classifier_line(result['label_classifier'])}): {low}",
+             f"({_classifier_line(result['label_classifier'])}): {low}"
+             + (f". **Too few images:** {result['label_error_caveat']}" if result.get("label_error_caveat") else ""),
              f"- tone groups (ITA estimate): {result['tone_groups']}",
              f"- artefact tags: {result['artefacts'] or 'none'}",
              f"- proposed exclusions: {len(result['exclude'])} in `exclude.yaml` (use `exclude: exclude.yaml` in the "
              "recipe after checking them)",
-             f"- held for review, not proposed: {len(result['held_for_review'])} label-error candidates of "
-             "val/test (`held_for_review` in `audit.json`): dropping what a classifier disagrees with from an "
-             "evaluation split inflates its metrics; relabel them after review instead", "",
+             f"- held for review, not proposed: {len(result['held_for_review'])} label-error candidates "
+             "(`held_for_review` in `audit.json`): of val/test always, since dropping what a classifier disagrees "
+             "with from an evaluation split inflates its metrics (relabel them after review instead), and of train "
+             "when the ranking rests on too few images", "",
              "Pictures: `audit.html` (worst first), `off_topic.png`, `label_errors.png`, `duplicates.png`.", ""]
     if result["label_errors"]:
         lines += ["## Label-error candidates (lowest out-of-sample probability of their label)", "",

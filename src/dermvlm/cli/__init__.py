@@ -4,9 +4,11 @@ function. Heavy imports stay inside commands. The commands, in the order ``--hel
 from dermvlm.cli import evaluate, serve, train
 from dermvlm.cli.app import app, run
 from dermvlm.cli.data import data_app
+from dermvlm.cli.init import init
 from dermvlm.cli.kg import kg_app
 from dermvlm.cli.model import model_app, nano_app
 
+app.command()(init)
 app.command()(serve.serve)
 app.command()(train.pipeline)
 app.command()(train.train)

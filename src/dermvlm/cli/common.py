@@ -19,8 +19,10 @@ SourceOpt = Annotated[str | None, typer.Option(help="Replace the declared source
 RootOpt = Annotated[Path | None, typer.Option(help="Root folder for --source.")]
 ImagesOpt = Annotated[Path | None, typer.Option(help="Your images folder (with --labels).")]
 LabelsOpt = Annotated[Path | None, typer.Option(help="Your labels CSV.")]
-ImageColOpt = Annotated[str, typer.Option(help="Image column of --labels.")]
-LabelColOpt = Annotated[str, typer.Option(help="Label column of --labels.")]
+ImageColOpt = Annotated[str | None, typer.Option(help="Image column of --labels (default: image).")]
+LabelColOpt = Annotated[str | None, typer.Option(help="Label column of --labels (default: label).")]
+GroupColOpt = Annotated[str | None, typer.Option(
+    help="Patient/lesion column of --labels: splits never cut one (default: a patient/lesion column it finds).")]
 
 # Options shared by the commands that read a config file (`pipeline`, `train`, `config check`, `eval`).
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -46,26 +48,22 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def source_overrides(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
-                     image_col: str, label_col: str, group_col: str | None, allow_outside_images: bool = False
-                     ) -> list[dict] | None:
-    """Command-line sources that replace a recipe's (or a suite's) declared sources."""
-    if labels is not None or images is not None:
-        if labels is None:
-            fail("--images needs --labels CSV (or use --source imagefolder --root DIR)")
-        options = {"labels": str(labels), "image_col": image_col, "label_col": label_col}
-        if allow_outside_images:
-            options["allow_outside_images"] = True
-        if images is not None:
-            options["images"] = str(images)
-        if group_col:
-            options["group_col"] = group_col
-        return [{"name": "csv", "options": options}]
-    if source is not None:
-        return [{"name": source, "root": str(root) if root else None}]
-    if root is not None:
+def source_options(source: str | None, root: Path | None, images: Path | None, labels: Path | None,
+                   image_col: str | None, label_col: str | None, group_col: str | None,
+                   allow_outside_images: bool = False) -> dict:
+    """What the command line names about the data, and only that: merged into a recipe's (or a suite's, or a run
+    config's) sources by ``recipes.run_data.merged_sources``, so a recipe's ``label_map`` and other options
+    survive. Paths are made absolute (they are relative to the working directory)."""
+    if images is not None and labels is None:
+        fail("--images needs --labels CSV (or use --source imagefolder --root DIR)")
+    if root is not None and source is None:
         fail("--root needs --source NAME")
-    return None
+    if source is not None and labels is not None:
+        fail("--source replaces the sources with an adapter, --labels with your CSV: give one of them")
+    given = {"source": source, "root": root, "images": images, "labels": labels, "image_col": image_col,
+             "label_col": label_col, "group_col": group_col,
+             "allow_outside_images": True if allow_outside_images else None}
+    return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
 
 def run_data(run: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from dermvlm.cli.common import (
+    GroupColOpt,
     ImageColOpt,
     ImagesOpt,
     LabelClassifier,
@@ -16,7 +17,7 @@ from dermvlm.cli.common import (
     RootOpt,
     SourceOpt,
     fail,
-    source_overrides,
+    source_options,
 )
 from dermvlm.config import ConfigError
 
@@ -26,31 +27,32 @@ data_app = typer.Typer(help="Data recipes: labeled images → training and evalu
 
 @data_app.command("build")
 def data_build(
-    recipe: Annotated[Path, typer.Argument(help="A recipe YAML from data_recipes/.")],
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML from data_recipes/, or a run config (its data:).")],
     out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
     labels: LabelsOpt = None,
-    image_col: ImageColOpt = "image",
-    label_col: LabelColOpt = "label",
-    group_col: Annotated[str | None, typer.Option(help="Patient/lesion column of --labels.")] = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
     allow_outside_images: Annotated[bool, typer.Option(help="Accept --labels paths that leave --images.")] = False,
 ) -> None:
-    """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv)."""
-    from dermvlm.config import RecipeConfig, load_config
+    """Build every dataset kind a recipe enables (HF DatasetDicts, dataset card, stats.json, skipped.csv,
+    splits.csv). The options replace only what they name in the recipe's sources (label_map survives)."""
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.io import OutputError, check_output
     from dermvlm.knowledge import UnknownLabelError
     from dermvlm.recipes.build import build
+    from dermvlm.recipes.run_data import recipe_or_run, with_sources
 
     try:
         check_output(out, "data build", force)
-        cfg = load_config(recipe, RecipeConfig)
-        overrides = source_overrides(source, root, images, labels, image_col, label_col, group_col,
-                                     allow_outside_images)
-        result = build(cfg, out, overrides, base=recipe.resolve().parent)
+        cfg, base, _ = recipe_or_run(recipe)
+        cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col,
+                                               allow_outside_images), str(recipe))
+        result = build(cfg, out, base=base)
     except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         fail(str(err))
     s = result.stats
@@ -62,18 +64,23 @@ def data_build(
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} file(s): "
                    + ", ".join(f"{k} ({v})" for k, v in s["skipped_by_reason"].items()) + f"; see {out}/skipped.csv")
+    for line in [result.split_change, *s["warnings"]]:
+        if line:
+            typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
 
 
 @data_app.command("audit")
 def data_audit(
-    recipe: Annotated[Path, typer.Argument(help="A recipe YAML, or an image folder with a labels.csv (image,label).")],
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML, a run config (its data:), or an image folder with a "
+                                                "labels.csv (image,label).")],
     out: Annotated[Path, typer.Option(help="Report folder (audit.md/html/json, contact sheets, exclude.yaml).")],
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
     labels: LabelsOpt = None,
-    image_col: ImageColOpt = "image",
-    label_col: LabelColOpt = "label",
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds for label-error candidates.")] = 5,
     classifier: Annotated[LabelClassifier, typer.Option(
         help="Label-error classifier: features (logistic regression, seconds), cnn (a small CNN per fold, minutes) "
@@ -81,15 +88,20 @@ def data_audit(
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
 ) -> None:
     """Rank a dataset's duplicates, off-topic images and label-error candidates, worst first, and propose an
-    exclude list a recipe can use (`exclude: OUT/exclude.yaml`)."""
+    exclude list a recipe or run config can use (`exclude: OUT/exclude.yaml`). Splits are the run's own
+    (runs/NAME/data/splits.csv) when a run config's data is built, else the build's rule."""
     from dermvlm.audit import audit
-    from dermvlm.config import RecipeConfig, load_config
+    from dermvlm.config import RecipeConfig
     from dermvlm.datasets.adapters.common import DatasetError
+    from dermvlm.datasets.split_assignment import SplitTable
     from dermvlm.io import OutputError, check_output
     from dermvlm.knowledge import UnknownLabelError
+    from dermvlm.pipeline import run_dir
+    from dermvlm.recipes.run_data import recipe_or_run, with_sources
 
     try:
         check_output(out, "data audit", force)
+        splits = None
         if recipe.is_dir():
             if images is None and labels is None and source is None:
                 images, labels = recipe, recipe / "labels.csv"
@@ -99,16 +111,20 @@ def data_audit(
                                                "kinds": {"image_label": {"splits": ["train", "val", "test"]}}})
             base = Path.cwd()
         else:
-            cfg = load_config(recipe, RecipeConfig)
-            base = recipe.resolve().parent
-        overrides = source_overrides(source, root, images, labels, image_col, label_col, None)
-        result = audit(cfg, out, overrides, base=base, folds=folds, classifier=classifier)
+            cfg, base, run = recipe_or_run(recipe)
+            splits = SplitTable.of_build(run_dir(run) / "data") if run is not None else None
+        cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col),
+                           str(recipe))
+        result = audit(cfg, out, base=base, folds=folds, classifier=classifier, splits=splits)
     except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         fail(str(err))
     d = result["duplicates"]
     typer.echo(f"audited {result['images']} images: {d['exact_pairs']} exact / {d['near_pairs']} near duplicate "
                f"pairs ({d['cross_split_pairs']} across splits), {len(result['conflicts'])} label conflicts, "
-               f"{len(result['exclude'])} proposed exclusions; report: {out / 'audit.md'}")
+               f"{len(result['exclude'])} proposed exclusions, {len(result['held_for_review'])} held for review; "
+               f"splits: {'the run build' if splits else 'the build rule'}; report: {out / 'audit.md'}")
+    if result.get("label_error_caveat"):
+        typer.secho(f"warning: {result['label_error_caveat']}", fg=typer.colors.YELLOW, err=True)
 
 
 @data_app.command("inspect")

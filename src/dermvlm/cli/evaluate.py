@@ -10,6 +10,7 @@ import typer
 
 from dermvlm.cli.common import (
     DtypeOpt,
+    GroupColOpt,
     ImageColOpt,
     ImagesOpt,
     LabelColOpt,
@@ -22,7 +23,7 @@ from dermvlm.cli.common import (
     fresh_option,
     one_line,
     run_data,
-    source_overrides,
+    source_options,
 )
 from dermvlm.cli.default_group import DefaultCommandGroup
 from dermvlm.cli.interrupts import exit_code, signal_name, unwind_on_signals
@@ -76,7 +77,8 @@ def eval_run(
     split: Annotated[SplitChoice | None, typer.Option(help="The suite's split (all: every image of an external "
                                                       "test set).")] = None,
     run: Annotated[Path | None, typer.Option(help="The pipeline run folder (runs/NAME) the model was trained in: "
-                                             "an item whose image is in its training split stops the "
+                                             "the images its build split (splits.csv) keep their split here, "
+                                             "and an item whose image is in its training split stops the "
                                              "evaluation.")] = None,
     judge_endpoint: Annotated[str | None, typer.Option(help="An OpenAI-compatible base URL whose model grades "
                                                        "open-ended answers against the reference (LLM judge).")
@@ -87,8 +89,9 @@ def eval_run(
     root: RootOpt = None,
     images: ImagesOpt = None,
     labels: LabelsOpt = None,
-    image_col: ImageColOpt = "image",
-    label_col: LabelColOpt = "label",
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint (`dermvlm eval SUITE` runs this).
@@ -108,7 +111,8 @@ def eval_run(
             cfg = load_config(suite, SuiteConfig, overrides)
             cfg = suite_for_run(cfg, split, data, corruption, severity)
             out_dir = out or Path("runs") / "eval" / cfg.name
-            sources = source_overrides(source, root, images, labels, image_col, label_col, None)
+            cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col),
+                               str(suite))
             ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
                                  concurrency=concurrency)
             judging = {}
@@ -121,7 +125,7 @@ def eval_run(
                 from dermvlm.evaluation.suite import run_suite as runner
             result = runner(cfg, out_dir, ep, serve_model=serve, **judging,
                             serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
-                            overrides=sources, base=suite.resolve().parent, limit=limit,
+                            base=suite.resolve().parent, limit=limit,
                             system_prompt=system_prompt, fresh=fresh,
                             **({"train_data": run_data(run)} if run else {}))
         except KeyboardInterrupt:
@@ -136,6 +140,17 @@ def eval_run(
         report_robustness(result, out_dir)
     else:
         report_metrics(result, out_dir)
+
+
+def with_sources(cfg, given: dict, where: str):
+    """The suite with the command line's data options merged into its sources (only what they name)."""
+    if not given:
+        return cfg
+    from dermvlm.config import SuiteConfig, validate
+    from dermvlm.recipes.run_data import merged_sources
+
+    return validate(cfg.model_dump() | {"sources": merged_sources(cfg.model_dump()["sources"], given)}, SuiteConfig,
+                    where)
 
 
 def check_eval_flags(endpoint, serve, model, corruption, severity, robustness, judge_endpoint, judge_model) -> None:

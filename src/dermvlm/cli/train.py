@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from dermvlm.cli.common import SetOpt, fail, fresh_option
+from dermvlm.cli.common import (
+    GroupColOpt,
+    ImageColOpt,
+    ImagesOpt,
+    LabelColOpt,
+    LabelsOpt,
+    SetOpt,
+    fail,
+    fresh_option,
+    source_options,
+)
 from dermvlm.config import ConfigError
 
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
@@ -20,22 +30,25 @@ def config_check(
     accelerate_config: Annotated[Path | None, typer.Option(
         help="The accelerate config you will launch with (configs/accelerate/*.yaml).")] = None,
 ) -> None:
-    """Validate a run config: every field, each stage's trainer settings as TRL will read them, every path, and
-    (with --accelerate-config, or under accelerate launch) what the launch's sharding cannot run."""
+    """Check a run before it starts: every field, each stage's trainer settings as TRL will read them, the data
+    (its images, labels and planned split; nothing decoded), each stage's dataset kinds, the held-out split and
+    the suites (none may show a training image), the model family and processor, and (with --accelerate-config, or
+    under accelerate launch) what the launch's sharding cannot run."""
     from dermvlm.config import load_config
     from dermvlm.launch import launch_problems, sharding_from_config
-    from dermvlm.pipeline import check_paths, check_stages
+    from dermvlm.run_check import check_run
 
     try:
         cfg = load_config(config, overrides=overrides)
-        check_stages(cfg, str(config))
-        check_paths(cfg, str(config))
+        lines = check_run(cfg, str(config))
         if accelerate_config is not None:
             problems = launch_problems(cfg, sharding_from_config(accelerate_config), str(config))
             if problems:
                 raise ConfigError(problems[0])
     except ConfigError as err:
         fail(str(err))
+    for line in "\n".join(lines).splitlines():
+        typer.echo(f"  {line}")
     typer.echo(f"{config}: ok ({len(cfg.stages)} stages: {', '.join(s.name for s in cfg.stages)})")
 
 
@@ -44,21 +57,51 @@ def pipeline(
     from_stage: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
     to_stage: Annotated[str | None, typer.Option("--to", help="Stop after this stage.")] = None,
     overrides: SetOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check, build the data, load the model and run one "
+                                          "batch per stage forward; train nothing.")] = False,
 ) -> None:
-    """Data → stages → merged model, resuming finished stages and checkpoints (runs/<name>/)."""
+    """Data → stages → merged model → evaluation of the held-out split, resuming finished stages and checkpoints
+    (runs/<name>/). --images/--labels/... set the config's data: (only what they name)."""
     from dermvlm.config import load_config
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.distributed import PeerError
     from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
+    from dermvlm.recipes.run_data import with_data
 
     try:
-        cfg = load_config(config, overrides=overrides)
+        cfg = with_data(load_config(config, overrides=overrides),
+                        source_options(None, None, images, labels, image_col, label_col, group_col))
+        if dry_run:
+            from dermvlm.dry_run import dry_run as preview
+
+            for line in preview(cfg, str(config)):
+                typer.echo(line)
+            return
         final = run_pipeline(cfg, str(config), from_stage, to_stage)
     except (ConfigError, DatasetError, OutputError, PeerError) as err:
         fail(str(err))
     typer.echo(f"final model: {final}")
-    typer.echo(f"manifest: {Path(cfg.output_dir) / cfg.name / 'manifest.json'}")
+    manifest = Path(cfg.output_dir) / cfg.name / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        echo_reports(json.loads(manifest.read_text()).get("evaluation") or {})
+    typer.echo(f"manifest: {manifest}")
+
+
+def echo_reports(reports: dict) -> None:
+    """One line of accuracies per evaluated suite (n items each), and where its report is."""
+    for name, rep in reports.items():
+        scores = ", ".join(f"{k} accuracy {v['accuracy']:.2f} (n {v['n']})" for k, v in rep.items()
+                           if isinstance(v, dict) and v.get("accuracy") is not None)
+        typer.echo(f"eval {name}: {scores}")
+        typer.echo(f"report:   {rep['report']}")
 
 
 def train(
@@ -114,10 +157,7 @@ def demo(
     typer.echo(f"image:    {result.image} (label: {result.label})")
     typer.echo(f"question: {result.question}")
     typer.echo(f"answer:   {result.answer}")
-    for name, rep in result.reports.items():
-        scores = ", ".join(f"{k} accuracy {v['accuracy']:.2f}" for k, v in rep.items() if isinstance(v, dict))
-        typer.echo(f"eval {name}: {scores}")
-        typer.echo(f"report:   {rep['report']}")
+    echo_reports(result.reports)
     typer.echo(f"(vLLM ready and evaluated in {result.server_start_seconds:.0f} s; demo took "
                f"{result.total_seconds:.0f} s)")
     typer.echo("note: a research tool trained for seconds on a tiny sample, not a medical diagnosis.")

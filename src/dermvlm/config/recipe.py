@@ -11,6 +11,7 @@ from dermvlm.config.base import Strict
 SOURCE_NAMES = Literal["dermamnist", "ham10000", "isic", "pad_ufes_20", "fitzpatrick17k", "ddi", "imagefolder",
                        "csv", "sample"]
 SplitName = Literal["train", "val", "test"]
+Modality = Literal["clinical photograph", "dermoscopic image", "histology image", "image"]  # as training text says it
 TRAIN_SPLITS: list[str] = ["train", "val"]
 
 

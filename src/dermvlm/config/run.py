@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from dermvlm.config.base import Strict
 from dermvlm.config.model import ModelSpec
+from dermvlm.config.recipe import ImageSpec, Modality, SplitSpec
 from dermvlm.config.serving import DemoSpec, ServeSpec
 from dermvlm.config.stages import AnyStage
 
@@ -15,11 +16,38 @@ TrackerName = Literal["none", "tensorboard", "trackio", "mlflow", "wandb"]
 
 
 class DataSpec(Strict):
-    """The data recipe a run trains on (built into ``runs/<name>/data`` once, rebuilt when it changes)."""
+    """The data a run trains on, built into ``runs/<name>/data`` once (rebuilt when it changes): a recipe, or your
+    own images and labels CSV (``images``, ``labels``, columns, ``group_col``, ``label_map``) with every dataset kind,
+    or both (these fields then replace only what they name in the recipe's CSV source). Relative paths are read
+    from the config file's folder (``recipes.run_data``)."""
 
-    recipe: str = "data_recipes/sample.yaml"
+    recipe: str | None = None  # default: data_recipes/sample.yaml, or every kind of your images with `labels`
     source: str | None = None  # replace the recipe's sources with this adapter ...
     root: str | None = None  # ... reading this folder
+    images: str | None = None  # your images folder ...
+    labels: str | None = None  # ... and the CSV naming each image file and its label
+    image_col: str | None = None  # the CSV's columns (default image, label; group_col: found when it can be)
+    label_col: str | None = None
+    group_col: str | None = None  # patient or lesion: splits never cut one
+    site_col: str | None = None
+    fitzpatrick_col: str | None = None
+    modality: Modality | None = None  # what the images are, as the training text says it
+    label_map: dict[str, str] = Field(default_factory=dict)  # your label → a name the knowledge graph knows
+    on_unknown_label: Literal["error", "skip"] | None = None
+    exclude: str | list[str] = Field(default_factory=list)  # image ids, or the exclude.yaml `data audit` wrote
+    split: SplitSpec | None = None  # val/test fractions (default: the recipe's, else 0.1/0.2)
+    image: ImageSpec | None = None  # stored image size (default: the recipe's)
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> DataSpec:
+        if self.images is not None and self.labels is None:
+            raise ValueError("data.images needs data.labels (a CSV naming each image file and its label)")
+        if self.source is not None and self.labels is not None:
+            raise ValueError("data.source replaces the recipe's sources with an adapter; data.labels with your CSV; "
+                             "give one of them")
+        if self.root is not None and self.source is None:
+            raise ValueError("data.root needs data.source (the adapter that reads it)")
+        return self
 
 
 class RunConfig(Strict):
@@ -33,7 +61,9 @@ class RunConfig(Strict):
     stages: list[AnyStage] = Field(min_length=1)
     serve: ServeSpec = ServeSpec()
     demo: DemoSpec = DemoSpec()
-    evaluate: list[str] = Field(default_factory=list)  # suites (eval/*.yaml) run on the final model, served by vLLM
+    # on the final model, served by vLLM: "test" (the held-out test split the data build wrote) and/or suites
+    # (eval/*.yaml); default ["test"] when the data builds an eval_item test split, else nothing
+    evaluate: list[str] | None = None
     # experiment tracking (dermvlm.tracking): one back-end or several, e.g. [mlflow, wandb]
     logging: TrackerName | list[TrackerName] = "none"
 

@@ -48,8 +48,9 @@ class SuiteConfig(Strict):
     split: SplitName | Literal["all"] = "test"  # "all": every image of the sources (an external test set)
     split_fractions: SplitSpec = SplitSpec()
     # A standard benchmark file instead of sources: a VLMEvalKit-style TSV, a JSONL or a CSV (evaluation.external);
-    # ``data`` is its path (relative to the suite file), or ``dermvlm eval SUITE --data FILE``.
-    format: Literal["recipe", "tsv", "jsonl", "csv"] = "recipe"
+    # ``data`` is its path (relative to the suite file), or ``dermvlm eval SUITE --data FILE``. ``built``: the
+    # eval_item rows of a folder ``dermvlm data build`` (or the pipeline) wrote, its split as built.
+    format: Literal["recipe", "tsv", "jsonl", "csv", "built"] = "recipe"
     data: str | None = None
     types: list[Literal["mcq", "open", "yes_no", "attribute"]] = Field(default_factory=lambda: ["mcq", "open"])
     options: int = Field(default=4, ge=2, le=10)

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import RecipeConfig, SuiteConfig
+from dermvlm.datasets.split_assignment import SplitTable
 from dermvlm.recipes.text import OPEN_QUESTIONS
 
 
-def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = None, base: Path | None = None
-                ) -> list[dict[str, Any]]:
-    """Rows with ``id``, ``question``, ``options``, ``answer``, ``type``, gold metadata and ``image`` (bytes)."""
-    if suite.format != "recipe":
+def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = None, base: Path | None = None,
+                splits: SplitTable | None = None) -> list[dict[str, Any]]:
+    """Rows with ``id``, ``question``, ``options``, ``answer``, ``type``, gold metadata and ``image`` (bytes).
+    ``splits``: a run's split assignment, which the images and groups it lists keep here."""
+    if suite.format == "built":
+        rows = built_items(_data_path(suite, base), [suite.split] if suite.split != "all" else None)
+    elif suite.format != "recipe":
         rows = _benchmark_items(suite, base)
     else:
-        rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base)
+        rows = nonskin_items() if suite.abstention else _recipe_items(suite, out, overrides, base, splits)
     if suite.limit:
         rows = rows[: suite.limit]
     if suite.corruption:
@@ -38,34 +42,32 @@ def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 
             for i, r in enumerate(rows)]
 
 
-def _benchmark_items(suite: SuiteConfig, base: Path | None) -> list[dict[str, Any]]:
-    """The items of the suite's benchmark file (``data:``, relative to the suite's folder)."""
-    from dermvlm.evaluation.external import read_benchmark
-
+def _data_path(suite: SuiteConfig, base: Path | None) -> Path:
+    """The suite's ``data:`` (relative to the suite's folder)."""
     if not suite.data:
         raise ValueError(f"suite {suite.name}: format {suite.format} needs data: FILE (or --data FILE)")
     path = Path(suite.data)
     if not path.is_absolute() and base is not None and not path.exists():
         path = base / path
-    return read_benchmark(path, suite.format)
+    return path
 
 
-def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[str, Any]]:
+def _benchmark_items(suite: SuiteConfig, base: Path | None) -> list[dict[str, Any]]:
+    """The items of the suite's benchmark file (``data:``, relative to the suite's folder)."""
+    from dermvlm.evaluation.external import read_benchmark
+
+    return read_benchmark(_data_path(suite, base), suite.format)
+
+
+def built_items(data_dir: Path, splits: list[str] | None = None) -> list[dict[str, Any]]:
+    """The ``eval_item`` rows of a built recipe folder (``splits``: these only, in this order; None: every one)."""
     from datasets import Image, List, load_from_disk
 
-    from dermvlm.recipes.build import build
-
-    splits = ["train", "val", "test"] if suite.split == "all" else [suite.split]
-    recipe = RecipeConfig.model_validate({
-        "name": f"eval-{suite.name}", "seed": suite.seed, "sources": [s.model_dump() for s in suite.sources] or
-        [{"name": "sample"}], "image": suite.image.model_dump(), "split": suite.split_fractions.model_dump(),
-        "kinds": {"eval_item": {"splits": splits, "types": suite.types, "options": suite.options,
-                                "distractors": suite.distractors}},
-    })
-    build(recipe, out, overrides, progress=False, base=base)
-    ds = load_from_disk(str(out / "eval_item"))
+    if not (data_dir / "eval_item" / "dataset_dict.json").is_file():
+        raise ValueError(f"{data_dir}: no eval_item rows were built there (enable the eval_item kind in the recipe)")
+    ds = load_from_disk(str(data_dir / "eval_item"))
     rows = []
-    for split in splits:
+    for split in splits or ["train", "val", "test"]:
         if split not in ds:
             continue
         data = ds[split].cast_column("images", List(Image(decode=False)))  # keep the stored bytes
@@ -74,6 +76,28 @@ def _recipe_items(suite: SuiteConfig, out: Path, overrides, base) -> list[dict[s
             row["image"] = row.pop("images")[0]["bytes"]
             rows.append(row)
     return rows
+
+
+def suite_recipe(suite: SuiteConfig) -> RecipeConfig:
+    """The recipe a suite's items are built with: its sources, split fractions and seed, the eval_item kind."""
+    return RecipeConfig.model_validate({
+        "name": f"eval-{suite.name}", "seed": suite.seed, "sources": [s.model_dump() for s in suite.sources] or
+        [{"name": "sample"}], "image": suite.image.model_dump(), "split": suite.split_fractions.model_dump(),
+        "kinds": {"eval_item": {"splits": _splits(suite), "types": suite.types, "options": suite.options,
+                                "distractors": suite.distractors}},
+    })
+
+
+def _splits(suite: SuiteConfig) -> list[str]:
+    return ["train", "val", "test"] if suite.split == "all" else [suite.split]
+
+
+def _recipe_items(suite: SuiteConfig, out: Path, overrides, base, splits: SplitTable | None = None
+                  ) -> list[dict[str, Any]]:
+    from dermvlm.recipes.build import build
+
+    build(suite_recipe(suite), out, overrides, progress=False, base=base, splits=splits)
+    return built_items(out, _splits(suite))
 
 
 def nonskin_items(crops_per_image: int = 4) -> list[dict[str, Any]]:

@@ -40,7 +40,8 @@ def image_phash(data: bytes) -> int | None:
 def write_members(out: Path, items: list[dict[str, Any]]) -> list[int | None]:
     """Write ``members.json`` for the suite's items; return their hashes (in item order; ``None``: unreadable)."""
     hashes = [image_phash(it["image"]) for it in items]
-    members = [{"id": it["id"], "group_id": it.get("group_id") or "", "phash": f"{h:016x}" if h is not None else ""}
+    members = [{"id": it["id"], "image_id": it.get("image_id") or "", "group_id": it.get("group_id") or "",
+                "phash": f"{h:016x}" if h is not None else ""}
                for it, h in zip(items, hashes, strict=True)]
     atomic_write_text(out / MEMBERS, json.dumps({"n": len(members), "items": members}, indent=1) + "\n")
     return hashes
@@ -93,5 +94,6 @@ def check_held_out(suite_name: str, items: list[dict[str, Any]], hashes: list[in
         first = items[hits[0]]
         raise SplitOverlapError(
             f"suite {suite_name}: {len(hits)} of {len(items)} items show images of the training split of "
-            f"{data_dir} (e.g. item {first['id']}, image {first.get('group_id') or '?'}); evaluate on a split the "
+            f"{data_dir} (e.g. item {first['id']}, image {first.get('image_id') or '?'}, group "
+            f"{first.get('group_id') or '?'}); evaluate on a split the "
             "run did not train on (the recipe's test split, or another dataset)")

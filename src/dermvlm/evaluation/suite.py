@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import SuiteConfig
+from dermvlm.datasets.split_assignment import SplitTable
 from dermvlm.evaluation import cache
 from dermvlm.evaluation.items import build_items, corrupted
 from dermvlm.evaluation.membership import check_held_out, write_members
@@ -35,8 +36,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     ``limit`` 0 or ``None``: every item. Items whose request failed are counted in ``result["errors"]``.
     ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again.
     ``members.json`` records which images the suite asks about; with ``train_data`` (the built recipe a model was
-    trained on) an item whose image is in its train split stops the run (``SplitOverlapError``) before any
-    request."""
+    trained on) the images and groups its ``splits.csv`` lists keep their split, and an item whose image is in its
+    train split stops the run (``SplitOverlapError``) before any request."""
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
@@ -50,7 +51,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     suite = suite.model_copy(update={"limit": limit or suite.limit,
                                      **({"system_prompt": override} if override is not None else {})})
     every = clean_items if clean_items is not None else build_items(
-        suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base)
+        suite.model_copy(update={"limit": None, "corruption": None}), out / "items", overrides, base,
+        SplitTable.of_build(train_data) if train_data is not None else None)
     if every and (clean_items is None or train_data is not None):  # which images, on the clean pixels
         hashes = write_members(out, every)
         if train_data is not None:

@@ -30,7 +30,16 @@ from dermvlm.datasets.conflicts import resolve_conflicts
 from dermvlm.datasets.dedup import find_duplicates, resolve
 from dermvlm.datasets.images import ImageProblem, load_image
 from dermvlm.datasets.records import Record
-from dermvlm.datasets.splits import assign_splits, check_leakage
+from dermvlm.datasets.small_data import small_data_warnings
+from dermvlm.datasets.split_assignment import (
+    SPLITS_FILE,
+    SplitTable,
+    assign_splits,
+    split_change,
+    split_rows,
+    splits_csv,
+)
+from dermvlm.datasets.splits import check_leakage
 from dermvlm.io import atomic_dir
 from dermvlm.knowledge import KGScorer, load_graph
 from dermvlm.knowledge.grounding import RecordFacts
@@ -43,6 +52,7 @@ class BuildResult:
     out: Path
     stats: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_change: str | None = None  # one line when a rebuild moved images between splits (a new seed/fractions)
 
 
 def recipe_hash(recipe: RecipeConfig) -> str:
@@ -77,7 +87,7 @@ def _features(kind: str):
     return Features({**common, "id": Value("string"), "question": Value("string"), "options": List(Value("string")),
                      "answer": Value("string"), "type": Value("string"), "label": Value("string"),
                      "label_name": Value("string"), "dataset": Value("string"), "split": Value("string"),
-                     "group_id": Value("string"), "fitzpatrick": Value("int64"),
+                     "group_id": Value("string"), "image_id": Value("string"), "fitzpatrick": Value("int64"),
                      "fitzpatrick_group": Value("string"), "site": Value("string"), "malignancy": Value("string"),
                      "source_label": Value("string"), "record_facts": Value("string"),
                      "skin_tone_ita": Value("float64"),
@@ -198,8 +208,9 @@ def load_checked(records: list[Record], recipe: RecipeConfig, skipped: list[tupl
 
 
 def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = None, progress: bool = True,
-          base: Path | None = None) -> BuildResult:
-    """Build every kind the recipe enables and write them (atomically) to ``out``."""
+          base: Path | None = None, splits: SplitTable | None = None) -> BuildResult:
+    """Build every kind the recipe enables and write them (atomically) to ``out``, with ``splits.csv``. With
+    ``splits`` (a run's split assignment), its images and groups keep the splits it gives them."""
     import datasets
     from datasets import Dataset, DatasetDict
 
@@ -209,7 +220,7 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
     keep, dup = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), recipe.dedup.on_conflict)
     records = [records[i] for i in keep]
     skipped += dup
-    assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed)
+    assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed, splits)
     # -- images
     bar = ProgressLine("checking images", len(records), "images", transient=True).start() if progress else None
     try:
@@ -266,6 +277,12 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         kinds_out[kind] = rows
     stats = _stats(recipe, records, kinds_out, skipped, report.summary(kept), licences)
     out = Path(out)
+    assignment = split_rows(records)
+    try:
+        before = SplitTable.of_build(out)
+    except DatasetError:  # an unreadable earlier assignment: nothing to compare with
+        before = None
+    change = split_change(before, _split_settings(out / "recipe.json"), assignment, stats["split"])
     with atomic_dir(out, command="data build") as tmp:
         for kind, rows in kinds_out.items():
             feats = _features(kind)
@@ -280,7 +297,17 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         (tmp / "skipped.csv").write_text(buf.getvalue())
         (tmp / "README.md").write_text(_card(recipe, stats))
         (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2, sort_keys=True) + "\n")
-    return BuildResult(out=out, stats=stats, skipped=skipped)
+        (tmp / SPLITS_FILE).write_text(splits_csv(assignment))
+    return BuildResult(out=out, stats=stats, skipped=skipped, split_change=change)
+
+
+def _split_settings(recipe_json: Path) -> dict[str, Any] | None:
+    """The seed and fractions of the build that ``recipe_json`` describes (None when there is none)."""
+    try:
+        old = json.loads(recipe_json.read_text())
+        return {"seed": old["seed"], "val": old["split"]["val"], "test": old["split"]["test"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _stats(recipe, records, kinds_out, skipped, dup, licences) -> dict[str, Any]:
@@ -314,6 +341,8 @@ def _stats(recipe, records, kinds_out, skipped, dup, licences) -> dict[str, Any]
         "kinds": kinds, "skipped": len(skipped), "skipped_by_reason": dict(reasons.most_common()),
         "duplicates": dup, "sources": licences,
         "fitzpatrick": dict(sorted(Counter(str(r.fitzpatrick) for r in records if r.fitzpatrick).items())),
+        "split": {"seed": recipe.seed, "val": recipe.split.val, "test": recipe.split.test},
+        "warnings": small_data_warnings(records, recipe.split.val, recipe.split.test),
     }
 
 
@@ -342,6 +371,8 @@ def _card(recipe: RecipeConfig, stats: dict[str, Any]) -> str:
     labels = sorted({lab for c in stats["labels_by_split"].values() for lab in c})
     for lab in labels:
         lines.append(f"| {lab} | " + " | ".join(str(c.get(lab, 0)) for c in stats["labels_by_split"].values()) + " |")
+    if stats["warnings"]:
+        lines += ["", "## Small data", ""] + [f"- {w}" for w in stats["warnings"]]
     lines += ["", "## Sources and licences", ""] + [f"- {k}: {v}" for k, v in stats["sources"].items()]
     lines += ["", "Research use only: outputs of models trained on this data are not medical diagnoses.", ""]
     return str(DatasetCard("\n".join(lines)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dermvlm.datasets.adapters.common import DatasetError, fitzpatrick_group
@@ -348,7 +349,8 @@ def eval_item(ctx: Context, record: Record, rng: random.Random, spec) -> list[di
     types = list(spec.types)
     rows = []
     base = {"label": record.label, "label_name": kg.name(record.label), "dataset": record.dataset,
-            "split": record.split, "group_id": record.group_id, "fitzpatrick": record.fitzpatrick or 0,
+            "split": record.split, "group_id": record.group_id, "image_id": Path(record.image).stem,
+            "fitzpatrick": record.fitzpatrick or 0,
             "fitzpatrick_group": fitzpatrick_group(record.fitzpatrick) or record.meta.get("fitzpatrick_group") or "",
             "site": record.site or "", "malignancy": kg.malignancy(record.label) or "",
             "source_label": record.source_label, "record_facts": RecordFacts.from_meta(record.meta).to_json(),
@@ -384,7 +386,8 @@ def caption(ctx: Context, record: Record, rng: random.Random, spec) -> list[dict
     kg = ctx.kg
     feats = text.typical_features(kg, record.label, rng, text.is_dermoscopic(record), 2)
     words = f"{text.modality(record)} of {kg.name(record.label)}" + (f": {text.join(feats)}" if feats else "")
-    return [sft_row(ctx, record, "caption", [user(rng.choice(text.CAPTION_QUESTIONS)), assistant(f"A {words}.")],
+    return [sft_row(ctx, record, "caption", [user(rng.choice(text.CAPTION_QUESTIONS)),
+                                              assistant(text.cap(text.with_article(words)) + ".")],
                     "caption")]
 
 

@@ -10,6 +10,7 @@ caller's seeded ``random.Random``.
 from __future__ import annotations
 
 import random
+import re
 
 from dermvlm.datasets.records import Record
 from dermvlm.knowledge import KnowledgeGraph
@@ -75,8 +76,28 @@ def join(items: list[str]) -> str:
 
 
 def modality(record: Record) -> str:
+    """What the image is: the record's own ``modality`` (a CSV source's option), else its dataset's, else
+    "image"."""
     src = record.meta.get("source_dataset", record.dataset)
-    return MODALITY.get(src, "image")
+    return record.meta.get("modality") or MODALITY.get(src, "image")
+
+
+def article(phrase: str) -> str:
+    """"a" or "an" before ``phrase``, by how it is said ("an image", "a uniform", "an 8-year-old", "an 18-")."""
+    w = phrase.strip().lower()
+    number = re.match(r"\d+", w)
+    if number:
+        n = number.group()
+        return "an" if n.startswith("8") or (n[:2] in ("11", "18") and len(n) in (2, 5)) else "a"
+    if w.startswith(("uni", "use", "usu", "uro", "eu", "one", "once")):
+        return "a"
+    if w.startswith(("hour", "honest", "honour", "heir")):
+        return "an"
+    return "an" if w[:1] in tuple("aeiou") else "a"
+
+
+def with_article(phrase: str) -> str:
+    return f"{article(phrase)} {phrase}"
 
 
 def site_phrase(kg: KnowledgeGraph, record: Record) -> str:
@@ -92,12 +113,12 @@ def patient_phrase(record: Record) -> str:
         years = f"{int(float(age))}-year-old " if age not in (None, "") else ""
     except ValueError:
         years = ""
-    return f", in a {years}{who}" if who else ""
+    return f", in {with_article(years + who)}" if who else ""
 
 
 def metadata_sentence(kg: KnowledgeGraph, record: Record) -> str:
     """"Here: ..." — what the record confirms about this image (modality, site, skin type, patient, symptoms)."""
-    parts = [f"Here: a {modality(record)} of a skin lesion{site_phrase(kg, record)}"]
+    parts = [f"Here: {with_article(modality(record))} of a skin lesion{site_phrase(kg, record)}"]
     if record.fitzpatrick:
         parts.append(f"in Fitzpatrick type {ROMAN[record.fitzpatrick]} skin")
     sentence = " ".join(parts) + patient_phrase(record) + "."

@@ -1,0 +1,66 @@
+"""One config for one dataset: `dermvlm init` finds the columns it can; a run config's data: names images, labels,
+columns and label_map directly, with paths read from the config's folder; the command line replaces only what
+it names."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from dermvlm.cli import app
+from dermvlm.config import load_config
+from dermvlm.recipes.run_data import merged_sources, run_recipe, with_data
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dermvlm" / "sample_data" / "pad_ufes_20"
+
+
+def photos(tmp: Path) -> Path:
+    """A user's folder: photos/ and a CSV with their own column names, one label the graph does not know."""
+    (tmp / "data" / "photos").mkdir(parents=True)
+    lines = ["Photo,Patient ID,Final diagnosis,Body region"]
+    for i, p in enumerate(sorted(SAMPLE.glob("*.jpg"))[:8]):
+        shutil.copy(p, tmp / "data" / "photos" / p.name)
+        lines.append(f"{p.name},{p.name.split('_')[1]},{['BCC', 'melanom', 'ACK', 'NEV'][i % 4]},ARM")
+    (tmp / "data" / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp / "data"
+
+
+def test_init_finds_the_columns_says_which_it_guessed_and_writes_a_config_that_checks(tmp_path, monkeypatch):
+    folder = photos(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                   "configs/mine.yaml"])
+    assert res.exit_code == 0, res.output
+    for note in ("image column: Photo (guessed: 8 of 8 rows name a file", "label column: Final diagnosis (guessed",
+                 "melanom → melanoma (label_map guesses: check them)", "group column: Patient ID (guessed",
+                 "body-site column: Body region"):
+        assert note in res.output, res.output
+    cfg = yaml.safe_load((tmp_path / "configs" / "mine.yaml").read_text())
+    assert cfg["data"]["images"] == "../data/photos" and cfg["data"]["label_map"] == {"melanom": "melanoma"}
+    again = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                     "configs/mine.yaml"])
+    assert again.exit_code == 2 and "the file exists" in again.output  # never overwritten unasked
+    monkeypatch.chdir(folder / "photos")  # paths are read from the config's folder, wherever the command runs
+    recipe, _ = run_recipe(load_config(tmp_path / "configs" / "mine.yaml"), tmp_path / "configs" / "mine.yaml")
+    options = recipe.sources[0].options
+    assert Path(options["labels"]) == folder / "labels.csv" and Path(options["images"]) == folder / "photos"
+    check = CliRunner().invoke(app, ["config", "check", str(tmp_path / "configs" / "mine.yaml")])
+    assert check.exit_code == 0 and "8 images in 8 groups, 4 classes" in check.output, check.output
+
+
+def test_the_command_line_replaces_only_what_it_names():
+    sources = [{"name": "csv", "options": {"labels": "a.csv", "image_col": "file"}, "label_map": {"x": "melanoma"},
+                "on_unknown_label": "skip"}]
+    out = merged_sources(sources, {"labels": "/b.csv", "group_col": "patient"})
+    assert out == [{"name": "csv", "options": {"labels": "/b.csv", "image_col": "file", "group_col": "patient"},
+                    "label_map": {"x": "melanoma"}, "on_unknown_label": "skip"}]
+    assert merged_sources([{"name": "sample"}], {"labels": "/b.csv"}) == [{"name": "csv",
+                                                                            "options": {"labels": "/b.csv"}}]
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "nano-cpu.yaml")
+    mine = with_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"label_map": {"x": "melanoma"}})}),
+                     {"labels": "/b.csv", "images": "/photos"})
+    assert mine.data.label_map == {"x": "melanoma"} and mine.data.recipe == "data_recipes/sample.yaml"
+    assert (mine.data.labels, mine.data.images, mine.data.image_col) == ("/b.csv", "/photos", None)
