@@ -60,6 +60,14 @@ def source_options(source: str | None, root: Path | None, images: Path | None, l
         fail("--root needs --source NAME")
     if source is not None and labels is not None:
         fail("--source replaces the sources with an adapter, --labels with your CSV: give one of them")
+    if source is not None:
+        import typing
+
+        from dermvlm.config import SOURCE_NAMES, did_you_mean
+
+        known = typing.get_args(SOURCE_NAMES)
+        if source not in known:
+            fail(f"--source: unknown source {source!r}{did_you_mean(source, list(known))}; known: {', '.join(known)}")
     given = {"source": source, "root": root, "images": images, "labels": labels, "image_col": image_col,
              "label_col": label_col, "group_col": group_col,
              "allow_outside_images": True if allow_outside_images else None}
