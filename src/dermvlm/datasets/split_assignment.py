@@ -79,7 +79,6 @@ class SplitTable:
 
     by_hash: dict[str, str] = field(default_factory=dict)
     by_group: dict[str, str] = field(default_factory=dict)
-    rows: list[dict[str, str]] = field(default_factory=list)
 
     def split_of(self, record: Record) -> str | None:
         digest = file_sha256(record.image)
@@ -89,7 +88,7 @@ class SplitTable:
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, str]]) -> SplitTable:
-        table = cls(rows=rows)
+        table = cls()
         for row in rows:
             if row["hash"]:
                 table.by_hash.setdefault(row["hash"], row["split"])
