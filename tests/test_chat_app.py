@@ -1,6 +1,7 @@
 """The chat app in a real headless browser (Debian's Chromium driven by Playwright) against a real vLLM server:
-upload, ask, see the answer with its differential and referral advice; a broken upload, a dead endpoint and a wrong
-API key each give one line in the page. Also the answer reading on hand-written answers."""
+upload, see what the image itself shows, ask, read the answer as one card with its differential, referral advice and
+folded reasoning; click an example thumbnail; a cut-off answer badged as such; a broken upload, a dead endpoint and
+a wrong API key each give one line in the page. Also the answer reading on hand-written answers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import VLLM_API_KEY
 
+from dermvlm.app.answer_card import card_html
 from dermvlm.app.chat import ChatSettings, UploadError, image_url, launch
 from dermvlm.app.reading import read_answer
 from dermvlm.knowledge import load_graph
@@ -30,9 +32,10 @@ def test_a_malignant_answer_gets_urgent_referral_and_a_differential(kg):
                     "</think><answer>melanoma</answer>", kg)
     assert r.diagnosis == "melanoma" and r.malignancy_plausible and not r.abstained
     assert "urgently" in r.referral and r.differential and not r.differential_from_graph
-    assert r.reasoning.startswith("Irregular") and r.answer == "melanoma"
-    md = r.markdown()
-    assert "Referral advice" in md and "Differential" in md
+    assert r.reasoning.startswith("Irregular") and r.answer == "melanoma" and not r.cut_off
+    card = card_html(r)
+    assert "Referral advice" in card and "Differential" in card and "badge-cut-off" not in card
+    assert "<details" in card and "Irregular pigment network" in card  # the reasoning, folded away
 
 
 def test_a_benign_answer_with_a_malignant_differential_still_refers(kg):
@@ -45,20 +48,36 @@ def test_a_benign_answer_with_a_malignant_differential_still_refers(kg):
 def test_without_a_named_differential_the_graph_gives_one_and_says_so(kg):
     r = read_answer("This is most likely a basal cell carcinoma.", kg)
     assert r.diagnosis == "basal_cell_carcinoma" and r.differential and r.differential_from_graph
-    assert "from the knowledge graph" in r.markdown() and r.referral
+    assert "from the knowledge graph" in card_html(r) and r.referral and not r.cut_off  # free text that ended
+
+
+def test_an_answer_cut_off_before_its_closing_tag_is_badged_and_read_from_what_it_said(kg):
+    """The answer began but never closed: the diagnosis is read from the answer so far (not from the reasoning's
+    melanoma), and the card says it was cut off."""
+    r = read_answer("<think>Pigmented macule with a regular network; melanoma is considered, but the border is "
+                    "smooth. It grows.</think><answer>melanocytic nevus", kg)
+    assert r.cut_off == "answer" and r.answer == "melanocytic nevus" and r.read_from == "unfinished answer"
+    assert r.diagnosis == "melanocytic_nevus" and r.differential == ["melanoma"] and "melanoma" in r.referral
+    card = card_html(r)
+    assert card.count('class="answer-card"') == 1 and "badge-cut-off" in card and "unfinished answer" in card
+    assert "No diagnosis" not in card
+    free = "This looks like a seborrhoeic keratosis, a benign"
+    assert read_answer(free, kg, truncated=True).cut_off == "answer" and not read_answer(free, kg).cut_off
+    assert read_answer("<think>Brown papule.</think>", kg).cut_off == "answer"  # ended before its answer
 
 
 def test_an_answer_cut_off_inside_its_reasoning_says_so(kg):
     r = read_answer("<think>Pigmented macule; melanoma is considered, but the network is regular. Most likely a "
                     "melanocytic nevus because", kg)
     assert r.cut_off and r.answer == "" and "melanoma" in r.reasoning
-    assert "cut off" in r.markdown() and "Melanoma" in ", ".join(r.differential).title()
+    assert r.cut_off == "reasoning" and r.read_from == "reasoning"
+    assert "cut off" in card_html(r) and "Melanoma" in ", ".join(r.differential).title()
     assert r.malignancy_plausible and r.referral  # melanoma was in the differential
 
 
 def test_abstention_is_shown_as_such(kg):
     r = read_answer("<answer>This is not an image of skin; I cannot tell.</answer>", kg)
-    assert r.abstained and r.markdown().startswith("**The model abstained:**") and not r.referral
+    assert r.abstained and "The model abstained" in card_html(r) and not r.referral
 
 
 def test_an_unreadable_upload_is_refused_with_its_name(tmp_path):
@@ -103,7 +122,7 @@ def test_an_answer_the_server_aborts_is_an_error_not_an_answer():
         with pytest.raises(AnswerAborted) as err:
             for text in stream_answer(settings, [{"role": "user", "content": "What is this?"}]):
                 seen.append(text)
-        assert seen == ["<think>Here: a"]
+        assert seen == [("<think>Here: a", None)]
         line = endpoint_error(err.value, settings)
         assert line.startswith("No answer: the server at http://127.0.0.1:") and "stopped mid-answer" in line
         assert "\n" not in line
@@ -133,13 +152,15 @@ def browser():
 
 @pytest.fixture(scope="module")
 def apps(vllm_server):
-    """Three pages: the real server with its key, the same with a wrong key, and an endpoint nobody serves."""
+    """Four pages: the real server with its key, the same allowed 8 tokens an answer (every answer is cut off), the
+    same with a wrong key, and an endpoint nobody serves."""
     made = {}
-    for name, endpoint, key in (("live", vllm_server.base_url, VLLM_API_KEY),
-                                ("wrong_key", vllm_server.base_url, "not-the-key"),
-                                ("dead", f"http://127.0.0.1:{_free_port()}/v1", None)):
+    for name, endpoint, key, max_tokens in (("live", vllm_server.base_url, VLLM_API_KEY, 320),
+                                            ("short", vllm_server.base_url, VLLM_API_KEY, 8),
+                                            ("wrong_key", vllm_server.base_url, "not-the-key", 320),
+                                            ("dead", f"http://127.0.0.1:{_free_port()}/v1", None, 320)):
         port = _free_port()
-        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=320), port=port,
+        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=max_tokens), port=port,
                      block=False)
         made[name] = (app, f"http://127.0.0.1:{port}")
     yield {k: url for k, (_, url) in made.items()}
@@ -161,24 +182,55 @@ def _upload(page, path: Path | dict) -> None:
 def test_upload_ask_and_read_the_answer_in_a_real_browser(browser, apps, tmp_path):
     page = _open(browser, apps["live"])
     assert "Research use only" in page.locator("#research-notice").inner_text()
+    model_line = page.locator("#model-line").inner_text()
+    assert "Model derm at" in model_line and "operating point: as generated" in model_line
     _upload(page, SAMPLE)
     page.get_by_text("ISIC_0000013.jpg ready: ask a question").wait_for(timeout=30_000)
+    facts = page.locator("#image-facts").inner_text()  # what the audit measures on this image, beside it
+    assert "Artefacts: dermoscopy gel bubbles" in facts and "Skin tone: not estimated: white balance" in facts
+    assert "Why it matters" in facts
     page.locator("#ask").click()
     page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
-    answer = page.locator("#answer").inner_text()
-    # the tiny model's reply, read as one of the three forms the page shows (which one depends on the model)
-    assert any(form in answer for form in ("Answer", "abstained", "cut off")), answer
-    chat = page.locator("#conversation").inner_text()
-    assert "most likely diagnosis" in chat and any(form in chat for form in ("Answer", "abstained", "cut off"))
+    cards = page.locator("#conversation .answer-card")
+    assert cards.count() == 1 and page.locator("#answer").count() == 0  # one card, no second panel
+    card = cards.first.inner_text()
+    # the tiny model's reply as one card: a diagnosis (or none, or an abstention) with its referral advice
+    assert any(form in card for form in ("Referral advice", "abstained", "No diagnosis", "No answer")), card
+    reasoning = cards.first.locator("details.card-reasoning")
+    assert reasoning.get_attribute("open") is None and "Reasoning" in reasoning.locator("summary").inner_text()
+    assert "most likely diagnosis" in page.locator("#conversation").inner_text()
     assert page.locator("#research-notice").is_visible()  # still there after the answer
-    # A follow-up keeps the conversation about the same image.
+    # A follow-up keeps the conversation about the same image: a second card.
     page.locator("#question textarea").fill("Is it serious?")
     page.locator("#ask").click()
     page.locator("#conversation").get_by_text("Is it serious?").wait_for(timeout=60_000)
     page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
+    assert cards.count() == 2 and "ISIC_0000013" in page.locator("#upload").inner_text()  # the same image
     shot = Path(os.environ.get("DERMVLM_CHAT_SCREENSHOT") or tmp_path / "chat.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    page.close()
+
+
+def test_an_example_thumbnail_its_image_facts_and_a_cut_off_answer(browser, apps):
+    """Click a labelled example (a photo with ink marks around the lesion), read what the image shows, ask on a
+    page allowed 8 tokens an answer: the card carries the cut-off badge."""
+    page = _open(browser, apps["short"])
+    thumbs = page.locator("#examples img")
+    thumbs.first.wait_for(timeout=30_000)
+    labels = page.locator("#examples").inner_text()
+    assert thumbs.count() == 6 and all(label in labels for label in ("melanoma", "basal cell carcinoma",
+                                                                        "actinic keratosis"))
+    page.locator("#examples button", has_text="actinic keratosis").click()
+    page.get_by_text("PAT_1067_284_533.jpg ready: ask a question").wait_for(timeout=30_000)
+    facts = page.locator("#image-facts").inner_text()
+    assert "Artefacts: ink or marker lines" in facts and "Skin tone: very light (ITA" in facts
+    assert page.locator("#preview img").count() == 1
+    page.locator("#ask").click()
+    page.locator("#status").get_by_text("Done.").wait_for(timeout=120_000)
+    card = page.locator("#conversation .answer-card")
+    assert card.count() == 1 and card.locator(".badge-cut-off").inner_text() == "cut off"
+    assert "Cut off" in card.locator(".card-note").inner_text()
     page.close()
 
 

@@ -1,10 +1,12 @@
 """``dermvlm chat``: a Gradio page to talk to the assistant about a skin image, over any OpenAI-compatible endpoint.
 
-Upload or drop an image (or pick a bundled CC0/CC BY example), ask, and the answer streams in; then the final
-answer, the differential and the referral advice are shown plainly (``reading.py``), the reasoning in a collapsible
-panel, an abstention as such, and the research-use notice always. Follow-up questions keep the conversation about
-the same image; a new image starts a new one. A file that is not a readable image, an endpoint that is down or
-refuses the key: each a one-line message in the page, nothing sent.
+Upload or drop an image (or click a bundled CC0/CC BY example), see what the image itself shows (artefacts, skin
+tone: ``image_facts_panel.py``), ask, and the answer streams in; then it becomes one card (``answer_card.py``): the
+diagnosis read from it (``reading.py``), a "cut off" badge when it has no ``</answer>``, the differential, the
+referral advice and the reasoning folded away; an abstention as such. The page names the model and the operating
+point it reads answers at (``operating_point.py``), and the research-use notice is always on it. Follow-up
+questions keep the conversation about the same image; a new image starts a new one. A file that is not a readable
+image, an endpoint that is down or refuses the key: each a one-line message in the page, nothing sent.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dermvlm.app.answer_card import CSS, card_html, streaming_html
+from dermvlm.app.image_facts_panel import facts_markdown
+from dermvlm.app.operating_point import AS_GENERATED
 from dermvlm.app.reading import RESEARCH_NOTICE, read_answer
 
 DEFAULT_QUESTION = "What is the most likely diagnosis of this skin lesion? Think it through, then answer."
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_SIDE = 1024  # images are downscaled to this side before they are sent
-ELEM = {"upload": "upload", "question": "question", "ask": "ask", "chat": "conversation", "answer": "answer",
-        "reasoning": "reasoning", "status": "status", "notice": "research-notice", "preview": "preview"}
+ELEM = {"upload": "upload", "question": "question", "ask": "ask", "chat": "conversation", "status": "status",
+        "notice": "research-notice", "preview": "preview", "facts": "image-facts", "examples": "examples",
+        "model": "model-line"}
 
 
 class UploadError(ValueError):
@@ -38,6 +44,7 @@ class ChatSettings:
     max_tokens: int = 256
     temperature: float = 0.0
     timeout: float = 120.0
+    operating_point: str = AS_GENERATED  # the sentence the page states; a prior-corrected run sets its own
 
 
 def image_url(path: str | Path) -> str:
@@ -97,8 +104,8 @@ def conversation_messages(image: str, turns: list[tuple[str, str]], question: st
     return messages
 
 
-def stream_answer(settings: ChatSettings, messages: list[dict[str, Any]]) -> Iterator[str]:
-    """The answer so far, after each streamed chunk."""
+def stream_answer(settings: ChatSettings, messages: list[dict[str, Any]]) -> Iterator[tuple[str, str | None]]:
+    """(the answer so far, the finish reason once the server gives one), after each streamed chunk."""
     from openai import OpenAI
 
     client = OpenAI(base_url=settings.endpoint, api_key=settings.api_key or "EMPTY", max_retries=0,
@@ -107,100 +114,95 @@ def stream_answer(settings: ChatSettings, messages: list[dict[str, Any]]) -> Ite
                                             max_tokens=settings.max_tokens, temperature=settings.temperature)
     text = ""
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            text += chunk.choices[0].delta.content
-            yield text
-        if chunk.choices and chunk.choices[0].finish_reason == "abort":
+        if not chunk.choices:
+            continue
+        finish = chunk.choices[0].finish_reason
+        if finish == "abort":
             raise AnswerAborted(f"the server at {settings.endpoint} stopped mid-answer (aborted after {len(text)} "
                                 "characters): is it shutting down? Ask again once it is back.")
+        text += chunk.choices[0].delta.content or ""
+        yield text, finish
 
 
-def build_app(settings: ChatSettings, examples: list[str] | None = None):
-    """The Gradio Blocks of the chat page."""
+def build_app(settings: ChatSettings, examples: list[tuple[str, str]] | None = None):
+    """The Gradio Blocks of the chat page (``examples``: image paths with their captions)."""
     import gradio as gr
 
+    from dermvlm.app.example_gallery import example_gallery
     from dermvlm.knowledge import load_graph
 
     kg = load_graph()
+    examples = examples or []
+
+    def fresh() -> dict[str, Any]:
+        return {"image": None, "turns": [], "name": None}
 
     def on_upload(path: str | None, state: dict[str, Any]):
-        state = {"image": None, "turns": [], "name": None}
+        state = fresh()
         if not path:
-            return state, None, [], "", "", "Upload or drop a skin image to start."
+            return state, None, "", [], "Upload or drop a skin image to start."
         try:
             state["image"] = image_url(path)
         except UploadError as err:
-            return state, None, [], "", "", f"⚠️ {err}"
+            return state, None, "", [], f"⚠️ {err}"
         state["name"] = Path(path).name
-        return state, path, [], "", "", f"Image {state['name']} ready: ask a question."
+        return state, path, facts_markdown(path), [], f"Image {state['name']} ready: ask a question."
 
     def on_ask(question: str, state: dict[str, Any], chat: list[dict[str, Any]]):
         question = (question or "").strip() or DEFAULT_QUESTION
         if not state or not state.get("image"):
-            yield state, chat, "", "", "⚠️ Upload a readable skin image first (JPEG or PNG)."
+            yield state, chat, "⚠️ Upload a readable skin image first (JPEG or PNG)."
             return
         messages = conversation_messages(state["image"], state["turns"], question)
-        chat = [*chat, {"role": "user", "content": question}, {"role": "assistant", "content": "…"}]
-        text = ""
+        chat = [*chat, {"role": "user", "content": question}, {"role": "assistant", "content": streaming_html("")}]
+        text, finish = "", None
         try:
-            for text in stream_answer(settings, messages):
-                chat[-1] = {"role": "assistant", "content": text}
-                yield state, chat, "", "", "Answering…"
+            for text, finish in stream_answer(settings, messages):  # noqa: B007 (finish: the last chunk's)
+                chat[-1] = {"role": "assistant", "content": streaming_html(text)}
+                yield state, chat, "Answering…"
         except Exception as err:  # the endpoint's failures are shown in the page, never as a traceback
-            chat = chat[:-2]
-            yield state, chat, "", "", f"⚠️ {endpoint_error(err, settings)}"
+            yield state, chat[:-2], f"⚠️ {endpoint_error(err, settings)}"
             return
-        reading = read_answer(text, kg)
-        panel = reading.markdown()
-        chat[-1] = {"role": "assistant", "content": panel}
-        state = {**state, "turns": [*state["turns"], (question, text)]}
-        reasoning = reading.reasoning or "_The answer gave no separate reasoning._"
-        yield state, chat, panel, reasoning, "Done."
+        chat[-1] = {"role": "assistant", "content": card_html(read_answer(text, kg, truncated=finish == "length"))}
+        yield {**state, "turns": [*state["turns"], (question, text)]}, chat, "Done."
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
     with gr.Blocks(title="dermvlm assistant") as app:
         gr.Markdown(f"## dermvlm assistant\n{RESEARCH_NOTICE}", elem_id=ELEM["notice"])
-        state = gr.State({"image": None, "turns": [], "name": None})
+        gr.Markdown(f"Model **{settings.model}** at `{settings.endpoint}` · operating point: "
+                    f"{settings.operating_point}", elem_id=ELEM["model"])
+        state = gr.State(fresh())
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Skin image (drop here or click)", file_types=["image"], type="filepath",
                                  elem_id=ELEM["upload"])
+                preview = gr.Image(label="The image sent to the model", interactive=False, height=220,
+                                   elem_id=ELEM["preview"])
+                facts = gr.Markdown(elem_id=ELEM["facts"])
+                example_gallery(examples, upload, ELEM["examples"])
+            with gr.Column(scale=2):
+                chat = gr.Chatbot(label="Conversation", height=None, min_height=360, max_height=760,
+                                  elem_id=ELEM["chat"])
                 question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, lines=2, elem_id=ELEM["question"])
                 ask = gr.Button("Ask", variant="primary", elem_id=ELEM["ask"])
                 status = gr.Markdown("Upload or drop a skin image to start.", elem_id=ELEM["status"])
-                preview = gr.Image(label="The image sent to the model", interactive=False, height=220,
-                                   elem_id=ELEM["preview"])
-                if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="Examples (CC0 / CC BY)")
-            with gr.Column(scale=2):
-                chat = gr.Chatbot(label=f"{settings.model} at {settings.endpoint}", height=360,
-                                  elem_id=ELEM["chat"])
-                answer = gr.Markdown(elem_id=ELEM["answer"])
-                with gr.Accordion("Reasoning (the model's <think>)", open=False):
-                    reasoning = gr.Markdown(elem_id=ELEM["reasoning"])
-        outputs = [state, chat, answer, reasoning, status]
-        upload.change(on_upload, [upload, state], [state, preview, *outputs[1:]])
-        ask.click(on_ask, [question, state, chat], outputs)
-        question.submit(on_ask, [question, state, chat], outputs)
+        upload.change(on_upload, [upload, state], [state, preview, facts, chat, status])
+        ask.click(on_ask, [question, state, chat], [state, chat, status])
+        question.submit(on_ask, [question, state, chat], [state, chat, status])
     app.dermvlm_theme = theme
     return app
-
-
-def sample_examples(n: int = 4) -> list[str]:
-    """A few bundled CC0/CC BY sample images, spread over their labels."""
-    from dermvlm.datasets.sample import load_sample_records
-
-    return [r.image for r in load_sample_records(limit=n)]
 
 
 def launch(settings: ChatSettings, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Start the page on ``host:port`` (127.0.0.1 by default); returns the Gradio app (running in the background
     when ``block`` is false)."""
+    from dermvlm.app.example_gallery import sample_examples
+
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     examples = sample_examples()
     app = build_app(settings, examples)
     app.queue()
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
-               show_error=False, theme=app.dermvlm_theme, quiet=True,
-               allowed_paths=[str(Path(e).parent) for e in examples])
+               show_error=False, theme=app.dermvlm_theme, css=CSS, quiet=True,
+               allowed_paths=sorted({str(Path(path).parent) for path, _ in examples}))
     return app

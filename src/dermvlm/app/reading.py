@@ -1,6 +1,7 @@
 """What a person should see of one model answer: the reasoning, the final answer, a differential, and referral
-advice whenever a malignancy is plausible; an abstention shown as such. The graph supplies what the model left out
-(its differentials of the answered diagnosis, the referral level), marked as coming from the graph."""
+advice whenever a malignancy is plausible; an abstention shown as such; an answer without its ``</answer>`` marked
+as cut off, and where. The graph supplies what the model left out (its differentials of the answered diagnosis, the
+referral level), marked as coming from the graph."""
 
 from __future__ import annotations
 
@@ -18,62 +19,57 @@ MALIGNANT = ("malignant", "premalignant")
 
 @dataclass
 class Reading:
-    """One answer, read for a person."""
+    """One answer, read for a person (``answer_card.py`` shows it)."""
 
     reasoning: str
     answer: str
     diagnosis: str | None = None  # graph node the answer commits to
     diagnosis_name: str | None = None
+    read_from: str = "answer"  # answer | unfinished answer | reasoning: where the diagnosis was read
     abstained: bool = False
     differential: list[str] = field(default_factory=list)  # names
     differential_from_graph: bool = False
     malignancy_plausible: bool = False
     referral: str = ""
-    cut_off: bool = False  # the answer ended inside its reasoning (max tokens)
-
-    def markdown(self) -> str:
-        """The answer panel: final answer, differential, referral (the reasoning is shown apart, collapsible)."""
-        if self.abstained:
-            lines = [f"**The model abstained:** {self.answer or self.reasoning}"]
-        elif self.cut_off:
-            lines = ["**The answer was cut off inside its reasoning** (raise `--max-tokens`)."]
-            if self.diagnosis_name:
-                lines.append(f"**Most likely (as read from the reasoning):** {self.diagnosis_name}")
-        elif self.diagnosis_name:
-            lines = [f"**Answer:** {self.answer}", f"**Most likely (as read from the answer):** {self.diagnosis_name}"]
-        else:
-            lines = [f"**Answer:** {self.answer or '(the model returned an empty answer)'}",
-                     "**No diagnosis the knowledge graph knows could be read from this answer.**"]
-        if self.differential:
-            source = " (from the knowledge graph; the model named none)" if self.differential_from_graph else ""
-            lines.append(f"**Differential{source}:** {', '.join(self.differential)}")
-        if self.referral:
-            lines.append(f"**Referral advice:** {self.referral}")
-        return "\n\n".join(lines)
+    cut_off: str = ""  # where the text stopped before its </answer>: "reasoning" or "answer" ("" when complete)
 
 
-def split_answer(text: str) -> tuple[str, str, bool]:
-    """(reasoning, answer, cut off): ``<think>`` and ``<answer>`` when present (free text is all answer); an answer
-    cut off inside its ``<think>`` is all reasoning and no answer."""
+OPEN_ANSWER_RE = re.compile(r"<answer>", re.I)
+OPEN_THINK_RE = re.compile(r"<think>", re.I)
+
+
+def split_answer(text: str, truncated: bool = False) -> tuple[str, str, str]:
+    """(reasoning, answer, cut off): ``<think>`` and ``<answer>`` when present, free text is all answer. Text that
+    uses the tags but has no ``</answer>`` is cut off: inside its ``<think>`` (all reasoning, no answer) or in its
+    answer (the answer so far); free text is cut off only when the server says it hit the token limit
+    (``truncated``)."""
     text = text or ""
     think = THINK_RE.search(text)
+    reasoning = think.group(1).strip() if think else ""
     answers = ANSWER_RE.findall(text)
+    if answers:
+        return reasoning, answers[-1].strip(), ""
+    opened = list(OPEN_ANSWER_RE.finditer(text))
+    if opened:
+        before = text[:opened[-1].start()]
+        return reasoning or OPEN_THINK_RE.sub("", before).strip(), text[opened[-1].end():].strip(), "answer"
     if think:
-        reasoning = think.group(1).strip()
-        answer = answers[-1].strip() if answers else text[think.end():].strip()
-        return reasoning, answer, False
-    opened = re.search(r"<think>", text, re.I)
-    if opened and not answers:
-        return text[opened.end():].strip(), "", True
-    return "", answers[-1].strip() if answers else text.strip(), False
+        return reasoning, text[think.end():].strip(), "answer"
+    thinking = OPEN_THINK_RE.search(text)
+    if thinking:
+        return text[thinking.end():].strip(), "", "reasoning"
+    return "", text.strip(), "answer" if truncated else ""
 
 
-def read_answer(text: str, kg: KnowledgeGraph) -> Reading:
-    """Split reasoning and answer, read the diagnosis as the evaluation does, and add the differential and the
-    referral advice the graph gives when a malignancy is plausible."""
-    reasoning, answer, cut = split_answer(text)
-    parsed = parse(text, {"type": "open"}, kg)
-    reading = Reading(reasoning=reasoning, answer=answer, cut_off=cut)
+def read_answer(text: str, kg: KnowledgeGraph, truncated: bool = False) -> Reading:
+    """Split reasoning and answer, read the diagnosis as the evaluation does (from the answer so far when it was
+    cut off in its answer, from the reasoning when it has none), and add the differential and the referral advice
+    the graph gives when a malignancy is plausible. ``truncated``: the server stopped at the token limit."""
+    reasoning, answer, cut = split_answer(text, truncated)
+    unfinished = cut == "answer" and answer
+    parsed = parse(answer if unfinished else text, {"type": "open"}, kg)
+    read_from = "unfinished answer" if unfinished else "reasoning" if cut else "answer"
+    reading = Reading(reasoning=reasoning, answer=answer, read_from=read_from, cut_off=cut)
     if parsed.prediction == "abstain":
         reading.abstained = True
         return reading
