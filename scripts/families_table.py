@@ -22,6 +22,7 @@ STEPS = {  # test name → column
     "test_sft_full": "SFT (full)", "test_grpo_plus_lora": "GRPO++ (LoRA)",
     "test_sft_lora_and_merge": "SFT (LoRA) + merge",
     "test_dpo_policy_pairs": "DPO (KG pairs)", "test_served_and_evaluated": "vLLM serve + eval",
+    "test_hf_processor_and_vllm_count_the_same_tokens_at_the_run_budget": "image tokens HF = vLLM",
 }
 BEGIN, END = "<!-- families-table: begin -->", "<!-- families-table: end -->"
 

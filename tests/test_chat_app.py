@@ -5,6 +5,8 @@ a wrong API key each give one line in the page. Also the answer reading on hand-
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import socket
@@ -17,6 +19,7 @@ from dermvlm.app.answer_card import card_html
 from dermvlm.app.chat import ChatSettings, UploadError, image_url, launch
 from dermvlm.app.reading import read_answer
 from dermvlm.knowledge import load_graph
+from dermvlm.serving.client import served_image_side
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dermvlm" / "sample_data" / "isic" / "ISIC_0000013.jpg"
@@ -86,6 +89,22 @@ def test_an_unreadable_upload_is_refused_with_its_name(tmp_path):
     with pytest.raises(UploadError, match=r"broken\.jpg: not an image that can be read"):
         image_url(bad)
     assert image_url(SAMPLE).startswith("data:image/jpeg;base64,")
+
+
+def test_the_page_sends_images_at_the_served_models_pixel_budget(vllm_server, trained_run, tmp_path):
+    """`dermvlm chat --endpoint` on this machine reads the served model's image side from its folder (for a LoRA
+    adapter, its base's), and the page downscales to it, not to 1024 px."""
+    from PIL import Image
+
+    from dermvlm.models.pixels import image_side
+
+    side = served_image_side(vllm_server.base_url, "derm", VLLM_API_KEY)
+    assert side == image_side(trained_run["base"]) == 140  # the nano build's budget: 112x112 px (2:1 → 140x56)
+    assert served_image_side(vllm_server.base_url, "derm", "not-the-key") is None  # unknown: 1024 px as before
+    photo = tmp_path / "photo.jpg"
+    Image.open(SAMPLE).convert("RGB").resize((1600, 1200)).save(photo)
+    sent = image_url(photo, side)
+    assert Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1]))).size == (140, 105)
 
 
 def test_an_answer_the_server_aborts_is_an_error_not_an_answer():
@@ -160,8 +179,9 @@ def apps(vllm_server):
                                             ("wrong_key", vllm_server.base_url, "not-the-key", 320),
                                             ("dead", f"http://127.0.0.1:{_free_port()}/v1", None, 320)):
         port = _free_port()
-        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=max_tokens), port=port,
-                     block=False)
+        side = served_image_side(endpoint, "derm", key)  # as `dermvlm chat --endpoint` finds it (live: 140 px)
+        app = launch(ChatSettings(endpoint=endpoint, model="derm", api_key=key, max_tokens=max_tokens,
+                                  image_side=side), port=port, block=False)
         made[name] = (app, f"http://127.0.0.1:{port}")
     yield {k: url for k, (_, url) in made.items()}
     for app, _ in made.values():

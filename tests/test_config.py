@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from dermvlm.cli import app
 from dermvlm.config import ConfigError, RunConfig, load_config
 from dermvlm.pipeline import check_stages
+from dermvlm.run_check import check_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """
@@ -31,6 +32,7 @@ def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(path)
         check_stages(cfg, str(path))
+        check_run(cfg, str(path), plan=False)  # what `config check` checks, the pixel budget included
 
 
 def test_unknown_key_names_file_path_allowed_keys_and_suggestion(tmp_path):

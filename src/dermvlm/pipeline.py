@@ -23,7 +23,9 @@ from dermvlm.devices import GpuPeak, release_memory
 from dermvlm.distributed import barrier, init_processes
 from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
+from dermvlm.models.pixels import budget_side, image_side, write_pixels_file
 from dermvlm.ranks import is_main_process
+from dermvlm.run_pixels import recorded_budget, run_processor, with_image_side
 from dermvlm.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -65,14 +67,16 @@ class PeakRSS:
 # ---------------------------------------------------------------------- data and base model
 
 
-def build_data(cfg: RunConfig, source: str = "<config>") -> tuple[Path, str]:
+def build_data(cfg: RunConfig, source: str = "<config>", side: int | None = None) -> tuple[Path, str]:
     """Build the run's data (``recipes.run_data``: the recipe and what ``data:`` names) once, rebuilt when it
-    changes; return (dir, key). The key names the split rule when a source has no official split."""
+    changes, its images no smaller than ``side`` (the longest side the pixel budget uses); return (dir, key). The
+    key names the split rule when a source has no official split."""
     from dermvlm.datasets.adapters import SOURCES
     from dermvlm.recipes.build import build, recipe_hash
     from dermvlm.recipes.run_data import run_recipe
 
     recipe, base = run_recipe(cfg, source)
+    recipe = with_image_side(recipe, side)
     derived = any(not SOURCES[s.name].official_splits for s in recipe.sources)
     key = sha256_text(recipe_hash(recipe) + json.dumps(None) + ("|split: sha256(seed:group)" if derived else ""))[:16]
     out = run_dir(cfg) / "data"
@@ -226,13 +230,15 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
     root = run_dir(cfg)
     init_processes()
     claim_run_dir(root)
-    data_dir, data_key = build_data(cfg, source)
+    current = base_model(cfg)
+    processor = run_processor(cfg, current)
+    data_dir, data_key = build_data(cfg, source, budget_side(processor))
     targets = check_before_training(cfg, source, data_dir)  # the held-out split and the suites, before training
     manifest = Manifest(root, write=is_main_process())
     manifest.start(cfg.model_dump(), cfg.seed, {"data_recipe": cfg.data.recipe, "data_key": data_key,
                                                 "data_stats_sha256": sha256_text((data_dir / "stats.json")
                                                                                  .read_text())})
-    current = base_model(cfg)
+    budget, manifest.data["pixels"] = recorded_budget(processor, data_dir)
     from dermvlm.training.preload import preload_trainers
 
     preload_trainers()  # here, not inside a stage whose frames an import-time traceback would keep alive
@@ -272,6 +278,7 @@ def _run_stages(cfg: RunConfig, source: str, from_stage: str | None, to_stage: s
             info = {"key": key, "run_id": run_id, **summarize(result, stage), "peak_rss_mb": round(mem.peak / 2**20),
                     **gpu.record()}
             if is_main_process():
+                write_pixels_file(stage_dir / "model", budget)  # serving, evaluation and the chat page read it
                 atomic_write_text(done, json.dumps(info, indent=2) + "\n")
                 manifest.stage_done(stage.name, info)
             barrier(f"stage {stage.name}'s done.json")
@@ -333,6 +340,7 @@ def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: 
         max_model_len=s.max_model_len, kv_cache_memory=s.kv_cache_memory, startup_timeout=s.startup_timeout,
         served_model_name=cfg.name, seed=cfg.seed, log_file=str(run_dir(cfg) / "serve.log"))
     reports: dict[str, Any] = {}
+    side = image_side(model_dir)  # suites send images at the side the run stored them at
     log.info("serving %s with vLLM for evaluation", model_dir)
     with VLLMServer(options) as server:
         endpoint = EndpointOptions(base_url=server.base_url, model=server.model_name, api_key=s.api_key or "EMPTY")
@@ -343,7 +351,7 @@ def serve_and_evaluate(cfg: RunConfig, model_dir: Path, model_key: str, source: 
                 shutil.rmtree(out)  # answers of an earlier model must not be mixed in
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(key_file, model_key)
-            result = run_suite(suite, out, endpoint=endpoint, base=base,
+            result = run_suite(with_image_side(suite, side), out, endpoint=endpoint, base=base,
                                train_data=run_dir(cfg) / "data")  # a suite must not ask about training images
             if tracker is not None:
                 tracker.evaluation(suite.name, result, out)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import ConfigError, RecipeConfig, RunConfig
+from dermvlm.run_pixels import check_pixels
 
 
 @dataclass
@@ -158,7 +159,7 @@ def recipe_name(p: RunPlan) -> str:
 
 
 CHECKS: list[Callable[[RunPlan], str]] = [check_trainers, check_data, check_stage_kinds, check_evaluation,
-                                          check_model]
+                                          check_model, check_pixels]
 
 
 def check_run(cfg: RunConfig, source: str = "<config>", plan: bool = True) -> list[str]:

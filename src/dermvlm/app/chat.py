@@ -12,7 +12,6 @@ image, an endpoint that is down or refuses the key: each a one-line message in t
 from __future__ import annotations
 
 import base64
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from dermvlm.app.reading import RESEARCH_NOTICE, read_answer
 
 DEFAULT_QUESTION = "What is the most likely diagnosis of this skin lesion? Think it through, then answer."
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_SIDE = 1024  # images are downscaled to this side before they are sent
+MAX_SIDE = 1024  # the side images are downscaled to when the model's pixel budget is unknown
 ELEM = {"upload": "upload", "question": "question", "ask": "ask", "chat": "conversation", "status": "status",
         "notice": "research-notice", "preview": "preview", "facts": "image-facts", "examples": "examples",
         "model": "model-line"}
@@ -45,11 +44,14 @@ class ChatSettings:
     temperature: float = 0.0
     timeout: float = 120.0
     operating_point: str = AS_GENERATED  # the sentence the page states; a prior-corrected run sets its own
+    image_side: int | None = None  # the model's (``models.pixels.image_side``); None: MAX_SIDE
 
 
-def image_url(path: str | Path) -> str:
-    """The upload as a JPEG ``data:`` URL (downscaled to ``MAX_SIDE``), or ``UploadError`` naming the file."""
-    from PIL import Image, UnidentifiedImageError
+def image_url(path: str | Path, max_side: int | None = None) -> str:
+    """The upload as a ``data:`` URL, prepared exactly as a run stores its images (``datasets.images``: oriented,
+    RGB, longer side at most ``max_side``, the model's image side; ``MAX_SIDE`` when unknown), or ``UploadError``
+    naming the file."""
+    from dermvlm.datasets.images import ImageProblem, load_image
 
     path = Path(path)
     name = path.name
@@ -58,16 +60,12 @@ def image_url(path: str | Path) -> str:
     if path.stat().st_size > MAX_UPLOAD_BYTES:
         raise UploadError(f"{name}: larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller JPEG or PNG")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UploadError(f"{name}: not an image that can be read ({type(err).__name__}); upload a JPEG or PNG "
-                          "photograph or dermoscopy image") from None
-    im.thumbnail((MAX_SIDE, MAX_SIDE))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
+        data = load_image(path, max_side or MAX_SIDE).data
+    except ImageProblem as err:
+        raise UploadError(f"{name}: not an image that can be read ({err}); upload a JPEG or PNG photograph or "
+                          "dermoscopy image") from None
+    mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 class AnswerAborted(RuntimeError):
@@ -142,7 +140,7 @@ def build_app(settings: ChatSettings, examples: list[tuple[str, str]] | None = N
         if not path:
             return state, None, "", [], "Upload or drop a skin image to start."
         try:
-            state["image"] = image_url(path)
+            state["image"] = image_url(path, settings.image_side)
         except UploadError as err:
             return state, None, "", [], f"⚠️ {err}"
         state["name"] = Path(path).name

@@ -102,6 +102,9 @@ def eval_run(
     from dermvlm.config import SuiteConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.evaluation.runner import EndpointError, EndpointOptions
+    from dermvlm.models.pixels import image_side
+    from dermvlm.run_pixels import with_image_side
+    from dermvlm.serving.client import served_image_side
     from dermvlm.serving.server import ServerError
 
     check_eval_flags(endpoint, serve, model, corruption, severity, robustness, judge_endpoint, judge_model)
@@ -111,6 +114,8 @@ def eval_run(
             cfg = load_config(suite, SuiteConfig, overrides)
             cfg = suite_for_run(cfg, split, data, corruption, severity)
             out_dir = out or Path("runs") / "eval" / cfg.name
+            cfg = with_image_side(cfg, image_side(serve) if serve else served_image_side(endpoint or "", model or "",
+                                                                                        api_key))
             cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col),
                                str(suite))
             ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",

@@ -118,6 +118,8 @@ def chat(
     With --serve the page talks to the model folder (served under its run's name), or with --lora NAME=DIR to that
     adapter on it (--model NAME picks one of several)."""
     from dermvlm.app.chat import ChatSettings, launch
+    from dermvlm.models.pixels import image_side
+    from dermvlm.serving.client import served_image_side
     from dermvlm.serving.server import ServeOptions, ServerError, VLLMServer
 
     if (serve is None) == (endpoint is None):
@@ -139,7 +141,8 @@ def chat(
             server = VLLMServer(options)
             server.start()
             endpoint, model = server.base_url, model or next(iter(loras), server.model_name)
-        settings = ChatSettings(endpoint=endpoint, model=model, api_key=api_key, max_tokens=max_tokens)
+        settings = ChatSettings(endpoint=endpoint, model=model, api_key=api_key, max_tokens=max_tokens,
+                                image_side=image_side(serve) if serve else served_image_side(endpoint, model, api_key))
         typer.echo(f"chat page at http://{host}:{port} (model {model} at {endpoint}); Ctrl-C stops")
         launch(settings, host=host, port=port)
     except ServerError as err:

@@ -29,6 +29,22 @@ class NanoSpec(Strict):
     patch_size: int | None = Field(default=None, ge=2, le=32)  # ViT patch (resize factor = patch x 2)
 
 
+class PixelsSpec(Strict):
+    """The run's pixel budget: how many pixels of an image the model sees (``dermvlm.models.pixels``). Qwen2.5-VL and
+    Qwen3-VL resize every image to between ``min`` and ``max`` pixels (about pixels / 28² visual tokens for
+    Qwen2.5-VL, / 32² for Qwen3-VL); SmolVLM resizes the longer side to √``max`` and cuts tiles; Gemma 3 / MedGemma
+    and LLaVA-NeXT have a fixed input and take no budget. Unset: the checkpoint's own processor settings."""
+
+    min: int | None = Field(default=None, gt=0)
+    max: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PixelsSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
 class QuantizationSpec(Strict):
     """bitsandbytes 4-bit loading (QLoRA). Used when CUDA is available; on CPU only if ``on_cpu: use``."""
 
@@ -72,6 +88,7 @@ class ModelSpec(Strict):
     lora: LoraSpec = LoraSpec()
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
     trust_remote_code: bool = False
+    pixels: PixelsSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -84,11 +101,12 @@ class ModelSpec(Strict):
         return self
 
     def key_dump(self) -> dict[str, Any]:
-        """The fields that identify the model for stage keys; unset ``family`` fields are left out, so a run
-        started before they existed keeps its keys."""
+        """The fields that identify the model for stage keys; unset ``family`` and ``pixels`` fields are left out, so
+        a run started before they existed keeps its keys."""
         dump = self.model_dump()
-        if dump.get("family") is None:
-            dump.pop("family", None)
+        for name in ("family", "pixels"):
+            if dump.get(name) is None:
+                dump.pop(name, None)
         if dump.get("nano") and dump["nano"].get("family") is None:
             dump["nano"].pop("family", None)
         return dump

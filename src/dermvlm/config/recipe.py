@@ -29,7 +29,7 @@ class SourceSpec(Strict):
 
 
 class ImageSpec(Strict):
-    max_side: int = Field(default=384, ge=16, le=4096)
+    max_side: int = Field(default=384, ge=16, le=16384)
     max_pixels: int = Field(default=40_000_000, gt=0)
 
 

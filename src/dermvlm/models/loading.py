@@ -108,8 +108,9 @@ def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
-def load_processor(path: str | Path, trust_remote_code: bool = False):
-    """The model folder's processor; a local folder without one is refused in one line naming it."""
+def load_processor(path: str | Path, trust_remote_code: bool = False, pixels: Any = None, family: str | None = None):
+    """The model folder's processor with the run's pixel budget ``pixels`` (``model.pixels``; None: the folder's
+    own); a local folder without one is refused in one line naming it."""
     from transformers import AutoProcessor
 
     folder = Path(path)
@@ -117,7 +118,10 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         raise ValueError(f"{folder}: no processor (no {' or '.join(PROCESSOR_FILES)}); save it beside the weights "
                          "(processor.save_pretrained(DIR)) or copy it from the base checkpoint")
 
-    return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    from dermvlm.models.pixels import apply_pixels
+
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    return apply_pixels(processor, family, pixels)
 
 
 def load_model(spec: ModelSpec, path: str | Path | None = None):
@@ -132,7 +136,7 @@ def load_model(spec: ModelSpec, path: str | Path | None = None):
     model = AutoModelForImageTextToText.from_pretrained(source, **model_kwargs(spec))
     if spec.family is not None:
         check_family(spec.family, model)
-    return model, load_processor(source, spec.trust_remote_code)
+    return model, load_processor(source, spec.trust_remote_code, spec.pixels, spec.family)
 
 
 def check_family(family: str, model_or_path: Any) -> None:

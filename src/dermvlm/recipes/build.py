@@ -276,6 +276,7 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
                     rows[r.split].append(row)
         kinds_out[kind] = rows
     stats = _stats(recipe, records, kinds_out, skipped, report.summary(kept), licences)
+    stats["image_size_median"] = median_size([image_of[id(r)].image.size for r in records])
     out = Path(out)
     assignment = split_rows(records)
     try:
@@ -308,6 +309,13 @@ def _split_settings(recipe_json: Path) -> dict[str, Any] | None:
         return {"seed": old["seed"], "val": old["split"]["val"], "test": old["split"]["test"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def median_size(sizes: list[tuple[int, int]]) -> list[int]:
+    """The stored images' median (width, height): the typical image a run's tokens per image are counted for."""
+    import statistics
+
+    return [int(statistics.median(w for w, _ in sizes)), int(statistics.median(h for _, h in sizes))]
 
 
 def _stats(recipe, records, kinds_out, skipped, dup, licences) -> dict[str, Any]:

@@ -42,3 +42,34 @@ def ask_about_image(client, model: str, image: str | Path, question: str, **kwar
     """One chat completion about ``image``; returns the OpenAI response object."""
     kwargs.setdefault("temperature", 0.0)
     return client.chat.completions.create(model=model, messages=image_messages(image, question), **kwargs)
+
+
+def served_image_side(base_url: str, model: str, api_key: str | None = None) -> int | None:
+    """The side to send images at for ``model`` at ``base_url``: its model folder's (``models.pixels.image_side``)
+    when the endpoint is on this machine and names a local folder as the model's root (vLLM does; for a LoRA
+    adapter, its base model's), else ``None``."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from dermvlm.models.pixels import image_side
+
+    host = urlsplit(base_url).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        return None
+    try:
+        r = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"},
+                      timeout=10)
+        cards = {m["id"]: m for m in r.json()["data"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    card = cards.get(model) or {}
+    if card.get("parent") in cards:  # a LoRA adapter: its base model's folder holds the processor
+        card = cards[card["parent"]]
+    root = card.get("root")
+    return image_side(root) if root and Path(root).is_dir() else None

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermvlm.models.pixels import vllm_pixel_args
 from dermvlm.serving import proxy
 from dermvlm.serving.lora_rank import LoraRankError, max_lora_rank
 from dermvlm.serving.media_policy import MediaPolicyError, normalize_domain
@@ -185,6 +186,7 @@ class ServeOptions:
             cmd += ["--kv-cache-memory-bytes", self.kv_cache_memory.strip()]
         elif self.gpu_memory_utilization is not None:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        cmd += vllm_pixel_args(self.model)  # the folder's pixel budget, as training applied it
         if self.loras:
             cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(self.loras.values(), self.max_lora_rank)),
                     "--lora-modules"]

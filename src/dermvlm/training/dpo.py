@@ -103,7 +103,7 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     if use_vllm:
         work = output_dir / f".vllm-sampling-{shard[0]}"
         samples = sample_in_child(str(model_path), rows, stage.policy_samples, stage.sample_max_new_tokens, seed,
-                                  work)
+                                  work, model_spec.pixels)  # at the run's pixel budget
         shutil.rmtree(work, ignore_errors=True)
     else:
         model, processor = load_model(model_spec, model_path)

@@ -4,9 +4,10 @@ The child holds the engine and its GPU memory only while it samples, and gives e
 the stage trains (an in-process engine kept 90 % of the GPU through training). Under several processes each rank's
 child sees only that rank's GPU (``CUDA_VISIBLE_DEVICES``), not GPU 0 for all. The engine is sized by the prompts:
 the longest prompt with its images plus the answer (``max_model_len``), the most images in one prompt, and the GPU
-memory free when it starts; on the CPU build, eager mode and a fixed KV cache as for serving.
+memory free when it starts; on the CPU build, eager mode and a fixed KV cache as for serving. Its processor, and the
+engine's, have the run's pixel budget (``model.pixels`` as JSON; ``null``: the folder's own).
 
-    python -m dermvlm.training.vllm_sampling MODEL_DIR ROWS_DIR OUT_JSON K MAX_NEW_TOKENS SEED
+    python -m dermvlm.training.vllm_sampling MODEL_DIR ROWS_DIR OUT_JSON K MAX_NEW_TOKENS SEED [PIXELS_JSON]
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def child_environment(local_rank: int, visible: str | None) -> dict[str, str]:
     return env
 
 
-def sample_in_child(model_dir: str, rows, k: int, max_new_tokens: int, seed: int, work: Path) -> list[list[str]]:
-    """``k`` sampled answers per row from a vLLM engine in a child process (see the module docstring)."""
+def sample_in_child(model_dir: str, rows, k: int, max_new_tokens: int, seed: int, work: Path,
+                    pixels=None) -> list[list[str]]:
+    """``k`` sampled answers per row from a vLLM engine in a child process (see the module docstring); ``pixels``:
+    the run's ``PixelsSpec``."""
     from dermvlm.io import atomic_dir
 
     with atomic_dir(work / "rows") as tmp:
@@ -60,7 +63,7 @@ def sample_in_child(model_dir: str, rows, k: int, max_new_tokens: int, seed: int
     env = child_environment(int(os.environ.get("LOCAL_RANK", "0")), visible) if torch.cuda.is_available() \
         else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "dermvlm.training.vllm_sampling", model_dir, str(work / "rows"), str(out), str(k),
-           str(max_new_tokens), str(seed)]
+           str(max_new_tokens), str(seed), json.dumps(pixels.model_dump() if pixels is not None else None)]
     log = work / "vllm.log"
     with open(log, "wb") as f:
         done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -81,16 +84,21 @@ def _engine_kwargs(limits: dict[str, Any]) -> dict[str, Any]:
     return {**limits, "enforce_eager": True, "kv_cache_memory_bytes": CPU_KV_CACHE}
 
 
-def main(model_dir: str, rows_dir: str, out: str, k: int, max_new_tokens: int, seed: int) -> None:
+def main(model_dir: str, rows_dir: str, out: str, k: int, max_new_tokens: int, seed: int,
+         pixels: dict[str, Any] | None = None) -> None:
     from datasets import load_from_disk
     from vllm import LLM, SamplingParams
 
+    from dermvlm.config import PixelsSpec
     from dermvlm.io import atomic_write_text
     from dermvlm.models.loading import load_processor
+    from dermvlm.models.pixels import vllm_processor_kwargs
 
     rows = load_from_disk(rows_dir)
-    limits = engine_limits(load_processor(model_dir), rows, max_new_tokens)
-    llm = LLM(model=model_dir, seed=seed, **_engine_kwargs(limits))
+    processor = load_processor(model_dir, pixels=PixelsSpec(**pixels) if pixels else None)
+    limits = engine_limits(processor, rows, max_new_tokens)
+    llm = LLM(model=model_dir, seed=seed, mm_processor_kwargs=vllm_processor_kwargs(processor) or None,
+              **_engine_kwargs(limits))
     conversations = []
     for row in rows:
         images = iter(row["images"])
@@ -104,4 +112,4 @@ def main(model_dir: str, rows_dir: str, out: str, k: int, max_new_tokens: int, s
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]))
+    main(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), json.loads(a[6]) if len(a) > 6 else None)

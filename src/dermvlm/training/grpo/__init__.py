@@ -24,6 +24,7 @@ from dermvlm.training.common import StageResult, finish, last_checkpoint, load_f
 from dermvlm.training.grpo.reference import add_ref_adapter, lora_ref_sync_callback
 from dermvlm.training.grpo.sampler import PlannedSampler, class_shares, plan_prompts, rarity_weights
 from dermvlm.training.grpo.trainer import make_trainer_class
+from dermvlm.training.grpo.vllm_budget import budgeted_colocate
 from dermvlm.training.rewards import get_rewards
 
 GRPO_DEFAULTS: dict[str, Any] = {
@@ -184,14 +185,15 @@ def run_grpo(stage: GRPOStage, model_spec: ModelSpec, model_path: str | Path, tr
             plan_info["rarity_weights"] = {c: round(w, 4) for c, w in class_weights.items()}
         log.info("GRPO++ %s: %d planned prompts, class shares %s", stage.name, plan_info["prompts"],
                  plan_info["class_shares"])
-    trainer = make_trainer_class()(
-        model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, processing_class=processor,
-        peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=list(callbacks or []),
-        zero_variance_filter=bool(plus and plus.zero_variance_filter),
-        max_resample_rounds=plus.max_resample_rounds if plus else 0,
-        replacement_pool=train_dataset, pool_seed=seed + 1, sampler=sampler, class_weights=class_weights,
-        hint_fade_until=plus.hint_fade_until if plus and plus.hints else None,
-    )
+    with budgeted_colocate(args, processor):  # vLLM generation at the run's pixel budget
+        trainer = make_trainer_class()(
+            model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, processing_class=processor,
+            peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None,
+            callbacks=list(callbacks or []), zero_variance_filter=bool(plus and plus.zero_variance_filter),
+            max_resample_rounds=plus.max_resample_rounds if plus else 0,
+            replacement_pool=train_dataset, pool_seed=seed + 1, sampler=sampler, class_weights=class_weights,
+            hint_fade_until=plus.hint_fade_until if plus and plus.hints else None,
+        )
     if sampler is not None and plan is None:  # the curriculum: scored once the trainer has placed the model
         trainer.add_callback(curriculum_callback(sampler, stage, train_dataset, seed, processor, plan_info,
                                                  output_dir))
