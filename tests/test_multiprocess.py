@@ -57,7 +57,7 @@ def two_rank_run(tmp_path_factory):
 def test_both_ranks_finish_and_data_and_base_are_built_once(two_rank_run):
     _, log = two_rank_run
     assert log.count("final model: ") == 2  # each rank reached the end
-    assert log.count("building data recipe") == 1 and log.count("building the qwen2_5_vl nano model") == 1
+    assert log.count("building the run's data") == 1 and log.count("building the qwen2_5_vl nano model") == 1
 
 
 def test_both_ranks_train_one_global_batch(two_rank_run):
