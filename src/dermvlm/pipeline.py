@@ -103,12 +103,20 @@ def base_model(cfg: RunConfig) -> Path:
     info = out / "dermvlm_nano.json"
     n = cfg.model.nano
     want = n.model_dump() | {"family": n.family or "qwen2_5_vl"}
+    if n.like:  # a real-shape build: the shape names family and sizes
+        from dermvlm.models.real_shapes import build_like, get_shape
+
+        want |= {"family": get_shape(n.like).family, "preset": "like", "layers": n.layers or 1}
     have = json.loads(info.read_text()) if info.exists() else None
     if have is not None:
         have.setdefault("family", "qwen2_5_vl")  # Qwen2.5-VL builds predate the field
     if is_main_process() and not (have and all(have.get(k) == v for k, v in want.items() if v is not None)):
-        log.info("building the %s %s model (seed %d) in %s", want["family"], n.preset, n.seed, out)
-        build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size, family=want["family"])
+        log.info("building the %s %s model (seed %d) in %s", want["family"], n.like or n.preset, n.seed, out)
+        if n.like:
+            build_like(out, n.like, n.layers or 1, n.seed, n.min_pixels, n.max_pixels)
+        else:
+            build_nano(out, n.preset, n.seed, n.min_pixels, n.max_pixels, patch_size=n.patch_size,
+                       family=want["family"])
     barrier("the base model")
     return out
 

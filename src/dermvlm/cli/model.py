@@ -9,11 +9,12 @@ from typing import Annotated, Literal
 import typer
 
 from dermvlm.cli.common import MergeDtype, fail
-from dermvlm.config import FamilyName
+from dermvlm.config import FamilyName, RealShapeName
 
 FAMILY_NAMES = typing.get_args(FamilyName)
 nano_app = typer.Typer(help=f"Build a tiny model locally (random weights, a locally trained tokenizer) of one of the "
-                            f"{len(FAMILY_NAMES)} VLM families: {', '.join(FAMILY_NAMES)}.", no_args_is_help=True)
+                            f"{len(FAMILY_NAMES)} VLM families: {', '.join(FAMILY_NAMES)}, or a published "
+                            "checkpoint's real shape (--like).", no_args_is_help=True)
 model_app = typer.Typer(help="Model folders: merge LoRA adapters, push to the Hugging Face Hub.", no_args_is_help=True)
 
 
@@ -27,16 +28,27 @@ def nano_build(
     max_pixels: Annotated[int | None, typer.Option(help="Image processor maximum pixels.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="ViT patch size (default: the preset's).", min=2)] = None,
     force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
-    family: Annotated[FamilyName, typer.Option(help="VLM family (dermvlm.models.families).")] = "qwen2_5_vl",
+    family: Annotated[FamilyName | None, typer.Option(help="VLM family (dermvlm.models.families; default "
+                                                           "qwen2_5_vl).")] = None,
+    like: Annotated[RealShapeName | None, typer.Option(help="Copy a published checkpoint's widths, heads, vision "
+                                                           "geometry and processor (random weights).")] = None,
+    layers: Annotated[int, typer.Option(help="With --like: text layers and vision blocks.", min=1, max=64)] = 1,
 ) -> None:
     """Build a tiny model of one VLM family (--family: qwen2_5_vl, qwen3_vl, gemma3, smolvlm or llava_next; default
-    qwen2_5_vl) with random weights and a locally trained tokenizer."""
+    qwen2_5_vl) with random weights and a locally trained tokenizer, or with --like a published checkpoint's
+    widths, heads, vision geometry and processor at --layers depth."""
     import json
 
     from dermvlm.io import check_output
     from dermvlm.models.families import FAMILIES, nano_presets
     from dermvlm.models.nano import build_nano
 
+    if like is not None:
+        given = [o for o, v in (("--family", family), ("--patch-size", patch_size)) if v is not None]
+        if given or preset != "nano":
+            fail(f"{(given or ['--preset'])[0]}: leave it out with --like (the real shape sets family, sizes and "
+                 "patch)")
+    family = family or "qwen2_5_vl"
     if family not in FAMILIES:
         fail(f"--family: unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
     presets = nano_presets(family)
@@ -44,11 +56,16 @@ def nano_build(
         fail(f"--preset: unknown preset {preset!r}; choose one of {', '.join(sorted(presets))}")
     try:
         check_output(out, "nano build", force)
-        path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size, family=family)
+        if like is not None:
+            from dermvlm.models.real_shapes import build_like
+
+            path = build_like(out, like, layers, seed, min_pixels, max_pixels)
+        else:
+            path = build_nano(out, preset, seed, min_pixels, max_pixels, patch_size=patch_size, family=family)
     except ValueError as err:
         fail(str(err))
     info = json.loads((path / "dermvlm_nano.json").read_text())
-    what = preset if family == "qwen2_5_vl" else f"{family} {preset}"
+    what = f"{like} shape, {layers} layer(s)" if like else preset if family == "qwen2_5_vl" else f"{family} {preset}"
     typer.echo(f"built {what} model ({info['parameters']:,} parameters) in {path}")
 
 

@@ -17,6 +17,7 @@ from dermvlm.config.model import (
     NanoSpec,
     PixelsSpec,
     QuantizationSpec,
+    RealShapeName,
 )
 from dermvlm.config.recipe import (
     SOURCE_NAMES,
@@ -53,7 +54,8 @@ __all__ = [
     "CORRUPTION_NAMES", "DEFAULT_STAGE_DATA", "LM_AND_VISION_LORA_TARGETS", "LM_LORA_TARGETS", "SOURCE_NAMES",
     "STAGE_KINDS", "TRAIN_SPLITS", "AlignStage", "AnyStage", "AugmentSpec", "ConfigError", "CorruptionSpec",
     "DPOStage", "DataSpec", "DedupSpec", "DemoSpec", "FamilyName", "GRPOPlusSpec", "GRPOStage", "ImageSpec",
-    "KindSpec", "KindsSpec", "LoraSpec", "ModelSpec", "NanoSpec", "PixelsSpec", "QuantizationSpec", "RecipeConfig",
+    "KindSpec", "KindsSpec", "LoraSpec", "ModelSpec", "NanoSpec", "PixelsSpec", "QuantizationSpec", "RealShapeName",
+    "RecipeConfig",
     "RobustnessSpec", "RunConfig", "SFTStage", "ServeSpec", "SourceSpec", "SplitName", "SplitSpec", "StageSpec",
     "Strict", "SuiteConfig", "VisionStage", "allowed_keys_message", "check_dataclass_kwargs", "closest",
     "did_you_mean", "format_loc", "load_config", "make_stage", "read_yaml", "validate",

@@ -10,6 +10,8 @@ from dermvlm.config.base import Strict
 
 # The model families of ``dermvlm.models.families`` (one file each; a test keeps the two lists equal).
 FamilyName = Literal["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm", "llava_next"]
+# The published checkpoints ``dermvlm.models.real_shapes`` copies the shapes of (a test keeps the lists equal).
+RealShapeName = Literal["qwen2.5-vl-7b", "qwen2.5-vl-3b", "qwen3-vl-8b", "qwen3-vl-4b", "medgemma-4b", "smolvlm"]
 LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LM_AND_VISION_LORA_TARGETS = (
     r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -19,7 +21,8 @@ LM_AND_VISION_LORA_TARGETS = (
 
 class NanoSpec(Strict):
     """Build the nano/micro model from scratch instead of loading a checkpoint (``family``: which architecture;
-    unset is Qwen2.5-VL, the only one with a ``micro`` preset)."""
+    unset is Qwen2.5-VL, the only one with a ``micro`` preset). ``like``: a real-shape build instead, a published
+    checkpoint's widths, heads and processor with ``layers`` text layers and vision blocks (random weights)."""
 
     family: FamilyName | None = None
     preset: Literal["nano", "micro"] = "nano"
@@ -27,6 +30,22 @@ class NanoSpec(Strict):
     min_pixels: int | None = Field(default=None, gt=0)
     max_pixels: int | None = Field(default=None, gt=0)
     patch_size: int | None = Field(default=None, ge=2, le=32)  # ViT patch (resize factor = patch x 2)
+    like: RealShapeName | None = None
+    layers: int | None = Field(default=None, ge=1, le=64)  # with ``like`` (default 1)
+
+    @model_validator(mode="after")
+    def _like_alone(self) -> NanoSpec:
+        if self.like is None:
+            if self.layers is not None:
+                raise ValueError("nano.layers: only with nano.like (the depth of a real-shape build)")
+            return self
+        given = [k for k in ("family", "patch_size") if getattr(self, k) is not None]
+        if self.preset != "nano":
+            given.append("preset")
+        if given:
+            raise ValueError(f"nano.{given[0]}: leave it out with nano.like (the real shape sets the family, "
+                             "sizes and patch)")
+        return self
 
 
 class PixelsSpec(Strict):
@@ -96,7 +115,8 @@ class ModelSpec(Strict):
             raise ValueError("give exactly one of 'name_or_path' (a checkpoint) and 'nano' (build one)")
         if self.nano is not None and self.nano.family not in (None, "qwen2_5_vl") and self.nano.preset != "nano":
             raise ValueError(f"nano.preset: {self.nano.family} has only the 'nano' preset")
-        if self.nano is not None and self.family is not None and self.family != (self.nano.family or "qwen2_5_vl"):
+        if self.nano is not None and self.nano.like is None and self.family is not None \
+                and self.family != (self.nano.family or "qwen2_5_vl"):
             raise ValueError(f"family: {self.family} differs from nano.family {self.nano.family or 'qwen2_5_vl'}")
         return self
 
@@ -107,6 +127,7 @@ class ModelSpec(Strict):
         for name in ("family", "pixels"):
             if dump.get(name) is None:
                 dump.pop(name, None)
-        if dump.get("nano") and dump["nano"].get("family") is None:
-            dump["nano"].pop("family", None)
+        for key in ("family", "like", "layers"):
+            if dump.get("nano") and dump["nano"].get(key) is None:
+                dump["nano"].pop(key, None)
         return dump

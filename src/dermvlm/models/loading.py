@@ -134,9 +134,20 @@ def load_model(spec: ModelSpec, path: str | Path | None = None):
     if spec.family is not None and (Path(source) / "config.json").is_file():
         check_family(spec.family, source)  # before the weights load
     model = AutoModelForImageTextToText.from_pretrained(source, **model_kwargs(spec))
+    if getattr(model, "is_loaded_in_4bit", False) and not cuda_available():
+        keep_cpu_4bit_layout(model)
     if spec.family is not None:
         check_family(spec.family, model)
     return model, load_processor(source, spec.trust_remote_code, spec.pixels, spec.family)
+
+
+def keep_cpu_4bit_layout(model) -> None:
+    """bitsandbytes on AVX512-BF16 CPUs repacks a 4-bit weight at its first no-grad eval forward (GRPO's
+    curriculum scoring, DPO's policy sampling): the repack refuses widths not divisible by 32 (Qwen2.5-VL's vision
+    MLP, 3420) and a repacked weight breaks a later training step. Keep the training layout instead."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def check_family(family: str, model_or_path: Any) -> None:

@@ -7,13 +7,10 @@ Presets: ``nano`` (< 1M parameters, tests) and ``micro`` (5-20M parameters, the 
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from dermvlm.io import atomic_dir
 from dermvlm.models.corpus import corpus
 
 SPECIAL_TOKENS = [
@@ -47,6 +44,9 @@ class NanoPreset:
     fullatt_block_indexes: list[int] = field(default_factory=lambda: [1])
     patch_size: int = 14
     window_tokens: int = 2  # window-attention window, in merged tokens per side (56 px at patch 14)
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    init_std: float | None = None  # the random init's std (None: the config's 0.02)
 
 
 PRESETS: dict[str, NanoPreset] = {
@@ -118,59 +118,23 @@ def chat_template() -> str:
     return resources.files("dermvlm.models").joinpath("chat_template.jinja").read_text()
 
 
-def build_nano(
-    out: str | Path,
-    preset: str = "nano",
-    seed: int = 0,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    extra_terms: list[str] | None = None,
-    patch_size: int | None = None,
-    family: str = "qwen2_5_vl",
-) -> Path:
-    """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically).
+def model_config(p: NanoPreset, vocab_size: int, ids: dict[str, int], patch_size: int | None = None):
+    """The ``Qwen2_5_VLConfig`` of preset ``p`` with ``vocab_size`` entries and the special tokens' ``ids``."""
+    from transformers import Qwen2_5_VLConfig
 
-    ``patch_size`` overrides the preset's ViT patch (the resize factor is patch x 2, Qwen's 2x2 merge); the
-    window-attention window keeps its size in merged tokens (``window_tokens``). Another ``family`` (see
-    ``dermvlm.models.families``) builds that family's tiny model with its own presets instead."""
-    if family != "qwen2_5_vl":
-        from dermvlm.models.families import nano_builder
-
-        return nano_builder(family)(out, preset, seed, min_pixels, max_pixels, extra_terms, patch_size)
-    import numpy as np
-    import torch
-    from transformers import (
-        AutoModelForImageTextToText,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[preset]
     patch = patch_size or p.patch_size
-    if patch < 1:
-        raise ValueError(f"patch_size must be a positive integer (got {patch})")
-    min_px = min_pixels or p.min_pixels
-    max_px = max_pixels or p.max_pixels
-    if min_px > max_px:
-        raise ValueError(f"min_pixels ({min_px}) must not exceed max_pixels ({max_px})")
-
-    tokenizer = train_tokenizer(p.vocab_size, seed, extra_terms)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = p.hidden_size // p.num_attention_heads
     text_config = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
         "num_hidden_layers": p.num_hidden_layers,
         "num_attention_heads": p.num_attention_heads,
         "num_key_value_heads": p.num_key_value_heads,
         "max_position_embeddings": p.max_position_embeddings,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
-        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": p.rope_theta,
+                            "mrope_section": _mrope_section(head_dim)},
+        "tie_word_embeddings": p.tie_word_embeddings,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -187,41 +151,77 @@ def build_nano(
         "window_size": patch * 2 * p.window_tokens,
         "fullatt_block_indexes": p.fullatt_block_indexes,
     }
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=p.tie_word_embeddings,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    config.dtype = "float32"
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+
+def image_processor(p: NanoPreset, min_pixels: int | None = None, max_pixels: int | None = None,
+                    patch_size: int | None = None):
+    """Native resolution within the pixel bounds (``min/max_pixels`` override the preset's), 2x2 merge."""
+    from transformers import Qwen2VLImageProcessor
+
+    size = {"shortest_edge": min_pixels or p.min_pixels, "longest_edge": max_pixels or p.max_pixels}
+    return Qwen2VLImageProcessor(size=size, patch_size=patch_size or p.patch_size, merge_size=2,
+                                 temporal_patch_size=2)
+
+
+def build_nano(
+    out: str | Path,
+    preset: str | NanoPreset = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
+    family: str = "qwen2_5_vl",
+) -> Path:
+    """Build the model, tokenizer and processor and save them as one HF folder at ``out`` (atomically).
+
+    ``patch_size`` overrides the preset's ViT patch (the resize factor is patch x 2, Qwen's 2x2 merge); the
+    window-attention window keeps its size in merged tokens (``window_tokens``). Another ``family`` (see
+    ``dermvlm.models.families``) builds that family's tiny model with its own presets instead."""
+    if family != "qwen2_5_vl":
+        from dermvlm.models.families import nano_builder
+
+        return nano_builder(family)(out, preset, seed, min_pixels, max_pixels, extra_terms, patch_size)
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+
+    from dermvlm.models.families.tiny import preset_name, random_model, save_folder
+
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p: NanoPreset = PRESETS[preset] if isinstance(preset, str) else preset
+    patch = patch_size or p.patch_size
+    if patch < 1:
+        raise ValueError(f"patch_size must be a positive integer (got {patch})")
+    min_px = min_pixels or p.min_pixels
+    max_px = max_pixels or p.max_pixels
+    if min_px > max_px:
+        raise ValueError(f"min_pixels ({min_px}) must not exceed max_pixels ({max_px})")
+
+    tokenizer = train_tokenizer(p.vocab_size, seed, extra_terms)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    model = random_model(model_config(p, len(tokenizer), ids, patch), seed, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], init_std=p.init_std)
 
     size = {"shortest_edge": min_px, "longest_edge": max_px}
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2),
+        image_processor=image_processor(p, min_px, max_px, patch),
         video_processor=Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2),
         tokenizer=tokenizer,
         chat_template=chat_template(),
     )
     tokenizer.chat_template = processor.chat_template
-    with atomic_dir(out, command="nano build") as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        n_params = sum(t.numel() for t in model.parameters())
-        info = {"preset": preset, "seed": seed, "parameters": n_params, **asdict(p),
-                "min_pixels": min_px, "max_pixels": max_px, "patch_size": patch}
-        (tmp / "dermvlm_nano.json").write_text(json.dumps(info, indent=2) + "\n")
-    return Path(out)
+    info = {"preset": preset_name(preset), "seed": seed, **asdict(p),
+            "min_pixels": min_px, "max_pixels": max_px, "patch_size": patch}
+    return save_folder(out, model, processor, info)

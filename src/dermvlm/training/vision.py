@@ -142,6 +142,10 @@ def _make_objective(vlm, family, stage: VisionStage, n_classes: int, prior, text
                 self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
                 self.register_buffer("text_embeddings", text_embeddings, persistent=False)
 
+        def gradient_checkpointing_enable(self, **kwargs):
+            """``trl.gradient_checkpointing: true`` checkpoints the VLM's own blocks (the Trainer calls this)."""
+            vlm.gradient_checkpointing_enable(**kwargs)
+
         def _ce(self, logits, labels):
             import torch.nn.functional as F
 

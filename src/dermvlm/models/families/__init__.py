@@ -84,6 +84,21 @@ def nano_builder(name: str) -> Callable[..., Path]:
     return _module(get_family(name).name).build_nano
 
 
+def config_builder(name: str) -> Callable[..., Any]:
+    """The family's ``model_config(preset, vocab_size, token_ids)``: the transformers config its builder uses."""
+    return _module(get_family(name).name).model_config
+
+
+def image_processor_builder(name: str) -> Callable[..., Any]:
+    """The family's ``image_processor(preset, min_pixels, max_pixels)``: the image processor its builder saves."""
+    return _module(get_family(name).name).image_processor
+
+
+def special_tokens(name: str) -> list[str]:
+    """The special tokens the family's local tokenizer starts its vocabulary with (ids 0, 1, ...)."""
+    return list(_module(get_family(name).name).SPECIAL_TOKENS)
+
+
 def nano_presets(name: str) -> dict[str, Any]:
     """The family's builder presets (name → sizes)."""
     return _module(get_family(name).name).PRESETS

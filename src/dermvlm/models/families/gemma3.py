@@ -56,6 +56,8 @@ class Gemma3Preset:
     mm_tokens_per_image: int = 16  # 4x4 after 2x2 average pooling (256 in Gemma 3)
     sliding_window: int = 512
     max_position_embeddings: int = 4096
+    rope_scaling_factor: float | None = None  # linear RoPE scaling of the full-attention layers (8 in Gemma 3 4B)
+    init_std: float | None = None  # the random init's std (None: the config's 0.02)
 
 
 PRESETS: dict[str, Gemma3Preset] = {
@@ -67,40 +69,12 @@ PRESETS: dict[str, Gemma3Preset] = {
 }
 
 
-def build_nano(
-    out: str | Path,
-    preset: str = "nano",
-    seed: int = 0,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    extra_terms: list[str] | None = None,
-    patch_size: int | None = None,
-) -> Path:
-    """Build a tiny random-weight Gemma 3 and save it as one HF folder at ``out`` (atomically).
+def model_config(p: Gemma3Preset, vocab_size: int, ids: dict[str, int]):
+    """The ``Gemma3Config`` of preset ``p`` with ``vocab_size`` entries and the special tokens' ``ids``."""
+    from transformers import Gemma3Config
 
-    Gemma 3 resizes every image to one square size, so pixel bounds and patch overrides are refused."""
-    from transformers import Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
-
-    from dermvlm.models.families.tiny import (
-        check_preset,
-        local_tokenizer,
-        random_model,
-        refuse,
-        save_folder,
-        trl_chat_template,
-    )
-
-    p: Gemma3Preset = check_preset(preset, PRESETS, FAMILY.name)
-    refuse(FAMILY.name, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size)
-    tokenizer = local_tokenizer(
-        p.vocab_size, seed, SPECIAL_TOKENS, extra_terms, added_tokens=NEWLINE_TOKENS,
-        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                              "image_token": "<image_soft_token>"},
-    )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_config = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
         "num_hidden_layers": p.num_hidden_layers,
@@ -116,6 +90,10 @@ def build_nano(
         "eos_token_id": ids["<eos>"],
         "pad_token_id": ids["<pad>"],
     }
+    if p.rope_scaling_factor:
+        text_config["rope_parameters"] = {
+            "full_attention": {"rope_type": "linear", "factor": p.rope_scaling_factor, "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}
     vision_config = {
         "hidden_size": p.vision_hidden_size,
         "intermediate_size": p.vision_intermediate_size,
@@ -125,7 +103,7 @@ def build_nano(
         "patch_size": p.patch_size,
         "vision_use_head": False,
     }
-    config = Gemma3Config(
+    return Gemma3Config(
         text_config=text_config,
         vision_config=vision_config,
         mm_tokens_per_image=p.mm_tokens_per_image,
@@ -134,20 +112,61 @@ def build_nano(
         image_token_index=ids["<image_soft_token>"],
         tie_word_embeddings=True,
     )
+
+
+def image_processor(p: Gemma3Preset, min_pixels: int | None = None, max_pixels: int | None = None):
+    """SigLIP's fixed square input (pixel bounds do not apply: every image becomes ``image_size`` squared)."""
+    from transformers import Gemma3ImageProcessor
+
+    return Gemma3ImageProcessor(size={"height": p.image_size, "width": p.image_size}, image_mean=[0.5, 0.5, 0.5],
+                                image_std=[0.5, 0.5, 0.5], do_pan_and_scan=False)
+
+
+def build_nano(
+    out: str | Path,
+    preset: str | Gemma3Preset = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
+) -> Path:
+    """Build a tiny random-weight Gemma 3 and save it as one HF folder at ``out`` (atomically).
+
+    Gemma 3 resizes every image to one square size, so pixel bounds and patch overrides are refused."""
+    from transformers import Gemma3Processor
+
+    from dermvlm.models.families.tiny import (
+        check_preset,
+        local_tokenizer,
+        preset_name,
+        random_model,
+        refuse,
+        save_folder,
+        trl_chat_template,
+    )
+
+    p: Gemma3Preset = check_preset(preset, PRESETS, FAMILY.name)
+    refuse(FAMILY.name, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size)
+    tokenizer = local_tokenizer(
+        p.vocab_size, seed, SPECIAL_TOKENS, extra_terms, added_tokens=NEWLINE_TOKENS,
+        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                              "image_token": "<image_soft_token>"},
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = model_config(p, len(tokenizer), ids)
     # Gemma 3 instruction models stop at <end_of_turn> as well as <eos> (their generation_config: [1, 106])
     model = random_model(config, seed, eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]], pad_token_id=ids["<pad>"],
-                         bos_token_id=ids["<bos>"])
+                         bos_token_id=ids["<bos>"], init_std=p.init_std)
     processor = Gemma3Processor(
-        image_processor=Gemma3ImageProcessor(
-            size={"height": p.image_size, "width": p.image_size}, image_mean=[0.5, 0.5, 0.5],
-            image_std=[0.5, 0.5, 0.5], do_pan_and_scan=False,
-        ),
+        image_processor=image_processor(p),
         tokenizer=tokenizer,
         chat_template=trl_chat_template("gemma3_training"),
         image_seq_length=p.mm_tokens_per_image,
     )
     tokenizer.chat_template = processor.chat_template
-    info = {"family": FAMILY.name, "preset": preset, "seed": seed, **asdict(p)}
+    info = {"family": FAMILY.name, "preset": preset_name(preset), "seed": seed, **asdict(p)}
     return save_folder(out, model, processor, info, hub_key=hub_key)
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from dermvlm.models.families import Family
 from dermvlm.models.nano import PRESETS as PRESETS
+from dermvlm.models.nano import SPECIAL_TOKENS as SPECIAL_TOKENS
+from dermvlm.models.nano import image_processor as image_processor
+from dermvlm.models.nano import model_config as model_config
 
 FAMILY = Family(
     name="qwen2_5_vl",

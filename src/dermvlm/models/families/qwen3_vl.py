@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dermvlm.models.families import Family
+from dermvlm.models.nano import SPECIAL_TOKENS
 
 FAMILY = Family(
     name="qwen3_vl",
@@ -48,6 +49,8 @@ class Qwen3VLPreset:
     min_pixels: int = 64 * 64  # 4 merged tokens
     max_pixels: int = 128 * 128  # 16 merged tokens
     max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    init_std: float | None = None  # the random init's std (None: the config's 0.02)
 
 
 PRESETS: dict[str, Qwen3VLPreset] = {
@@ -66,31 +69,12 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - h - w, h, w]
 
 
-def build_nano(
-    out: str | Path,
-    preset: str = "nano",
-    seed: int = 0,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    extra_terms: list[str] | None = None,
-    patch_size: int | None = None,
-) -> Path:
-    """Build a tiny random-weight Qwen3-VL and save it as one HF folder at ``out`` (atomically)."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+def model_config(p: Qwen3VLPreset, vocab_size: int, ids: dict[str, int], patch_size: int | None = None):
+    """The ``Qwen3VLConfig`` of preset ``p`` with ``vocab_size`` entries and the special tokens' ``ids``."""
+    from transformers import Qwen3VLConfig
 
-    from dermvlm.models.families.tiny import check_preset, random_model, save_folder, trl_chat_template
-    from dermvlm.models.nano import SPECIAL_TOKENS, train_tokenizer
-
-    p: Qwen3VLPreset = check_preset(preset, PRESETS, FAMILY.name)
-    patch = patch_size or p.patch_size
-    min_px, max_px = min_pixels or p.min_pixels, max_pixels or p.max_pixels
-    if patch < 1 or min_px > max_px:
-        raise ValueError(f"need patch_size >= 1 and min_pixels <= max_pixels (got {patch}, {min_px}, {max_px})")
-
-    tokenizer = train_tokenizer(p.vocab_size, seed, extra_terms)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_config = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
         "num_hidden_layers": p.num_hidden_layers,
@@ -100,7 +84,7 @@ def build_nano(
         "max_position_embeddings": p.max_position_embeddings,
         "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0,
                             "mrope_section": _mrope_section(p.head_dim), "mrope_interleaved": True},
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": p.tie_word_embeddings,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -111,36 +95,76 @@ def build_nano(
         "intermediate_size": p.vision_intermediate_size,
         "num_heads": p.vision_heads,
         "out_hidden_size": p.hidden_size,
-        "patch_size": patch,
+        "patch_size": patch_size or p.patch_size,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "num_position_embeddings": p.num_position_embeddings,
         "deepstack_visual_indexes": list(p.deepstack_visual_indexes),
     }
-    config = Qwen3VLConfig(
+    return Qwen3VLConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=p.tie_word_embeddings,
     )
+
+
+def image_processor(p: Qwen3VLPreset, min_pixels: int | None = None, max_pixels: int | None = None,
+                    patch_size: int | None = None):
+    """Native resolution within the pixel bounds, 2x2 merge; Qwen3-VL's mean/std 0.5 (Qwen2.5-VL: CLIP's)."""
+    from transformers import Qwen2VLImageProcessor
+
+    size = {"shortest_edge": min_pixels or p.min_pixels, "longest_edge": max_pixels or p.max_pixels}
+    return Qwen2VLImageProcessor(size=size, patch_size=patch_size or p.patch_size, merge_size=2,
+                                 temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+def build_nano(
+    out: str | Path,
+    preset: str | Qwen3VLPreset = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
+) -> Path:
+    """Build a tiny random-weight Qwen3-VL and save it as one HF folder at ``out`` (atomically)."""
+    from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    from dermvlm.models.families.tiny import (
+        check_preset,
+        preset_name,
+        random_model,
+        save_folder,
+        trl_chat_template,
+    )
+    from dermvlm.models.nano import train_tokenizer
+
+    p: Qwen3VLPreset = check_preset(preset, PRESETS, FAMILY.name)
+    patch = patch_size or p.patch_size
+    min_px, max_px = min_pixels or p.min_pixels, max_pixels or p.max_pixels
+    if patch < 1 or min_px > max_px:
+        raise ValueError(f"need patch_size >= 1 and min_pixels <= max_pixels (got {patch}, {min_px}, {max_px})")
+
+    tokenizer = train_tokenizer(p.vocab_size, seed, extra_terms)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = model_config(p, len(tokenizer), ids, patch)
     model = random_model(config, seed, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                         bos_token_id=ids["<|endoftext|>"])
+                         bos_token_id=ids["<|endoftext|>"], init_std=p.init_std)
 
     size = {"shortest_edge": min_px, "longest_edge": max_px}
-    # Qwen3-VL's own preprocessing: mean/std 0.5 (Qwen2.5-VL uses the CLIP statistics)
     norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2,
-                                              **norm),
+        image_processor=image_processor(p, min_px, max_px, patch),
         video_processor=Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2,
                                               **norm),
         tokenizer=tokenizer,
         chat_template=trl_chat_template("qwen3_vl_training"),
     )
     tokenizer.chat_template = processor.chat_template
-    info = {"family": FAMILY.name, "preset": preset, "seed": seed, **asdict(p), "min_pixels": min_px,
-            "max_pixels": max_px, "patch_size": patch}
+    info = {"family": FAMILY.name, "preset": preset_name(preset), "seed": seed, **asdict(p),
+            "min_pixels": min_px, "max_pixels": max_px, "patch_size": patch}
     return save_folder(out, model, processor, info)

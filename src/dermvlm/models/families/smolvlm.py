@@ -53,6 +53,8 @@ class SmolVLMPreset:
     scale_factor: int = 2  # pixel shuffle: 64 patches → 16 tokens per tile (SmolVLM: 4, 1024 → 64)
     longest_edge: int = 128  # images resize to at most 2x2 tiles (+ the global view)
     max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    init_std: float | None = None  # the random init's std (None: the config's 0.02)
 
 
 PRESETS: dict[str, SmolVLMPreset] = {
@@ -63,9 +65,56 @@ PRESETS: dict[str, SmolVLMPreset] = {
 }
 
 
+def model_config(p: SmolVLMPreset, vocab_size: int, ids: dict[str, int]):
+    """The ``Idefics3Config`` of preset ``p`` with ``vocab_size`` entries and the special tokens' ``ids``."""
+    from transformers import Idefics3Config
+
+    text_config = {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": p.hidden_size,
+        "intermediate_size": p.intermediate_size,
+        "num_hidden_layers": p.num_hidden_layers,
+        "num_attention_heads": p.num_attention_heads,
+        "num_key_value_heads": p.num_key_value_heads,
+        "head_dim": p.hidden_size // p.num_attention_heads,
+        "max_position_embeddings": p.max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 100_000.0},
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": p.tie_word_embeddings,
+        "bos_token_id": ids["<|im_start|>"],
+        "eos_token_id": ids["<end_of_utterance>"],
+        "pad_token_id": ids["<|im_end|>"],
+    }
+    vision_config = {
+        "hidden_size": p.vision_hidden_size,
+        "intermediate_size": p.vision_intermediate_size,
+        "num_hidden_layers": p.vision_layers,
+        "num_attention_heads": p.vision_heads,
+        "image_size": p.tile_size,
+        "patch_size": p.patch_size,
+    }
+    return Idefics3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        scale_factor=p.scale_factor,
+        image_token_id=ids["<image>"],
+        pad_token_id=ids["<|im_end|>"],
+        tie_word_embeddings=p.tie_word_embeddings,
+    )
+
+
+def image_processor(p: SmolVLMPreset, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Tiles of ``tile_size`` plus a global view, the image first resized to at most ``longest_edge``."""
+    from transformers import Idefics3ImageProcessor
+
+    return Idefics3ImageProcessor(size={"longest_edge": p.longest_edge}, max_image_size={"longest_edge": p.tile_size},
+                                  do_image_splitting=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
 def build_nano(
     out: str | Path,
-    preset: str = "nano",
+    preset: str | SmolVLMPreset = "nano",
     seed: int = 0,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -75,11 +124,12 @@ def build_nano(
     """Build a tiny random-weight SmolVLM (Idefics3) and save it as one HF folder at ``out`` (atomically).
 
     Its tiles have one fixed size, so pixel bounds and patch overrides are refused."""
-    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+    from transformers import Idefics3Processor
 
     from dermvlm.models.families.tiny import (
         check_preset,
         local_tokenizer,
+        preset_name,
         random_model,
         refuse,
         save_folder,
@@ -93,52 +143,17 @@ def build_nano(
                                 eos_token="<end_of_utterance>", pad_token="<|im_end|>", unk_token="<|endoftext|>",
                                 extra_special_tokens={"image_token": "<image>"})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = p.hidden_size // p.num_attention_heads
-    text_config = {
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "hidden_size": p.hidden_size,
-        "intermediate_size": p.intermediate_size,
-        "num_hidden_layers": p.num_hidden_layers,
-        "num_attention_heads": p.num_attention_heads,
-        "num_key_value_heads": p.num_key_value_heads,
-        "head_dim": head_dim,
-        "max_position_embeddings": p.max_position_embeddings,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 100_000.0},
-        "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": True,
-        "bos_token_id": ids["<|im_start|>"],
-        "eos_token_id": ids["<end_of_utterance>"],
-        "pad_token_id": ids["<|im_end|>"],
-    }
-    vision_config = {
-        "hidden_size": p.vision_hidden_size,
-        "intermediate_size": p.vision_intermediate_size,
-        "num_hidden_layers": p.vision_layers,
-        "num_attention_heads": p.vision_heads,
-        "image_size": p.tile_size,
-        "patch_size": p.patch_size,
-    }
-    config = Idefics3Config(
-        text_config=text_config,
-        vision_config=vision_config,
-        scale_factor=p.scale_factor,
-        image_token_id=ids["<image>"],
-        pad_token_id=ids["<|im_end|>"],
-        tie_word_embeddings=True,
-    )
+    config = model_config(p, len(tokenizer), ids)
     model = random_model(config, seed, eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|im_end|>"],
-                         bos_token_id=ids["<|im_start|>"])
+                         bos_token_id=ids["<|im_start|>"], init_std=p.init_std)
     image_seq_len = (p.tile_size // p.patch_size) ** 2 // p.scale_factor**2
     processor = Idefics3Processor(
-        image_processor=Idefics3ImageProcessor(
-            size={"longest_edge": p.longest_edge}, max_image_size={"longest_edge": p.tile_size},
-            do_image_splitting=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-        ),
+        image_processor=image_processor(p),
         tokenizer=tokenizer,
         image_seq_len=image_seq_len,
         chat_template=trl_chat_template("smolvlm_training"),
     )
     tokenizer.chat_template = processor.chat_template
-    info = {"family": FAMILY.name, "preset": preset, "seed": seed, **asdict(p), "image_seq_len": image_seq_len}
+    info = {"family": FAMILY.name, "preset": preset_name(preset), "seed": seed, **asdict(p),
+            "image_seq_len": image_seq_len}
     return save_folder(out, model, processor, info)

@@ -49,12 +49,17 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def random_model(config, seed: int, eos_token_id: int | list[int], pad_token_id: int, bos_token_id: int | None):
-    """A float32 ``AutoModelForImageTextToText`` with random weights for ``config``, generation ids set."""
+def random_model(config, seed: int, eos_token_id: int | list[int], pad_token_id: int, bos_token_id: int | None,
+                 init_std: float | None = None):
+    """A float32 ``AutoModelForImageTextToText`` with random weights for ``config``, generation ids set;
+    ``init_std`` replaces the initialisation's standard deviation (``initializer_range``) everywhere."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     config.dtype = "float32"
+    if init_std is not None:
+        for part in (config, config.get_text_config(), config.vision_config):
+            part.initializer_range = init_std
     seed_all(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = eos_token_id
@@ -85,10 +90,18 @@ def save_folder(out: str | Path, model, processor, info: dict[str, Any],
     return Path(out)
 
 
-def check_preset(preset: str, presets: dict[str, Any], family: str) -> Any:
+def check_preset(preset: Any, presets: dict[str, Any], family: str) -> Any:
+    """The named preset's sizes; a preset object (a real-shape build, ``models/real_shapes.py``) as it is."""
+    if not isinstance(preset, str):
+        return preset
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for family {family}; choose one of {sorted(presets)}")
     return presets[preset]
+
+
+def preset_name(preset: Any) -> str:
+    """What ``dermvlm_nano.json`` records as the preset: its name, or ``like`` for a real-shape preset object."""
+    return preset if isinstance(preset, str) else "like"
 
 
 def refuse(family: str, **options: Any) -> None:
