@@ -1,7 +1,7 @@
 """The ``dermvlm`` command line, one module per command group; each command is thin: parse, load config, call one
 function. Heavy imports stay inside commands. The commands, in the order ``--help`` lists them, are registered here."""
 
-from dermvlm.cli import evaluate, serve, train
+from dermvlm.cli import evaluate, plan, serve, train
 from dermvlm.cli.app import app, run
 from dermvlm.cli.data import data_app
 from dermvlm.cli.init import init
@@ -12,6 +12,7 @@ app.command()(init)
 app.command()(serve.serve)
 app.command()(train.pipeline)
 app.command()(train.train)
+app.command()(plan.plan)
 app.add_typer(evaluate.eval_app, name="eval")
 app.command()(serve.chat)
 app.command()(train.demo)

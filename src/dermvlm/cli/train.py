@@ -18,6 +18,7 @@ from dermvlm.cli.common import (
     fresh_option,
     source_options,
 )
+from dermvlm.cli.plan import GpuMemoryOpt, GpusOpt, gpu_memory_bytes
 from dermvlm.config import ConfigError
 
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
@@ -29,15 +30,19 @@ def config_check(
     overrides: SetOpt = None,
     accelerate_config: Annotated[Path | None, typer.Option(
         help="The accelerate config you will launch with (configs/accelerate/*.yaml).")] = None,
+    gpu_memory: GpuMemoryOpt = None,
+    gpus: GpusOpt = 1,
 ) -> None:
     """Check a run before it starts: every field, each stage's trainer settings as TRL will read them, the data
     (its images, labels and planned split; nothing decoded), each stage's dataset kinds, the held-out split and
-    the suites (none may show a training image), the model family and processor, and (with --accelerate-config, or
-    under accelerate launch) what the launch's sharding cannot run."""
+    the suites (none may show a training image), the model family and processor, (with --accelerate-config, or
+    under accelerate launch) what the launch's sharding cannot run, and (with --gpu-memory) a planned peak
+    (dermvlm plan) larger than the GPU."""
     from dermvlm.config import load_config
     from dermvlm.launch import launch_problems, sharding_from_config
     from dermvlm.run_check import check_run
 
+    memory = gpu_memory_bytes(gpu_memory)
     try:
         cfg = load_config(config, overrides=overrides)
         lines = check_run(cfg, str(config))
@@ -45,6 +50,10 @@ def config_check(
             problems = launch_problems(cfg, sharding_from_config(accelerate_config), str(config))
             if problems:
                 raise ConfigError(problems[0])
+        if memory is not None:
+            from dermvlm.plan import check_plan
+
+            check_plan(cfg, memory, gpus, str(config))
     except ConfigError as err:
         fail(str(err))
     for line in "\n".join(lines).splitlines():
