@@ -96,6 +96,7 @@ class StagePlan:
     activations_other_gc: float = 0.0  # GiB on one GPU with gradient checkpointing switched the other way
     hours: float | None = None
     notes: list[str] = field(default_factory=list)
+    measured_gpu_gib: float | None = None  # the run's manifest, where a finished run recorded its GPU peak
 
     def total(self, strategy: str) -> float:
         return self.memory[strategy]["total"]
@@ -304,6 +305,7 @@ def plan_run(cfg: RunConfig, hardware: Hardware = Hardware(), source: str = "<co
     pixels = getattr(cfg.model, "pixels", None)  # the run's pixel budget, where the config has one
     bounds = (getattr(pixels, "min", None), getattr(pixels, "max", None)) if pixels is not None else (None, None)
     image = image_geometry(config, processor, image_size or image_size_for(cfg, source), bounds)
+    measured = measured_gpu_peaks(cfg)
     plans = []
     for i, stage in enumerate(cfg.stages):
         args = _stage_args(stage, cfg.seed, f"{source}: stages[{i}] ({stage.name}).trl")
@@ -320,6 +322,7 @@ def plan_run(cfg: RunConfig, hardware: Hardware = Hardware(), source: str = "<co
             plan.memory[strategy] = shard(mem, fp, w, strategy, hardware.gpus if strategy != "one GPU" else 1,
                                           hardware.gpu_memory)
         plan.notes = stage_notes(cfg, stage, w, hardware)
+        plan.measured_gpu_gib = measured.get(stage.name)
         plans.append(plan)
     return fp, plans
 
@@ -341,6 +344,23 @@ def stage_notes(cfg: RunConfig, stage: StageSpec, w: Workload, hardware: Hardwar
     if w.four_bit:
         notes.append("4-bit weights cannot be sharded by ZeRO-3/FSDP without bnb_4bit_quant_storage")
     return notes
+
+
+def measured_gpu_peaks(cfg: RunConfig) -> dict[str, float]:
+    """GiB per stage from ``runs/<name>/manifest.json`` where a run on a GPU recorded its peak (a stage field
+    naming GPU and peak in MB/MiB or GiB); empty when there is none."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(cfg.output_dir) / cfg.name / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    peaks = {}
+    for name, info in json.loads(manifest.read_text()).get("stages", {}).items():
+        for key, value in info.items():
+            if isinstance(value, int | float) and "gpu" in key and "peak" in key:
+                peaks[name] = value / 1024 if key.endswith(("_mb", "_mib")) else float(value)
+    return peaks
 
 
 def parse_memory(text: str) -> int:

@@ -65,8 +65,9 @@ def nano_build(
     except ValueError as err:
         fail(str(err))
     info = json.loads((path / "dermvlm_nano.json").read_text())
-    what = f"{like} shape, {layers} layer(s)" if like else preset if family == "qwen2_5_vl" else f"{family} {preset}"
-    typer.echo(f"built {what} model ({info['parameters']:,} parameters) in {path}")
+    what = (f"{like} real-shape model ({layers} layer{'s' * (layers > 1)}, " if like else
+            f"{preset} model (" if family == "qwen2_5_vl" else f"{family} {preset} model (")
+    typer.echo(f"built {what}{info['parameters']:,} parameters) in {path}")
 
 
 @model_app.command("merge")

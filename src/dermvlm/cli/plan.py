@@ -57,7 +57,8 @@ def plan(
                         "gradient_checkpointing": p.gradient_checkpointing,
                         "activations_gib_other_checkpointing": round(p.activations_other_gc, 2),
                         "gib": {s: {k: round(v, 2) for k, v in m.items()} for s, m in p.memory.items()},
-                        "hours": None if p.hours is None else round(p.hours, 2), "notes": p.notes}
+                        "hours": None if p.hours is None else round(p.hours, 2), "notes": p.notes,
+                        "measured_gpu_peak_gib": p.measured_gpu_gib}
                        for p in plans]}, indent=2))
         return
     show_table(config, fp, plans, gpus, memory)
@@ -96,6 +97,12 @@ def show_table(config: Path, fp, plans, gpus: int, memory: int | None) -> None:
     console.print(f"bold: the configured gradient checkpointing; image {plans[0].image_size[0]}x"
                   f"{plans[0].image_size[1]} (the recipe's largest); hours: an H100 at 35% of its bf16 peak, "
                   "not measured on a GPU")
+    for p in plans:
+        if p.measured_gpu_gib is not None:
+            m = p.memory["one GPU"]
+            console.print(f"measured ({p.name}): the run's manifest has a GPU peak of {p.measured_gpu_gib:.1f} GiB; "
+                          f"planned {m['total'] - m['overhead']:.1f} GiB allocated (+{m['overhead']:.1f} context "
+                          "and slack) on one GPU")
     for note in dict.fromkeys(f"{n} ({', '.join(p.name for p in plans if n in p.notes)})"
                               for p in plans for n in p.notes):
         console.print(f"note: {note}")

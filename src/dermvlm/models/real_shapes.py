@@ -122,7 +122,8 @@ SHAPES: dict[str, RealShape] = {
                  "base-patch16-512 tower: hidden 768, 12 layers, 12 heads, intermediate 3072; an untied head: "
                  "model.safetensors is 513 MB in bf16, 256M parameters)",
                  "https://huggingface.co/HuggingFaceTB/SmolVLM-256M-Instruct/blob/main/preprocessor_config.json "
-                 "(size longest_edge 2048, max_image_size 512, mean/std 0.5; processor_config image_seq_len 64)")),
+                 "(size longest_edge 2048, max_image_size 512, mean/std 0.5; processor_config image_seq_len 64; "
+                 "generation_config eos_token_id 49279, the last of 49280 entries)")),
 }
 
 
