@@ -155,7 +155,7 @@ def memory_bytes(fp: Footprint, w: Workload) -> dict[str, float]:
             # language model's backward and recomputes one block in its own
             acts = max(acts + tower_inputs, tower_inputs + block)
         else:
-            passing = patches * (4 * fp.vision_hidden + 2 * fp.vision_intermediate) * b
+            passing = patches * (4 * fp.vision_hidden + 3 * fp.vision_intermediate) * b
             acts = max(acts, passing)  # a frozen tower keeps nothing; each block's tensors pass through
     if w.generation:
         seqs, prompt, new = w.generation
