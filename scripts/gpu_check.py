@@ -105,10 +105,8 @@ def run_config(work: Path, dry: bool, like: str, layers: int, has_vllm: bool) ->
 
 
 def run_stages(cfg, report: dict[str, Any], cuda: bool, gpu_memory: int | None) -> Path | None:
-    """Each stage alone (``run_pipeline(to_stage=...)``), its peak next to the planner's estimate: the GPU
-    allocator's peak on a GPU, the stage's peak RSS (``done.json``) on CPU."""
-    import torch
-
+    """Each stage alone (``run_pipeline(to_stage=...)``), its peak (``done.json``: the GPU allocator's on a GPU,
+    the process's RSS on CPU) next to the planner's estimate."""
     from dermvlm.pipeline import run_pipeline
     from dermvlm.plan import Hardware, plan_run
 
@@ -117,15 +115,16 @@ def run_stages(cfg, report: dict[str, Any], cuda: bool, gpu_memory: int | None) 
     final = None
     for stage in cfg.stages:
         def one(name=stage.name):
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
             folder = run_pipeline(cfg, "gpu_check", to_stage=name, evaluate=False)
             done = json.loads((folder.parent / "done.json").read_text())
-            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else done["peak_rss_mb"] / 1024
+            peak = (done["gpu_peak_allocated_mb"] if cuda else done["peak_rss_mb"]) / 1024
             plan = planned[name]
+            parts = plan.memory["one GPU"]
+            allocated = parts["total"] - parts["overhead"]  # what torch's allocator can see of the plan
             return {"steps": done.get("steps"), "peak_gib": round(peak, 2), "peak_is": "GPU" if cuda else "RSS",
-                    "planned_gib": round(plan.total("one GPU"), 2), "planned_parts": plan.memory["one GPU"],
-                    "peak_over_planned": round(peak / plan.total("one GPU"), 3), "model": str(folder)}
+                    "gpu_peak_reserved_gib": round((done.get("gpu_peak_reserved_mb") or 0) / 1024, 2),
+                    "planned_gib": round(allocated, 2), "planned_parts": parts,
+                    "peak_over_planned": round(peak / allocated, 3), "model": str(folder)}
 
         result = step(report, f"stage_{stage.name}", one)
         if result is None:

@@ -202,8 +202,8 @@ def compare(row: dict, want: dict) -> None:
 
 def readme_tables(report: dict) -> dict[str, str]:
     """The README's two tables (between its ``plan-calibration`` and ``plan-published`` markers)."""
-    lines = ["| real shape | layers | GC | sequence (image) tokens | weights GiB measured / planned | LoRA grads + Adam "
-             "MiB | activations GiB | peak GiB | peak error |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| real shape | layers | GC | sequence (image) tokens | weights GiB measured / planned | "
+             "LoRA grads + Adam MiB | activations GiB | peak GiB | peak error |", "|---" * 9 + "|"]
     for r in report.get("runs", []):
         m, p = r["measured_components"], r["planned"]
         lines.append(

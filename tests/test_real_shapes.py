@@ -77,7 +77,7 @@ def test_nano_build_like_refuses_family_and_builds_the_shape(tmp_path):
     assert (info["like"], info["layers"], info["hub_id"]) == ("smolvlm", 2, "HuggingFaceTB/SmolVLM-256M-Instruct")
 
 
-def test_plan_json_and_config_check_refuses_what_does_not_fit():
+def test_plan_json_and_config_check_refuses_what_does_not_fit(shared_data):  # the 7B config reads isic_cc0
     from typer.testing import CliRunner
 
     from dermvlm.cli import app
@@ -108,7 +108,8 @@ def test_plan_reads_the_gpu_peak_a_finished_run_recorded(tmp_path):
     cfg = RunConfig.model_validate({**data, "output_dir": str(tmp_path), "data": {
         "recipe": str(ROOT / "data_recipes" / "sample.yaml")}})
     (tmp_path / cfg.name).mkdir()
-    (tmp_path / cfg.name / "manifest.json").write_text(json.dumps({"stages": {"sft": {"peak_gpu_mb": 3072}}}))
+    (tmp_path / cfg.name / "manifest.json").write_text(json.dumps({"stages": {"sft": {"gpu_peak_allocated_mb": 3072,
+                                                                                  "gpu_peak_reserved_mb": 4096}}}))
     _, plans = plan_run(cfg)
     assert {p.name: p.measured_gpu_gib for p in plans}["sft"] == 3.0
     assert {p.name for p in plans} == {s.name for s in cfg.stages}

@@ -282,12 +282,10 @@ def stage_workload(cfg: RunConfig, stage: StageSpec, args: Any, fp: Footprint, i
 
 
 def image_size_for(cfg: RunConfig, source: str = "<config>") -> tuple[int, int]:
-    """The largest image the run's recipe stores (its ``image.max_side``, at 4:3)."""
-    from dermvlm.config import RecipeConfig, load_config
-    from dermvlm.pipeline import resolve_path
+    """The largest image the run's data stores (its recipe's ``image.max_side``, or ``data.image``), at 4:3."""
+    from dermvlm.recipes.run_data import run_recipe
 
-    recipe = load_config(resolve_path(cfg.data.recipe, source), RecipeConfig)
-    side = recipe.image.max_side
+    side = run_recipe(cfg, source)[0].image.max_side
     return side, max(1, round(side * 3 / 4))
 
 
@@ -347,20 +345,17 @@ def stage_notes(cfg: RunConfig, stage: StageSpec, w: Workload, hardware: Hardwar
 
 
 def measured_gpu_peaks(cfg: RunConfig) -> dict[str, float]:
-    """GiB per stage from ``runs/<name>/manifest.json`` where a run on a GPU recorded its peak (a stage field
-    naming GPU and peak in MB/MiB or GiB); empty when there is none."""
+    """GiB per stage that a finished run on a GPU recorded in ``runs/<name>/manifest.json``
+    (``gpu_peak_allocated_mb``: torch's allocator peak, without the CUDA context); empty when there is none."""
     import json
     from pathlib import Path
 
     manifest = Path(cfg.output_dir) / cfg.name / "manifest.json"
     if not manifest.is_file():
         return {}
-    peaks = {}
-    for name, info in json.loads(manifest.read_text()).get("stages", {}).items():
-        for key, value in info.items():
-            if isinstance(value, int | float) and "gpu" in key and "peak" in key:
-                peaks[name] = value / 1024 if key.endswith(("_mb", "_mib")) else float(value)
-    return peaks
+    stages = json.loads(manifest.read_text()).get("stages", {})
+    return {name: info["gpu_peak_allocated_mb"] / 1024 for name, info in stages.items()
+            if isinstance(info.get("gpu_peak_allocated_mb"), int | float)}
 
 
 def parse_memory(text: str) -> int:
