@@ -70,11 +70,19 @@ def test_family_for_reads_config_json_and_the_loaded_model(loaded):
 
 
 def test_forward_pass_on_a_real_image(loaded):
-    _, _, model, processor = loaded
+    from dermvlm.config import ModelSpec
+    from dermvlm.models.footprint import image_geometry, resolve_model
+
+    name, _, model, processor = loaded
     text = processor.apply_chat_template(conversation()[:2], tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=[Image.open(IMAGE).convert("RGB")], return_tensors="pt")
+    photo = Image.open(IMAGE).convert("RGB")
+    inputs = processor(text=[text], images=[photo], return_tensors="pt")
     image_id = model.config.image_token_id
-    assert (inputs["input_ids"] == image_id).sum() >= 4  # the processor expanded the image into soft tokens
+    tokens = int((inputs["input_ids"] == image_id).sum())
+    assert tokens >= 4  # the processor expanded the image into soft tokens
+    # dermvlm plan, from the family's config and image processor alone (no folder), counts the same tokens
+    config, image_processor, _ = resolve_model(ModelSpec(nano={"family": name}))
+    assert image_geometry(config, image_processor, photo.size).tokens == tokens
     with torch.no_grad():
         out = model(**inputs)
     assert out.logits.shape[:2] == inputs["input_ids"].shape

@@ -165,7 +165,21 @@ def image_geometry(config: Any, image_processor: Any, size: tuple[int, int],
     values = out["pixel_values"]
     crops = values.shape[1] if values.dim() == 5 else values.shape[0]  # tiles (SmolVLM, LLaVA-NeXT) or crops
     per_crop = (values.shape[-1] // vision.patch_size) ** 2
+    if getattr(config, "image_grid_pinpoints", None):  # LLaVA-NeXT: base view + unpadded grid + row newlines
+        return ImageGeometry(size, anyres_tokens(config, image_processor, size, values.shape[-1]), crops * per_crop)
     if getattr(config, "mm_tokens_per_image", None):  # Gemma 3: pooled to a fixed number per crop
         return ImageGeometry(size, crops * config.mm_tokens_per_image, crops * per_crop)
     scale = getattr(config, "scale_factor", 1) or 1  # SmolVLM's pixel shuffle
     return ImageGeometry(size, crops * per_crop // scale**2, crops * per_crop)
+
+
+def anyres_tokens(config: Any, image_processor: Any, size: tuple[int, int], tile: int) -> int:
+    """Image tokens LLaVA-NeXT's processor puts in a prompt for an image of ``size`` (width, height), counted by
+    transformers' own rule (``LlavaNextProcessor._get_number_of_features``, which needs no tokenizer)."""
+    from transformers import LlavaNextProcessor
+
+    counter = LlavaNextProcessor.__new__(LlavaNextProcessor)  # the count reads only these three attributes
+    counter.image_processor, counter.patch_size = image_processor, config.vision_config.patch_size
+    counter.num_additional_image_tokens = 1  # CLIP's CLS token
+    tokens = counter._get_number_of_features(size[1], size[0], tile, tile)
+    return tokens - (config.vision_feature_select_strategy == "default")  # the processor drops the CLS again

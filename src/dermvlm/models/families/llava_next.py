@@ -63,40 +63,13 @@ PRESETS: dict[str, LlavaNextPreset] = {
 }
 
 
-def build_nano(
-    out: str | Path,
-    preset: str = "nano",
-    seed: int = 0,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    extra_terms: list[str] | None = None,
-    patch_size: int | None = None,
-) -> Path:
-    """Build a tiny random-weight LLaVA-NeXT and save it as one HF folder at ``out`` (atomically).
+def model_config(p: LlavaNextPreset, vocab_size: int, ids: dict[str, int]):
+    """The ``LlavaNextConfig`` of preset ``p`` with ``vocab_size`` entries and the special tokens' ``ids``."""
+    from transformers import LlavaNextConfig
 
-    LLaVA-NeXT's tiles and grids are fixed by the preset, so pixel bounds and patch overrides are refused."""
-    from transformers import LlavaNextConfig, LlavaNextImageProcessor, LlavaNextProcessor
-
-    from dermvlm.models.families.tiny import (
-        check_preset,
-        local_tokenizer,
-        random_model,
-        refuse,
-        save_folder,
-        trl_chat_template,
-    )
-
-    p: LlavaNextPreset = check_preset(preset, PRESETS, FAMILY.name)
-    refuse(FAMILY.name, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size)
-    tokenizer = local_tokenizer(
-        p.vocab_size, seed, SPECIAL_TOKENS, extra_terms,
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_config = {
         "model_type": "mistral",
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
         "num_hidden_layers": p.num_hidden_layers,
@@ -121,26 +94,65 @@ def build_nano(
         "patch_size": p.patch_size,
         "projection_dim": p.vision_hidden_size,
     }
-    pinpoints = [list(hw) for hw in p.image_grid_pinpoints]
-    patches = (p.image_size // p.patch_size) ** 2
-    config = LlavaNextConfig(
+    return LlavaNextConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_index=ids["<image>"],
-        image_grid_pinpoints=pinpoints,
+        image_grid_pinpoints=[list(hw) for hw in p.image_grid_pinpoints],
         vision_feature_select_strategy="default",  # drop CLIP's CLS token
         vision_feature_layer=-2,
-        image_seq_length=patches,
+        image_seq_length=(p.image_size // p.patch_size) ** 2,
         tie_word_embeddings=False,
     )
+
+
+def image_processor(p: LlavaNextPreset, min_pixels: int | None = None, max_pixels: int | None = None):
+    """CLIP tiles of ``image_size``: a base view plus the crops of the best ``image_grid_pinpoints`` grid."""
+    from transformers import LlavaNextImageProcessor
+
+    return LlavaNextImageProcessor(
+        size={"shortest_edge": p.image_size}, crop_size={"height": p.image_size, "width": p.image_size},
+        image_grid_pinpoints=[list(hw) for hw in p.image_grid_pinpoints],
+        # CLIP's statistics, as LLaVA-NeXT uses them
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
+def build_nano(
+    out: str | Path,
+    preset: str = "nano",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_terms: list[str] | None = None,
+    patch_size: int | None = None,
+) -> Path:
+    """Build a tiny random-weight LLaVA-NeXT and save it as one HF folder at ``out`` (atomically).
+
+    LLaVA-NeXT's tiles and grids are fixed by the preset, so pixel bounds and patch overrides are refused."""
+    from transformers import LlavaNextProcessor
+
+    from dermvlm.models.families.tiny import (
+        check_preset,
+        local_tokenizer,
+        random_model,
+        refuse,
+        save_folder,
+        trl_chat_template,
+    )
+
+    p: LlavaNextPreset = check_preset(preset, PRESETS, FAMILY.name)
+    refuse(FAMILY.name, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size)
+    tokenizer = local_tokenizer(
+        p.vocab_size, seed, SPECIAL_TOKENS, extra_terms,
+        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = model_config(p, len(tokenizer), ids)
     model = random_model(config, seed, eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"])
     processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessor(
-            size={"shortest_edge": p.image_size}, crop_size={"height": p.image_size, "width": p.image_size},
-            image_grid_pinpoints=pinpoints,
-            # CLIP's statistics, as LLaVA-NeXT uses them
-            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-        ),
+        image_processor=image_processor(p),
         tokenizer=tokenizer,
         patch_size=p.patch_size,
         vision_feature_select_strategy="default",
