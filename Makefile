@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: setup setup-gpu gpu-lock-check browser demo test test-repo-only lint clean bench bench-learning bench-throughput
+.PHONY: setup setup-gpu gpu-lock-check browser demo test test-realshape test-repo-only lint clean bench bench-learning bench-throughput
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests
+
+# Every stage kind in 4-bit at Qwen2.5-VL-3B's and MedGemma-4B's real widths (1 layer), then served by vLLM: about
+# 13 minutes on 2 cores, so outside `make test` (pyproject's addopts deselect the realshape marker).
+test-realshape: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/test_real_shapes.py -m realshape
 
 # The data-facing tests as on a machine that has only the repository (no ../shared/data): what needs the real,
 # non-commercial datasets is skipped with how to get them; everything else (bundled CC0/CC BY sample) runs.
