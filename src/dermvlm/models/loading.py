@@ -90,6 +90,16 @@ def quantized_device_map() -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
+def loads_placeholder_weights() -> bool:
+    """Whether ``from_pretrained`` leaves zeros in some processes of this run: under FSDP with
+    ``cpu_ram_efficient_loading`` only each machine's first process reads the checkpoint, and the trainer broadcasts
+    its weights when it shards the model. A model the other processes load for themselves, outside a trainer, stays
+    all zeros (the same answer on every process)."""
+    from transformers.integrations import is_fsdp_enabled
+
+    return is_fsdp_enabled()
+
+
 def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` derived from the spec (dtype, quantization, attention)."""
     kw: dict[str, Any] = {"dtype": resolve_dtype(spec.dtype), "trust_remote_code": spec.trust_remote_code}

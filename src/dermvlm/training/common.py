@@ -102,9 +102,10 @@ def load_for_stage(spec: ModelSpec, path: str | Path, stage: StageSpec):
 def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str | Path, use_lora: bool,
                      output_dir: Path) -> tuple[Path, Path | None]:
     """Save the adapter and merge it into a standalone folder (LoRA), or save the full model. Called on every
-    process: ``trainer.save_model`` gathers ZeRO-3 / FSDP shards (a rank-0 ``save_pretrained`` would write empty
-    partitions) and writes on the main process only, which then publishes the folder atomically and merges in the
-    training dtype."""
+    process: the ZeRO-3 / FSDP shards are gathered (a rank-0 ``save_pretrained`` would write empty partitions) and
+    the main process alone writes, publishes the folder atomically and merges in the training dtype. Under FSDP the
+    full weights are gathered whatever ``fsdp_state_dict_type`` the checkpoints use (``trainer.save_model`` writes
+    nothing under ``SHARDED_STATE_DICT``)."""
     import os
     import shutil
 
@@ -118,7 +119,12 @@ def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str 
     if main and staging.exists():
         shutil.rmtree(staging)  # left by a save that was killed
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
+    if getattr(trainer, "is_fsdp_enabled", False):
+        state = trainer.accelerator.get_state_dict(trainer.model)  # a collective: the full tensors, on the main one
+        if main:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staging, state_dict=state)
+    else:
+        trainer.save_model(str(staging))
     if main:
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's settings, not the model
         processor.save_pretrained(staging)

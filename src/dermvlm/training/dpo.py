@@ -83,6 +83,13 @@ def sample_transformers(model, processor, rows, k: int, max_new_tokens: int, see
     return out
 
 
+def uses_vllm(stage: StageSpec) -> bool:
+    """Whether policy pairs are sampled with vLLM (in a child process that loads the model itself)."""
+    from dermvlm.models.loading import cuda_available
+
+    return stage.sampler == "vllm" or (stage.sampler == "auto" and cuda_available())
+
+
 def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
                  output_dir: Path, device, shard: tuple[int, int] = (0, 1)):
     """Pairs ranked by the KG scorer from the current policy's own samples, with statistics. ``device``: where
@@ -91,14 +98,14 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     from datasets import Dataset
 
     from dermvlm.devices import release_memory
-    from dermvlm.models.loading import cuda_available, load_model
+    from dermvlm.models.loading import load_model
     from dermvlm.training.placement import placed
     from dermvlm.training.vllm_sampling import sample_in_child
 
     rows = prompts.select(range(min(len(prompts), stage.max_prompts or len(prompts))))
     if shard[1] > 1:
         rows = rows.shard(num_shards=shard[1], index=shard[0], contiguous=False)
-    use_vllm = stage.sampler == "vllm" or (stage.sampler == "auto" and cuda_available())
+    use_vllm = uses_vllm(stage)
     started = time.perf_counter()
     if use_vllm:
         work = output_dir / f".vllm-sampling-{shard[0]}"
@@ -174,10 +181,13 @@ def merged_pair_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, prompts, seed: int,
                   output_dir: Path, device):
     """Policy pairs sampled once for the stage: under ``accelerate launch`` every process samples its share of the
-    prompts into ``.pairs-part-R``, the main process alone joins them into ``pairs/`` (the others wait for it)."""
+    prompts into ``.pairs-part-R``, the main process alone joins them into ``pairs/`` (the others wait for it).
+    Under FSDP's low-RAM loading the other processes would sample from zeros with transformers: the main process
+    then samples every prompt."""
     from datasets import concatenate_datasets, load_from_disk
 
     from dermvlm.distributed import barrier
+    from dermvlm.models.loading import loads_placeholder_weights
     from dermvlm.ranks import rank, world_size
 
     pairs_dir, stats_file = output_dir / "pairs", output_dir / "pairs_stats.json"
@@ -188,16 +198,17 @@ def sampled_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Pat
         pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed, output_dir, device)
         pairs.save_to_disk(str(pairs_dir))
         return pairs, stats
-    part = output_dir / f".pairs-part-{me}-of-{world}"
-    if not (part / "stats.json").exists():
+    samplers = world if uses_vllm(stage) or not loads_placeholder_weights() else 1
+    part = output_dir / f".pairs-part-{me}-of-{samplers}"
+    if me < samplers and not (part / "stats.json").exists():
         pairs, stats = policy_pairs(stage, model_spec, model_path, prompts, seed + me, output_dir, device,
-                                    (me, world))
+                                    (me, samplers))
         with atomic_dir(part) as tmp:
             pairs.save_to_disk(str(tmp / "pairs"))
             (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
     barrier("every process's share of the policy pairs")
     if me == 0:
-        parts = [output_dir / f".pairs-part-{r}-of-{world}" for r in range(world)]
+        parts = [output_dir / f".pairs-part-{r}-of-{samplers}" for r in range(samplers)]
         pairs = concatenate_datasets([load_from_disk(str(p / "pairs")) for p in parts])
         stats = merged_pair_stats([json.loads((p / "stats.json").read_text()) for p in parts])
         atomic_write_text(stats_file, json.dumps(stats, indent=2) + "\n")

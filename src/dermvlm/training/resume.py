@@ -5,7 +5,8 @@ loads them into the in-memory layout (``model.visual.*``, ``model.language_model
 (upstream transformers#43701): a resumed full-parameter stage silently continues from its *initial* weights. The
 mixin below loads a full-model checkpoint through ``from_pretrained`` (which applies the model's own key
 conversions) and copies it in strictly, refusing when any tensor is missing; adapters, DeepSpeed and FSDP
-checkpoints keep the trainer's own path. ``last_checkpoint`` skips checkpoints that a kill left incomplete.
+checkpoints (accelerate's ``pytorch_model_fsdp*`` and ``optimizer.bin`` / ``optimizer_0``) keep the trainer's own
+path. ``last_checkpoint`` skips checkpoints that a kill left incomplete.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dermvlm.config import ConfigError
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+# what accelerate writes for an FSDP checkpoint (full or sharded state dict): the weights and the optimizer state
+FSDP_WEIGHTS = ("pytorch_model_fsdp.bin", "pytorch_model_fsdp_0")
+FSDP_OPTIMIZER = ("optimizer.bin", "optimizer_0")
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -30,7 +34,7 @@ def checkpoint_problem(path: Path) -> str | None:
     except (OSError, json.JSONDecodeError):
         return "trainer_state.json is unreadable"
     weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
-    if not weights:
+    if not weights and not any((path / f).exists() for f in FSDP_WEIGHTS):
         return "no weights"
     for w in weights:
         if w.suffix == ".safetensors":
@@ -41,7 +45,8 @@ def checkpoint_problem(path: Path) -> str | None:
                     f.keys()
             except Exception as err:  # a torn file: any reader error means the same
                 return f"{w.name} is unreadable ({type(err).__name__})"
-    if not (path / "optimizer.pt").is_file() and not any(path.glob("global_step*")):
+    if not (path / "optimizer.pt").is_file() and not any(path.glob("global_step*")) and \
+            not any((path / f).exists() for f in FSDP_OPTIMIZER):
         return "no optimizer state"
     return None
 
