@@ -1,7 +1,14 @@
-"""How much of a LoRA update survives merging into bfloat16, on one real-width layer (Qwen2.5-VL-7B's gate_proj,
-18944 x 3584, N(0, 0.02) weights stored in bf16, three rank-32 updates of 1e-3 and 1e-2 relative norm, as three LoRA
-stages): each stage merging into the bf16 folder of the one before (what the pipeline does), one float32 merge cast
-to bf16 once, and float32 kept; then NF4's own error on the same weights. CPU, about a minute:
+"""Per-element rounding of LoRA updates merged into bfloat16, on one synthetic real-width layer (Qwen2.5-VL-7B's
+gate_proj, 18944 x 3584, N(0, 0.02) weights stored in bf16, three random rank-32 updates of 1e-3 and 1e-2 relative
+norm, as three LoRA stages): each stage merging into the bf16 folder of the one before (what the pipeline does), one
+float32 merge cast to bf16 once, and float32 kept; then NF4's own error on the same weights.
+
+What it measures is the Frobenius norm of the rounding noise relative to the Frobenius norm of the updates' sum,
+element by element. That is not what a stage loses: round-to-nearest adds noise that is uncorrelated with the inputs
+(its expected change is the update itself), while the update is low-rank and aligned with them, so the model's
+function can keep nearly all of an update whose elements are mostly rounding noise. ``merge_function.py`` measures
+the function (KL, greedy tokens, held-out loss) of QLoRA adapters trained for real; docs/BENCHMARKS.md, "Merge
+precision", has both. CPU, about a minute:
 
     python benchmarks/merge_precision.py
 """
