@@ -83,6 +83,71 @@ def test_suite_end_to_end_report_plots_and_compare(server, tmp_path, recipe_data
     assert a["mcq"]["accuracy"] == b["mcq"]["accuracy"]  # greedy answers do not depend on concurrency
 
 
+def test_class_scores_equal_transformers_logprobs_and_the_val_operating_point_reaches_test(server, trained_run,
+                                                                                          tmp_path):
+    """Class scores of a closed-set suite: AUC and decodes on a 'val' run that fits the operating point, a 'test'
+    run that applies it unchanged; each score is the served model's log P(answer | image, question), equal to the
+    one transformers computes for the same tokens in float32."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dermvlm.evaluation.class_scores import SCORES, answer_logprob, candidate_tokens, closed_classes, read_scores
+    from dermvlm.evaluation.runner import messages_for
+
+    suite = load_config(SUITE, SuiteConfig).model_copy(update={"types": ["open"], "split": "val"})
+    val = run_suite(suite.model_copy(update={"operating_point": "fit"}), tmp_path / "val", endpoint=endpoint(server),
+                    base=SUITE.parent, limit=10, show_progress=False)
+    block = val["metrics"]["types"]["open"]["class_scores"]
+    classes = block["classes"]
+    assert block["n"] == 10 and len(classes) >= 2 and 0 <= block["auc"] <= 1
+    assert set(block["decodes"]) == {"as_generated", "class_score_argmax", "prior_corrected_balanced_accuracy",
+                                     "prior_corrected_accuracy"}
+    generated = val["metrics"]["types"]["open"]
+    assert block["decodes"]["as_generated"]["balanced_accuracy"] == generated["balanced_accuracy"]
+    fitted = json.loads((tmp_path / "val" / "operating_point.json").read_text())
+    assert fitted["fitted_on"]["split"] == "val" and sorted(fitted["classes"]) == sorted(classes)
+    assert "Class scores (closed set)" in (tmp_path / "val" / "report.md").read_text()
+    test = run_suite(suite.model_copy(update={"split": "test", "operating_point": "val"}), tmp_path / "test",
+                     endpoint=endpoint(server), base=SUITE.parent, limit=10, show_progress=False)
+    applied = test["metrics"]["types"]["open"]["class_scores"]
+    assert applied["operating_point"]["tau"] == fitted["tau"] and applied["operating_point_source"].endswith(
+        "val/operating_point.json")
+    assert not (tmp_path / "test" / "operating_point.json").exists()  # never fitted on test
+    # the served scores against transformers' own log-probabilities, token for token
+    from dermvlm.evaluation.items import build_items
+
+    every = build_items(suite, tmp_path / "items", base=SUITE.parent)
+    items, names = [it for it in every if it["type"] == "open"][:1], closed_classes(every)
+    stored = read_scores(tmp_path / "val", json.loads((tmp_path / "val" / SCORES).read_text().splitlines()[0])["set"])
+    ep = endpoint(server)
+    model = AutoModelForImageTextToText.from_pretrained(str(trained_run["merged"]), dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(str(trained_run["merged"]))
+    client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=120)
+    for item in items:
+        image = Image.open(io.BytesIO(item["image"])).convert("RGB")
+        for label, name in names.items():
+            text = f"<answer>{name}</answer>"
+            tokens = asyncio.run(candidate_tokens(ep, [text]))[0]
+            r = client.chat.completions.create(
+                model="derm", messages=[*messages_for(item, None), {"role": "assistant", "content": text}],
+                max_tokens=1, temperature=0, extra_body={"continue_final_message": True, "add_generation_prompt": False,
+                                                         "prompt_logprobs": 0, "return_token_ids": True})
+            conversation = [{"role": "user", "content": [{"type": "image", "image": image},
+                                                         {"type": "text", "text": item["question"]}]},
+                            {"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            inputs = processor.apply_chat_template(conversation, continue_final_message=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt")
+            assert inputs["input_ids"][0].tolist() == r.model_extra["prompt_token_ids"]  # the same prompt
+            with torch.no_grad():
+                logits = model(**inputs).logits[0].float()
+            ids = inputs["input_ids"][0]
+            n = len(tokens)
+            expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None]).sum().item()
+            assert answer_logprob(r, tokens) == pytest.approx(expected, abs=1e-4)
+            if item["id"] in stored:
+                assert stored[item["id"]][label] == pytest.approx(expected, abs=1e-4)
+
+
 def test_200_concurrent_requests_keep_answering(server):
     png = io.BytesIO()
     Image.new("RGB", (64, 64), (180, 120, 100)).save(png, "PNG")

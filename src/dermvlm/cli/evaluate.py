@@ -85,6 +85,9 @@ def eval_run(
                               ] = None,
     judge_model: Annotated[str | None, typer.Option(help="Model name at --judge-endpoint.")] = None,
     judge_api_key: Annotated[str | None, typer.Option(help="API key for --judge-endpoint.")] = None,
+    operating_point: Annotated[str | None, typer.Option(help="Class-score operating point: 'fit' (choose it on this "
+                                                        "suite, a validation split) or an operating_point.json "
+                                                        "written by such a run (overrides the suite).")] = None,
     source: SourceOpt = None,
     root: RootOpt = None,
     images: ImagesOpt = None,
@@ -132,7 +135,8 @@ def eval_run(
                             serve_options={"dtype": dtype, "max_model_len": max_model_len} if serve else None,
                             base=suite.resolve().parent, limit=limit,
                             system_prompt=system_prompt, fresh=fresh,
-                            **({"train_data": run_data(run)} if run else {}))
+                            **({"train_data": run_data(run)} if run else {}),
+                            **({"operating_point": operating_point} if operating_point and not robustness else {}))
         except KeyboardInterrupt:
             typer.secho(f"error: interrupted by {signal_name(caught)}: "
                         f"{'stopped the vLLM server; ' if serve else ''}the answers so far are kept in "
@@ -209,6 +213,8 @@ def report_robustness(result: dict, out_dir: Path) -> None:
 
 def report_metrics(result: dict, out_dir: Path) -> None:
     """The metrics by question type, the report's path, and exit status 1 when some items got no answer."""
+    from dermvlm.evaluation.closed_set import summary as closed_set_summary
+
     for kind, t in result["metrics"]["types"].items():
         if kind == "open_text":
             typer.echo(f"{kind:<11} n={t['n']:<5} exact match {t['exact_match']:.3f}  token F1 {t['token_f1']:.3f}  "
@@ -218,6 +224,8 @@ def report_metrics(result: dict, out_dir: Path) -> None:
             continue
         typer.echo(f"{kind:<11} n={t['n']:<5} accuracy {t.get('accuracy', 0):.3f}  balanced "
                    f"{t.get('balanced_accuracy', 0) or 0:.3f}  unparsable {t.get('unparsable_rate', 0):.3f}")
+        if t.get("class_scores"):
+            typer.echo(closed_set_summary(t["class_scores"]))
     typer.echo(f"report: {out_dir / 'report.md'}")
     if result["errors"]:
         example = f" (e.g. {result['error_examples'][0][:120]})" if result.get("error_examples") else ""

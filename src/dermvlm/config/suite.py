@@ -65,6 +65,19 @@ class SuiteConfig(Strict):
     bootstrap: int = Field(default=1000, ge=0)
     corruption: CorruptionSpec | None = None  # every image corrupted (``--corruption NAME --severity K``)
     robustness: RobustnessSpec | None = None  # the sweep ``--robustness`` runs (default: all 15 x 5)
+    # Open questions with a closed label set (the suite's gold classes): the probability of every class's answer,
+    # written as ``class_answer``, read from the served model: AUC and decodes at an operating point
+    # (evaluation/closed_set.py). ``operating_point``: ``fit`` (choose τ on this suite: a validation split), the
+    # name of a suite evaluated before into the same parent folder, or an operating_point.json path.
+    class_scores: bool = True
+    class_answer: str = "<answer>{name}</answer>"
+    operating_point: str | None = None
+
+    @model_validator(mode="after")
+    def _class_answer(self) -> SuiteConfig:
+        if self.class_scores and "{name}" not in self.class_answer:
+            raise ValueError(f"class_answer: {self.class_answer!r} must contain {{name}} (where the class name goes)")
+        return self
 
     @model_validator(mode="after")
     def _has_images(self) -> SuiteConfig:

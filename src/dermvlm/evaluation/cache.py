@@ -34,7 +34,7 @@ PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.jsonl"
 # Every file `dermvlm eval` writes in its output folder (``items/`` is rebuilt on every run and is left alone).
 EVAL_FILES = (PREDICTIONS, ERRORS, KEY_FILE, "metrics.json", "report.md", "confusion_matrix.png", "per_class.png",
-              "per_fitzpatrick.png", "server.log", "judge.jsonl")
+              "per_fitzpatrick.png", "server.log", "judge.jsonl", "class_scores.jsonl", "operating_point.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 KEY_VERSION = 1
 

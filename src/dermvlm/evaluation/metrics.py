@@ -180,3 +180,49 @@ def fairness(groups: Sequence[str | Sequence[str]], y_true: Sequence[str], y_pre
             out["largest_gap"] = {"between": [best, worst], "balanced_accuracy": round(
                 eligible[best]["balanced_accuracy"] - eligible[worst]["balanced_accuracy"], 4)}
     return out
+
+
+def encode(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] | None = None):
+    """Integer labels for fast metrics: gold classes (sorted, or ``classes``) 0..k-1; a prediction outside them -1."""
+    import numpy as np
+
+    classes = list(classes) if classes is not None else sorted(set(y_true))
+    index = {c: i for i, c in enumerate(classes)}
+    return (np.array([index[c] for c in y_true], dtype=int), np.array([index.get(c, -1) for c in y_pred], dtype=int),
+            len(classes))
+
+
+def integer_metric(metric: str, t, p, k: int) -> float:
+    """``accuracy``, ``balanced_accuracy`` or ``macro_f1`` on encoded labels: the definitions above, vectorised
+    (macro means over the classes present in ``t``)."""
+    import numpy as np
+
+    if metric == "accuracy":
+        return float((t == p).mean())
+    tp = np.bincount(t[t == p], minlength=k).astype(float)
+    support = np.bincount(t, minlength=k).astype(float)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(k), where=present)
+    if metric == "balanced_accuracy":
+        return float(recall[present].mean())
+    predicted = np.bincount(p[p >= 0], minlength=k).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    return float(f1[present].mean())
+
+
+def fast_bootstrap(metric: str, y_true: Sequence[str], y_pred: Sequence[str], n: int = 1000, seed: int = 0
+                   ) -> tuple[float, float] | None:
+    """Percentile bootstrap interval (items resampled, numpy-seeded) of a metric ``integer_metric`` knows."""
+    import numpy as np
+
+    if n <= 0 or len(y_true) < 2:
+        return None
+    t, p, k = encode(y_true, y_pred)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        i = rng.integers(0, len(t), len(t))
+        draws.append(integer_metric(metric, t[i], p[i], k))
+    return (round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4))

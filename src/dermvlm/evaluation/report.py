@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dermvlm.evaluation.closed_set import report_lines as closed_set_lines
 from dermvlm.evaluation.plots import plots
 from dermvlm.io import atomic_write_text
 
@@ -121,6 +122,7 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
                                                           "on the next run)" if who.get("failed") else ""))
         if extra:
             lines += ["", f"**{kind}**", ""] + [f"- {e}" for e in extra]
+    lines += closed_set_lines(m["types"].get("open", {}).get("class_scores"))
     primary = m["types"].get(m["primary"] or "", {})
     if primary.get("per_class"):
         lines += ["", f"## Per class ({m['primary']})", "", "| class | precision | recall | F1 | support |",

@@ -58,7 +58,9 @@ def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOption
             endpoint = dataclasses.replace(endpoint, **where) if endpoint else EndpointOptions(**where)
         assert endpoint is not None
         for name, corruption in runs(spec):
-            one = suite.model_copy(update={"corruption": corruption})
+            # class scores (K requests per item) only on the clean run: the sweep compares decoded answers
+            one = suite.model_copy(update={"corruption": corruption,
+                                           **({"class_scores": False} if corruption is not None else {})})
             results[name] = run_suite(one, out / name, endpoint, overrides=overrides, base=base, limit=limit,
                                       system_prompt=system_prompt, show_progress=show_progress, fresh=fresh,
                                       clean_items=clean_items)

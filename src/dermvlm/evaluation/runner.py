@@ -166,52 +166,66 @@ def _fatal(err, base: str) -> str | None:
     return None
 
 
-async def _ask(client, item: dict[str, Any], opts: EndpointOptions, suite: SuiteConfig, system: str | None,
-               sem: asyncio.Semaphore) -> dict[str, Any]:
+async def with_retries(create, opts: EndpointOptions, what: str = "/chat/completions"):
+    """``await create()`` with the runner's policy: connection errors, 429 and 5xx are retried with backoff (then the
+    endpoint is down, or the item fails); a wrong key, URL or model stops the run (``EndpointError``); another 4xx
+    fails the item (``ItemError``). ``create`` returns a chat completion; an aborted one is asked again."""
     import openai
 
     base = opts.base_url.rstrip("/")
-    extra = {"structured_outputs": {"regex": FORMAT_REGEX}} if suite.guided_format else None
-    async with sem:
-        last: Exception | None = None
-        for attempt in range(opts.retries + 1):
-            if attempt:
-                await asyncio.sleep(opts.backoff * 2 ** (attempt - 1))
-            started = time.perf_counter()
-            try:
-                r = await client.chat.completions.create(
-                    model=opts.model, messages=messages_for(item, system), max_tokens=suite.max_tokens,
-                    temperature=suite.temperature, seed=suite.seed, timeout=opts.timeout, extra_body=extra)
-            except openai.APIConnectionError as err:  # refused, reset, timed out: retry, then the server is down
+    last: Exception | None = None
+    for attempt in range(opts.retries + 1):
+        if attempt:
+            await asyncio.sleep(opts.backoff * 2 ** (attempt - 1))
+        try:
+            r = await create()
+        except openai.APIConnectionError as err:  # refused, reset, timed out: retry, then the server is down
+            last = err
+            continue
+        except openai.APIStatusError as err:
+            if (why := _fatal(err, base)) is not None:
+                raise EndpointError(why) from None
+            if err.status_code == 429 or err.status_code >= 500:
                 last = err
                 continue
-            except openai.APIStatusError as err:
-                if (why := _fatal(err, base)) is not None:
-                    raise EndpointError(why) from None
-                if err.status_code == 429 or err.status_code >= 500:
-                    last = err
-                    continue
-                raise ItemError(f"HTTP {err.status_code}: {_one_line(err, 300)}", err.status_code) from None
-            except openai.APIError as err:  # an answer the client cannot read as a chat completion
-                raise EndpointError(f"{base}: POST /chat/completions answered something that is not a chat "
-                                    f"completion ({_one_line(err, 120)}): {WRONG_URL}") from None
-            choices = getattr(r, "choices", None)
-            if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
-                raise EndpointError(f"{base}: POST /chat/completions answered something that is not a chat "
-                                    f"completion ({_one_line(r, 60)!r}): {WRONG_URL}")
-            if choices[0].finish_reason == "abort":  # vLLM cut the answer off (shutting down): not an answer
-                last = AbortedAnswer(f"the answer was aborted by the server after "
-                                     f"{len(choices[0].message.content or '')} characters")
-                continue
-            usage = getattr(r, "usage", None)
-            return {"response": choices[0].message.content or "", "finish_reason": choices[0].finish_reason,
-                    "latency_s": round(time.perf_counter() - started, 4),
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                    "prompt_tokens": usage.prompt_tokens if usage else None}
-        if isinstance(last, openai.APIStatusError):
-            raise ItemError(f"HTTP {last.status_code} after {opts.retries + 1} tries: {_one_line(last, 300)}",
-                            last.status_code)
-        raise EndpointDown(f"{base} did not answer after {opts.retries + 1} tries: {_one_line(last, 200)}")
+            raise ItemError(f"HTTP {err.status_code}: {_one_line(err, 300)}", err.status_code) from None
+        except openai.APIError as err:  # an answer the client cannot read as a chat completion
+            raise EndpointError(f"{base}: POST {what} answered something that is not a chat "
+                                f"completion ({_one_line(err, 120)}): {WRONG_URL}") from None
+        choices = getattr(r, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise EndpointError(f"{base}: POST {what} answered something that is not a chat "
+                                f"completion ({_one_line(r, 60)!r}): {WRONG_URL}")
+        if choices[0].finish_reason == "abort":  # vLLM cut the answer off (shutting down): not an answer
+            last = AbortedAnswer(f"the answer was aborted by the server after "
+                                 f"{len(choices[0].message.content or '')} characters")
+            continue
+        return r
+    if isinstance(last, openai.APIStatusError):
+        raise ItemError(f"HTTP {last.status_code} after {opts.retries + 1} tries: {_one_line(last, 300)}",
+                        last.status_code)
+    raise EndpointDown(f"{base} did not answer after {opts.retries + 1} tries: {_one_line(last, 200)}")
+
+
+async def _ask(client, item: dict[str, Any], opts: EndpointOptions, suite: SuiteConfig, system: str | None,
+               sem: asyncio.Semaphore) -> dict[str, Any]:
+    extra = {"structured_outputs": {"regex": FORMAT_REGEX}} if suite.guided_format else None
+    async with sem:
+        started = [0.0]
+
+        def create():  # latency is the successful attempt's
+            started[0] = time.perf_counter()
+            return client.chat.completions.create(
+                model=opts.model, messages=messages_for(item, system), max_tokens=suite.max_tokens,
+                temperature=suite.temperature, seed=suite.seed, timeout=opts.timeout, extra_body=extra)
+
+        r = await with_retries(create, opts)
+        choice = r.choices[0]
+        usage = getattr(r, "usage", None)
+        return {"response": choice.message.content or "", "finish_reason": choice.finish_reason,
+                "latency_s": round(time.perf_counter() - started[0], 4),
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "prompt_tokens": usage.prompt_tokens if usage else None}
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from dermvlm.config import SuiteConfig
 from dermvlm.datasets.split_assignment import SplitTable
-from dermvlm.evaluation import cache
+from dermvlm.evaluation import cache, closed_set
 from dermvlm.evaluation.items import build_items, corrupted
 from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.report import plots, write_report
@@ -28,7 +28,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
               overrides: list[dict] | None = None, base: Path | None = None, limit: int | None = None,
               system_prompt: str | None = None, show_progress: bool = True, fresh: bool = False,
               reset_on_mismatch: bool = False, clean_items: list[dict[str, Any]] | None = None,
-              train_data: Path | None = None, judge: EndpointOptions | None = None) -> dict[str, Any]:
+              train_data: Path | None = None, judge: EndpointOptions | None = None,
+              operating_point: str | None = None) -> dict[str, Any]:
     """Evaluate and write the outputs. With ``judge`` (an OpenAI-compatible endpoint and model), open-ended answers
     are also graded by that LLM judge (``evaluation.judge``; verdicts cached in ``judge.jsonl``). A rerun continues
     from ``predictions.jsonl`` when the cache key matches,
@@ -37,7 +38,9 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     ``clean_items``: the suite's items already built (uncorrupted, all of them), to skip building them again.
     ``members.json`` records which images the suite asks about; with ``train_data`` (the built recipe a model was
     trained on) the images and groups its ``splits.csv`` lists keep their split, and an item whose image is in its
-    train split stops the run (``SplitOverlapError``) before any request."""
+    train split stops the run (``SplitOverlapError``) before any request. Open questions with a closed label set
+    also get class scores (``closed_set``): AUC and decodes at the operating point ``operating_point`` (or the
+    suite's) names, or one fitted here (``fit``)."""
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
@@ -87,6 +90,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
             endpoint = dataclasses.replace(endpoint, **where) if endpoint else EndpointOptions(**where)
             probe(endpoint)
             timing = ask_all(items, suite, endpoint, out, override, show_progress)
+            scoring = closed_set.score(items, every, suite, endpoint, out, system)
         finally:
             _stop(server)
     else:
@@ -98,6 +102,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
                              suite=suite, system_prompt=system, items=every, format_regex=FORMAT_REGEX)
         start_over_or_check(key)
         timing = ask_all(items, suite, endpoint, out, override, show_progress)
+        scoring = closed_set.score(items, every, suite, endpoint, out, system)
     by_id = {it["id"]: it for it in items}
     answers: dict[str, dict[str, Any]] = {}
     for p in kept_answers(out / cache.PREDICTIONS):
@@ -113,6 +118,11 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
         judged = judge_predictions(preds, judge, out, judge_card)
     metrics = score_predictions(preds, load_graph(), suite.bootstrap, suite.seed)
     metrics["errors"] = len(failed)
+    source = closed_set.operating_point_source(suite, out, base, operating_point)
+    fit_here = (operating_point or suite.operating_point) == "fit"
+    closed = closed_set.block(preds, scoring, suite, out, endpoint.model, source, fit_here)
+    if closed is not None and "open" in metrics["types"]:
+        metrics["types"]["open"]["class_scores"] = closed
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,
               "endpoint": endpoint.base_url, "run": timing, "n_items": len(items), "errors": len(failed),
               "error_examples": [e["error"] for e in list(failed.values())[:3]],
