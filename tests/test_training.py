@@ -138,7 +138,7 @@ def test_closed_set_partial_credit_pays_no_competing_class():
     assert credit[3] == 0.0
 
 
-def test_zero_variance_groups_are_replaced_by_same_class_groups(trained_run, grpo_data, tmp_path):
+def test_flat_groups_are_dropped_for_same_class_alternates_generated_with_them(trained_run, grpo_data, tmp_path):
     from dermvlm.training.grpo import grpo_config
     from dermvlm.training.grpo.trainer import make_trainer_class
 
@@ -158,7 +158,7 @@ def test_zero_variance_groups_are_replaced_by_same_class_groups(trained_run, grp
     labels = sorted(set(grpo_data["label"]))
     trainer = make_trainer_class()(model=model, reward_funcs=[flat_when_marked], args=args,
                                    train_dataset=grpo_data, processing_class=processor, zero_variance_filter=True,
-                                   max_resample_rounds=3, replacement_pool=grpo_data,
+                                   max_resample_rounds=2, replacement_pool=grpo_data,
                                    class_weights={lab: 1.0 + i for i, lab in enumerate(labels)})
     trainer.model.train()
     first = next(r for r in grpo_data if r["label"] == labels[0])
@@ -167,20 +167,64 @@ def test_zero_variance_groups_are_replaced_by_same_class_groups(trained_run, grp
     out = trainer._generate_and_score_completions(batch)
     metrics = trainer._metrics["train"]
     assert metrics["zero_variance/frac_before"][-1] == 0.5
-    assert metrics["zero_variance/frac_after"][-1] == 0.0
+    assert metrics["zero_variance/frac_after"][-1] == 0.0 and metrics["zero_variance/alternates_used"][-1] == 0.5
     adv = out["advantages"].view(-1, 8)
-    assert all(bool((row.abs() > 1e-8).any()) for row in adv)  # every group now carries signal
-    # the replacement came from the flat group's own class: its rarity weight (1.0) is the one applied
+    assert all(bool((row.abs() > 1e-8).any()) for row in adv)  # every group kept carries signal
+    # group 0's alternate came from its own class: its rarity weight (1.0) is the one applied
     assert metrics["rarity/weight_mean"][-1] == pytest.approx((1.0 * 8 + 2.0 * 8) / 16)
-    n = len(batch)
+    n = len(batch)  # the planned size: alternates were generated with the batch and dropped again
     assert out["prompt_ids"].shape[0] == out["completion_ids"].shape[0] == n
     assert out["prompt_mask"].shape == out["prompt_ids"].shape
-    assert out["image_grid_thw"].shape[0] == n
+    assert out["image_grid_thw"].shape[0] == n and len(out["num_images"]) == n
     assert out["pixel_values"].shape[0] == int(out["image_grid_thw"].prod(-1).sum())
     assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop when train() runs
-    loss = trainer.compute_loss(trainer.model, out)  # the merged batch trains
+    loss = trainer.compute_loss(trainer.model, out)  # the selected batch trains
     assert torch.isfinite(loss)
+
+
+def test_trl_generation_output_contract(trained_run, grpo_data, tmp_path):
+    """What ``select_rows`` relies on, pinned to the installed TRL: ``_generate_and_score_completions`` takes the
+    rows and returns one dict whose values, after ``split_pixel_values_by_grid``, are per row along their first
+    axis (lists and tensors) or 0-d per-batch tensors, with ``advantages``, ``completion_mask`` and
+    ``num_items_in_batch`` among them; TRL's own shuffle-and-split of the selection trains. A new TRL that breaks
+    this fails here first (re-check trainer.py, then update the pin)."""
+    import trl
+    from trl.trainer.utils import (
+        shuffle_sequence_dict,
+        split_pixel_values_by_grid,
+        split_tensor_dict,
+        unsplit_pixel_values_by_grid,
+    )
+
+    from dermvlm.models.loading import load_model
+    from dermvlm.training.grpo import grpo_config
+    from dermvlm.training.grpo.trainer import keep_with_signal, make_trainer_class, select_rows
+
+    assert trl.__version__ == "1.16.0", "TRL changed: re-check the generation output contract, then update the pin"
+    stage = make_stage(name="g", kind="grpo", use_lora=False, trl={"max_steps": 1, "num_generations": 4,
+                                                                    "per_device_train_batch_size": 12,
+                                                                    "max_completion_length": 16})
+    model, processor = load_model(trained_run["spec"], trained_run["base"])
+    trainer = make_trainer_class()(model=model, reward_funcs=[lambda completions, **k: [float(len(
+        R.completion_text(c)) % 3) for c in completions]], args=grpo_config(stage, tmp_path, 0, "test"),
+        train_dataset=grpo_data, processing_class=processor)
+    trainer.model.train()
+    rows = [grpo_data[i] for i in range(3) for _ in range(4)]
+    out = trainer._generate_and_score_completions(rows)
+    assert {"advantages", "completion_mask", "num_items_in_batch", "prompt_ids", "completion_ids"} <= set(out)
+    split = split_pixel_values_by_grid(out)
+    for key, value in split.items():
+        per_row = (isinstance(value, list) and len(value) == 12) or (hasattr(value, "ndim") and value.ndim >= 1
+                                                                     and value.shape[0] == 12)
+        assert value is None or per_row or (hasattr(value, "ndim") and value.ndim == 0), key
+    assert keep_with_signal(2, 2, {0, 2, 1}) == [4, 3] and keep_with_signal(2, 1, {0, 2}) == [0, 1]
+    picked = select_rows(out, list(range(4, 12)), lambda m: m.sum())
+    assert picked["completion_ids"].shape[0] == 8 and torch.equal(picked["completion_ids"], out["completion_ids"][4:])
+    assert torch.equal(picked["pixel_values"], torch.cat(split["pixel_values"][4:]))
+    trainer.current_gradient_accumulation_steps = 1
+    for chunk in split_tensor_dict(shuffle_sequence_dict(split_pixel_values_by_grid(picked)), 2):
+        assert torch.isfinite(trainer.compute_loss(trainer.model, unsplit_pixel_values_by_grid(chunk)))
 
 
 def test_plain_grpo_is_the_deepseekmath_loss_and_plus_passes_are_real(tmp_path):

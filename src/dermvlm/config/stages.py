@@ -17,7 +17,9 @@ class GRPOPlusSpec(Strict):
     clip_higher: float | None = Field(default=0.28, gt=0)  # TRL epsilon_high; None keeps the clip symmetric
     iterations: int = Field(default=2, ge=1, le=8)  # optimisation passes per generation batch (TRL num_iterations)
     token_level_loss: bool = True  # TRL loss_type "dapo" (token-level) instead of "grpo" (sequence-level)
-    zero_variance_filter: bool = True  # flat groups replaced by freshly generated ones of the same class
+    # dynamic sampling: each prompt is generated with ``max_resample_rounds`` same-class alternates in one call, and
+    # per prompt the first group whose rewards are not all alike trains (flat groups are dropped before the loss)
+    zero_variance_filter: bool = True
     max_resample_rounds: int = Field(default=2, ge=0, le=8)
     ref_sync: bool = True  # a slowly synced reference model with a small KL
     kl_beta: float = Field(default=0.01, ge=0)

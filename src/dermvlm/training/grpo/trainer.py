@@ -2,12 +2,19 @@
 
 - prompts come from a planned sampler (``sampler.py``: interleaved classes, an easy → hard sweep within each);
 - fading hints are added to a group's prompt at generation time, with a probability that falls with training
-  progress, so the schedule holds for every group, replacements included;
-- zero-variance groups (all completions rewarded alike: zero advantage, no gradient) are replaced by groups
-  generated from fresh prompts *of the same class* (DAPO's dynamic sampling, keeping the class balance);
+  progress, so the schedule holds for every group, alternates included;
+- dynamic sampling (DAPO): each planned prompt comes with ``max_resample_rounds`` alternates *of the same class*
+  drawn from the dataset, all generated and scored in one call; per planned group the first one whose completions
+  were not all rewarded alike is kept (the planned one when it has signal), the rest are dropped before the loss.
+  Dropping is a row selection with the layout TRL itself relies on when it shuffles and splits a generation batch
+  (``split_pixel_values_by_grid``, then every sequence value per row along its first axis, 0-d tensors per batch;
+  ``select_rows``), so nothing is re-padded or merged by key name; the class balance of the plan is kept;
 - advantages are multiplied by the class-rarity weight ``(1/K) / q_c`` of the group's class (FairGRPO / DRPO in
   spirit): within a group every completion shares the class, so a reward weight would cancel under the group's
   standardisation; on the advantage it makes the expected update weigh every class equally.
+
+The one TRL method wrapped is ``_generate_and_score_completions`` (rows in, one output dict out); its contract is
+pinned to the installed TRL by ``tests/test_training.py::test_trl_generation_output_contract``.
 """
 
 from __future__ import annotations
@@ -15,8 +22,6 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from typing import Any
-
-LEFT_PADDED = {"prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids"}
 
 
 def with_hint(prompt: list[dict], hint: str) -> list[dict]:
@@ -37,10 +42,45 @@ def hint_probability(progress: float, fade_until: float) -> float:
     return max(0.0, 1.0 - progress / fade_until)
 
 
+def select_rows(batch: dict, rows: list[int], count_items) -> dict:
+    """The rows ``rows`` of a generation output, in that order: every tensor with a first axis of the batch's row
+    count and every list of that length is indexed, 0-d tensors (per-batch values) are kept, and
+    ``num_items_in_batch`` is recounted by ``count_items(completion mask)`` (summed over processes)."""
+    from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+    split = split_pixel_values_by_grid(batch)
+    n = len(split["advantages"])
+    out: dict[str, Any] = {}
+    for key, value in split.items():
+        if value is None or (hasattr(value, "ndim") and value.ndim == 0):
+            out[key] = value
+        elif hasattr(value, "ndim") and value.shape[0] == n:
+            out[key] = value[rows]
+        elif isinstance(value, list) and len(value) == n:
+            out[key] = [value[i] for i in rows]
+        else:
+            raise ValueError(f"generation output {key!r} is not per row ({n} rows): TRL's layout changed; see "
+                             "tests/test_training.py::test_trl_generation_output_contract")
+    mask = out["completion_mask"]
+    if out.get("tool_mask") is not None:
+        mask = mask * out["tool_mask"]
+    out["num_items_in_batch"] = count_items(mask)
+    return unsplit_pixel_values_by_grid(out)
+
+
+def keep_with_signal(planned: int, alternates: int, flat: set[int]) -> list[int]:
+    """Per planned group ``i`` the group to train on: ``i`` when it has signal, else its first alternate that has
+    (alternate ``r`` of group ``i`` sits at ``i + r * planned``), else ``i``."""
+    keep = []
+    for i in range(planned):
+        options = [i + r * planned for r in range(alternates + 1)]
+        keep.append(next((k for k in options if k not in flat), i))
+    return keep
+
+
 def make_trainer_class():
     import torch
     from trl import GRPOTrainer
-    from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
     from dermvlm.training.resume import strict_resume
 
@@ -87,7 +127,7 @@ def make_trainer_class():
                 out += group
             return out
 
-        # ---- zero-variance replacement
+        # ---- dynamic sampling
         def _flat_groups(self, out: dict) -> list[int]:
             """Groups whose completions were all rewarded alike. Their advantages are equal but not always 0:
             ``reward - mean`` keeps the mean's rounding error (0.9 x 8 / 8 != 0.9 in float32), which TRL's std
@@ -106,46 +146,32 @@ def make_trainer_class():
                 rows.append(pool[i])
             return [row for row in rows for _ in range(self.num_generations)]
 
-        def _any(self, flag: bool) -> bool:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-            return bool(self.accelerator.gather(t).sum().item() > 0)
+        def _count_items(self, mask) -> Any:
+            return self.accelerator.gather(mask.sum()).sum()
 
         def _generate_and_score_completions(self, inputs):
-            inputs = self._hinted(list(inputs), 0)
-            out = super()._generate_and_score_completions(inputs)
+            inputs = list(inputs)
             g = self.num_generations
+            planned = len(inputs) // g
+            alternates = self.max_resample_rounds if (self.zero_variance_filter and self.model.training
+                                                      and self.replacement_pool is not None) else 0
+            if alternates:  # every process draws the same number, so collective shapes agree
+                classes = [inputs[i * g].get("label") for i in range(planned)]
+                inputs += self._draw([c for _ in range(alternates) for c in classes])
+            inputs = self._hinted(inputs, 0)
+            out = super()._generate_and_score_completions(inputs)
             labels = [row.get("label") for row in inputs]
-            if self.zero_variance_filter and self.model.training and self.replacement_pool is not None:
-                n_groups = len(inputs) // g
-                flat = self._flat_groups(out)
-                before = len(flat) / n_groups
-                rounds = 0
-                while rounds < self.max_resample_rounds and self._any(bool(flat)):
-                    rounds += 1
-                    wanted = [labels[f * g] for f in flat] or [None]
-                    # every rank generates n_groups groups (collective ops need equal shapes); spare slots repeat
-                    # the flat groups' classes, so each flat group gets more than one chance of a usable one
-                    classes = [wanted[k % len(wanted)] for k in range(n_groups)]
-                    fresh_inputs = self._hinted(self._draw(classes), rounds)
-                    fresh = super()._generate_and_score_completions(fresh_inputs)
-                    flat_fresh = set(self._flat_groups(fresh))
-                    free = [k for k in range(n_groups) if k not in flat_fresh]
-                    pairs, still = [], []
-                    for f in flat:
-                        match = next((k for k in free if classes[k] == labels[f * g]), None)
-                        if match is None:
-                            still.append(f)
-                        else:
-                            free.remove(match)
-                            pairs.append((f, match))
-                    if pairs:
-                        out = self._replace_groups(out, fresh, pairs)
-                        for f, k in pairs:
-                            labels[f * g:(f + 1) * g] = [fresh_inputs[k * g].get("label")] * g
-                    flat = still
-                self._metrics["train"]["zero_variance/frac_before"].append(before)
-                self._metrics["train"]["zero_variance/frac_after"].append(len(flat) / n_groups)
-                self._metrics["train"]["zero_variance/resample_rounds"].append(float(rounds))
+            if alternates:
+                flat = set(self._flat_groups(out))
+                keep = keep_with_signal(planned, alternates, flat)
+                rows = [k * g + j for k in keep for j in range(g)]
+                out = select_rows(out, rows, self._count_items)
+                labels = [labels[r] for r in rows]
+                self._metrics["train"]["zero_variance/frac_before"].append(
+                    sum(i in flat for i in range(planned)) / planned)
+                self._metrics["train"]["zero_variance/frac_after"].append(sum(k in flat for k in keep) / planned)
+                self._metrics["train"]["zero_variance/alternates_used"].append(
+                    sum(k >= planned for k in keep) / planned)
             if self.class_weights and self.model.training:
                 w = torch.tensor([self.class_weights.get(lab, 1.0) for lab in labels], dtype=out["advantages"].dtype,
                                  device=out["advantages"].device)
@@ -153,55 +179,4 @@ def make_trainer_class():
                 self._metrics["train"]["rarity/weight_mean"].append(float(w.mean()))
             return out
 
-        def _replace_groups(self, out: dict, fresh: dict, pairs: list[tuple[int, int]]) -> dict:
-            """``out`` with group ``a`` replaced by group ``b`` of ``fresh`` for each (a, b), re-padding as needed."""
-            g = self.num_generations
-            a, b = split_pixel_values_by_grid(out), split_pixel_values_by_grid(fresh)
-            source = [("a", i) for i in range(len(out["advantages"]))]
-            for ga, gb in pairs:
-                for k in range(g):
-                    source[ga * g + k] = ("b", gb * g + k)
-            pad_id = self.pad_token_id if getattr(self, "pad_token_id", None) is not None else 0
-            width_p = max(a["prompt_ids"].shape[1], b["prompt_ids"].shape[1])
-            width_c = max(a["completion_ids"].shape[1], b["completion_ids"].shape[1])
-            merged: dict[str, Any] = {}
-            for key, va in a.items():
-                vb = b.get(key)
-                if key in ("mm_token_type_ids", "token_type_ids") and va is not None:
-                    # TRL extends these over prompt + completion: re-pad each part on its own side
-                    va, vb = (_pad_two_part(t, d["prompt_ids"].shape[1], width_p, width_c)
-                              for t, d in ((va, a), (vb, b)))
-                if key == "num_items_in_batch" or va is None:
-                    merged[key] = va
-                elif isinstance(va, list):
-                    merged[key] = [vb[j] if s == "b" else va[j] for s, j in source]
-                elif isinstance(va, torch.Tensor) and va.ndim >= 1 and va.shape[0] == len(source):
-                    if va.ndim >= 2 and va.shape[1] != vb.shape[1]:
-                        width = max(va.shape[1], vb.shape[1])
-                        value = pad_id if key in ("prompt_ids", "completion_ids") else 0
-                        left = key in LEFT_PADDED
-                        va, vb = (_pad(t, width, value, left) for t in (va, vb))
-                    merged[key] = torch.stack([vb[j] if s == "b" else va[j] for s, j in source])
-                else:
-                    merged[key] = va
-            mask = merged["completion_mask"]
-            if "tool_mask" in merged and merged["tool_mask"] is not None:
-                mask = mask * merged["tool_mask"]
-            merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
-            return unsplit_pixel_values_by_grid(merged)
-
-    def _pad(t, width: int, value, left: bool):
-        missing = width - t.shape[1]
-        if missing <= 0:
-            return t
-        filler = torch.full((t.shape[0], missing, *t.shape[2:]), value, dtype=t.dtype, device=t.device)
-        return torch.cat([filler, t] if left else [t, filler], dim=1)
-
-    def _pad_two_part(t, prompt_width: int, width_p: int, width_c: int):
-        """A [prompt | completion] tensor re-padded to ``width_p`` (left) + ``width_c`` (right)."""
-        return torch.cat([_pad(t[:, :prompt_width], width_p, 0, True), _pad(t[:, prompt_width:], width_c, 0, False)],
-                         dim=1)
-
     return GRPOPlusTrainer
-
-
