@@ -81,3 +81,40 @@ def test_4bit_on_cpu_only_when_asked(nano_dir, caplog):
     forced = ModelSpec(name_or_path=str(nano_dir), quantization={"load_in_4bit": True, "on_cpu": "use"})
     model, _ = load_model(forced, nano_dir)
     assert getattr(model, "is_loaded_in_4bit", False)
+
+
+def test_class_balanced_sft_draws_like_grpo_plus_and_trains_the_tower_at_its_own_rate(tmp_path, nano_dir,
+                                                                                      recipe_data):
+    from collections import Counter
+
+    from trl import SFTTrainer
+
+    from dermvlm.training.balanced import balanced_plan, balanced_trainer
+    from dermvlm.training.grpo.sampler import class_shares
+    from dermvlm.training.part_lr import part_lr_trainer
+    from dermvlm.training.sft import sft_config
+
+    ds = recipe_dataset(recipe_data, ["open_diagnosis"])
+    spec = ModelSpec(name_or_path=str(nano_dir), dtype="float32")
+    stage = make_stage(name="sftb", use_lora=False, class_balanced=True, lr_scale={"vision": 0.1},
+                       trl={"max_steps": 4, "per_device_train_batch_size": 8, "learning_rate": 1e-3})
+    args = sft_config(stage, tmp_path / "inside", 0)
+    plan = balanced_plan(ds, args, stage.balance, 0, "test")
+    drawn = Counter(ds[i]["label"] for i in plan)
+    shares = class_shares(list(ds["label"]), 0.5)
+    assert len(plan) == 32 and all(abs(drawn[c] / 32 - q) <= 1 / 32 + 1e-9 for c, q in shares.items())
+    model, processor = load_model(spec, nano_dir)
+    trainer = part_lr_trainer(balanced_trainer(SFTTrainer, plan), {"vision": 0.1})(
+        model=model, args=args, train_dataset=ds, processing_class=processor)
+    assert list(trainer._get_train_sampler()) == plan
+    lr_of = {id(p): group["lr"] for group in trainer.create_optimizer().param_groups for p in group["params"]}
+    from dermvlm.models.families import family_for
+
+    part = family_for(model).part_of
+    named = [(n, lr_of[id(p)]) for n, p in model.named_parameters() if id(p) in lr_of]
+    assert named and all(lr == pytest.approx(1e-4 if part(n) == "vision" else 1e-3) for n, lr in named)
+    result = run_sft(stage, spec, nano_dir, ds, tmp_path / "run")  # the user's journey: the stage trains
+    before, _ = load_model(spec, nano_dir)
+    after, _ = load_model(spec, result.model_dir)
+    key = next(k for k in before.state_dict() if ".visual." in k and k.endswith("qkv.weight"))
+    assert not torch.equal(before.state_dict()[key], after.state_dict()[key])  # the tower trained, not frozen

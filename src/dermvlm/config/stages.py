@@ -73,9 +73,25 @@ DEFAULT_STAGE_DATA = {"sft": ["reasoning_trace", "conversation", "mcq", "open_di
 
 
 class SFTStage(StageSpec):
-    """Supervised fine-tuning on ``images`` + ``messages`` rows (TRL ``SFTTrainer``)."""
+    """Supervised fine-tuning on ``images`` + ``messages`` rows (TRL ``SFTTrainer``). ``class_balanced``: rows
+    drawn with GRPO++'s class draw (shares ∝ n_c^(1 - balance), training/balanced.py) instead of shuffled;
+    ``lr_scale``: a part trained at a fraction of the learning rate (full-parameter stages, e.g. {vision: 0.1})."""
 
     kind: Literal["sft"] = "sft"
+    class_balanced: bool = False
+    balance: float = Field(default=0.5, ge=0, le=1)
+    lr_scale: dict[FreezeName, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lr_scale(self) -> SFTStage:
+        if self.lr_scale and self.use_lora:
+            raise ValueError(f"stage {self.name!r}: lr_scale applies to full-parameter stages (use_lora: false)")
+        both = sorted(set(self.lr_scale) & set(self.freeze))
+        if both:
+            raise ValueError(f"stage {self.name!r}: {', '.join(both)} both frozen and given an lr_scale")
+        if any(v <= 0 for v in self.lr_scale.values()):
+            raise ValueError(f"stage {self.name!r}: lr_scale values must be > 0 (freeze a part to stop it)")
+        return self
 
 
 class GRPOStage(StageSpec):
@@ -89,7 +105,8 @@ class GRPOStage(StageSpec):
     @model_validator(mode="after")
     def _known_rewards(self) -> GRPOStage:
         if self.rewards is not None:
-            from_registry = {"format", "exact", "partial_credit", "reasoning_consistency", "kg_score", "overlong"}
+            from_registry = {"format", "answer_only", "exact", "partial_credit", "reasoning_consistency", "kg_score",
+                             "overlong"}
             unknown = sorted(set(self.rewards) - from_registry)
             if unknown:
                 raise ValueError(f"stage {self.name!r}: unknown reward(s) {', '.join(unknown)}; allowed: "
@@ -107,6 +124,8 @@ class DPOStage(StageSpec):
     sampler: Literal["auto", "vllm", "transformers"] = "auto"
     sample_max_new_tokens: int = Field(default=96, gt=0)
     max_prompts: int | None = Field(default=None, gt=0)
+    class_balanced: bool = False  # policy pairs: max_prompts drawn with GRPO++'s class draw, not the first rows
+    balance: float = Field(default=0.5, ge=0, le=1)
 
 
 class AugmentSpec(Strict):

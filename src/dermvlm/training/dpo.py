@@ -102,7 +102,13 @@ def policy_pairs(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path
     from dermvlm.training.placement import placed
     from dermvlm.training.vllm_sampling import sample_in_child
 
-    rows = prompts.select(range(min(len(prompts), stage.max_prompts or len(prompts))))
+    n = min(len(prompts), stage.max_prompts or len(prompts))
+    if getattr(stage, "class_balanced", False):
+        from dermvlm.training.balanced import balanced_prompts
+
+        rows = prompts.select(balanced_prompts(prompts, n, stage.balance, seed, "dpo"))
+    else:
+        rows = prompts.select(range(n))
     if shard[1] > 1:
         rows = rows.shard(num_shards=shard[1], index=shard[0], contiguous=False)
     use_vllm = uses_vllm(stage)

@@ -6,6 +6,7 @@ as keyword lists.
 Completions are conversational (``[{"role": "assistant", "content": ...}]``) or plain strings.
 
 - ``format``: 1 for ``<think>…</think><answer>…</answer>``, 0.5 for an answer tag alone, else 0.
+- ``answer_only``: 1 for an answer tag and nothing else (``<answer>…</answer>``: no reasoning), else 0.
 - ``exact``: 1 when the answer names the gold diagnosis (or a subtype/member of it; the right letter for MCQ).
 - ``partial_credit``: the graph's hierarchical credit (exact 1, broader 0.8, sibling 0.5, same branch 0.3/0.2,
   same malignancy group 0.15, else 0), except that naming *another class of the training set* earns 0: among a
@@ -30,6 +31,7 @@ from dermvlm.knowledge.scorer import knowledge_error_rate
 
 FORMAT_RE = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.S)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
+ANSWER_ONLY_RE = re.compile(r"^\s*<answer>[^<]+</answer>\s*$")
 LETTER_RE = re.compile(r"^\s*\(?([A-J])\b[.):]?", re.S)
 
 _SCORER: KGScorer | None = None
@@ -79,6 +81,10 @@ def format_reward(prompts, completions, **kwargs) -> list[float]:
         text = completion_text(c)
         out.append(1.0 if FORMAT_RE.match(text) else 0.5 if answer_of(text) else 0.0)
     return out
+
+
+def answer_only_reward(prompts, completions, **kwargs) -> list[float]:
+    return [1.0 if ANSWER_ONLY_RE.match(completion_text(c)) else 0.0 for c in completions]
 
 
 def diagnosis_credit(answer: str | None, col: dict) -> float:
@@ -174,6 +180,7 @@ def make_overlong_reward(max_len: int, buffer: int) -> Callable:
 
 REWARDS: dict[str, Callable] = {
     "format": format_reward,
+    "answer_only": answer_only_reward,
     "exact": exact_reward,
     "partial_credit": partial_credit_reward,
     "reasoning_consistency": reasoning_consistency_reward,

@@ -67,7 +67,16 @@ def run_sft(stage: StageSpec, model_spec: ModelSpec, model_path: str | Path, tra
     model, processor = load_for_stage(model_spec, model_path, stage)
     if args.assistant_only_loss:
         check_training_template(processor, model_path, where)
-    trainer = strict_resume(SFTTrainer)(
+    trainer_cls = strict_resume(SFTTrainer)
+    if getattr(stage, "class_balanced", False):
+        from dermvlm.training.balanced import balanced_plan, balanced_trainer
+
+        trainer_cls = balanced_trainer(trainer_cls, balanced_plan(train_dataset, args, stage.balance, seed, where))
+    if getattr(stage, "lr_scale", None):
+        from dermvlm.training.part_lr import part_lr_trainer
+
+        trainer_cls = part_lr_trainer(trainer_cls, stage.lr_scale)
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=train_dataset, processing_class=processor,
         peft_config=lora_config(model_spec.lora, model) if stage.use_lora else None, callbacks=callbacks)
     show_progress(trainer, output_dir, f"{stage.name} ({stage.kind})")
