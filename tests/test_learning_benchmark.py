@@ -1,4 +1,5 @@
-"""The learning benchmark's arms: valid run configs, equal post-training budgets, one switch off per ablation."""
+"""The learning benchmark's arms (valid run configs, equal post-training budgets, one switch off per ablation), its
+statistics (decodes, AUC, paired intervals, when a claim holds) and its CNN anchor."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_every_arm_is_a_valid_config_with_the_same_budget(arm, regime, tmp_path)
     assert run.seed == 1 and run.model.name_or_path.endswith(f"{regime}/s1-base/pretrain/model")
     assert run.data.recipe == arms.REGIMES[regime]
     assert sum(sequences(s) for s in cfg["stages"]) == arms.BUDGET
-    assert run.evaluate and all("dermamnist_" in e for e in run.evaluate)
+    assert [e for e in run.evaluate if "dermamnist_" in e] == ["benchmarks/learning/dermamnist_val.yaml",
+                                                               "benchmarks/learning/dermamnist_test.yaml"]
+    assert (arms.FACTUALITY_SUITE in run.evaluate) == (arm == "dermiq")
 
 
 def test_arms_differ_only_where_they_should(tmp_path):
@@ -49,7 +52,15 @@ def test_arms_differ_only_where_they_should(tmp_path):
         ablated = GRPOPlusSpec(**arms.arm_stages(ablation)[0]["plus"]).model_dump()
         changed = {k for k in ablated if ablated[k] != configured[k]}
         assert changed == set(flip), ablation  # exactly one thing flipped
-    assert [s["kind"] for s in arms.arm_stages("dermiq")] == ["grpo", "sft", "dpo"]
+    grpo, sft, dpo = arms.arm_stages("dermiq")
+    assert (grpo["kind"], sft["kind"], dpo["kind"]) == ("grpo", "sft", "dpo")
+    assert sft["class_balanced"] and dpo["class_balanced"] and "open_diagnosis" in sft["data"]  # recognition replay
+    # the fair control: SFT-only with GRPO++'s class draw, nothing else changed
+    plain_sft, fair = arms.arm_stages("sft_only")[0], arms.arm_stages("sft_balanced")[0]
+    assert {k for k in fair if fair.get(k) != plain_sft.get(k)} == {"name", "class_balanced", "balance"}
+    assert fair["balance"] == plus["plus"]["balance"]
+    nothink = arms.arm_stages("grpo_nothink")[0]
+    assert nothink["rewards"] == arms.NOTHINK_REWARDS and nothink["plus"] == plus["plus"]
     with pytest.raises(KeyError, match="unknown arm"):
         arms.arm_stages("grpo_pluss")
 
@@ -76,26 +87,23 @@ def test_report_seed_level_claims():
     assert lo < 0.52 < hi and round(hi - 0.52, 4) == round(0.52 - lo, 4)
 
 
-def test_vlm_vs_cnn_names_the_side_ahead_on_every_seed():
+def test_a_claim_needs_two_seeds_one_code_and_both_intervals_above_zero():
     import report
 
-    cnn = {"seeds": [0, 1, 2], "test_per_seed": {"balanced_accuracy": [0.40, 0.40, 0.40]}}
-
-    def arm(values):
-        return {"seeds": [0, 1, 2], "per_seed": {s: {"test": {"balanced_accuracy": v}} for s, v in enumerate(values)}}
-
-    behind = report.vlm_vs_cnn(arm([0.35, 0.38, 0.39]), cnn)
-    assert behind["per_seed_delta"] == [-0.05, -0.02, -0.01] and behind["cnn_beats_vlm"]
-    assert not behind["vlm_beats_cnn"]
-    mixed = report.vlm_vs_cnn(arm([0.47, 0.41, 0.397]), cnn)
-    assert not mixed["vlm_beats_cnn"] and not mixed["cnn_beats_vlm"]
-    assert report.vlm_vs_cnn(arm([0.45, 0.41, 0.42]), cnn)["vlm_beats_cnn"]
+    d = {"per_seed": [0.03, 0.02, 0.04], "codes": ["abc"], "seed_ci95": [0.01, 0.05], "item_ci95": [0.005, 0.05]}
+    assert report.verdict(d) == "holds"
+    assert report.verdict(d | {"item_ci95": [-0.01, 0.05]}) == "not shown"  # ahead on every seed is not enough
+    assert report.verdict(d | {"codes": ["abc", "def"]}).startswith("mixed code")
+    assert report.verdict(d | {"per_seed": [0.05], "seed_ci95": None}) == "one seed: no claim"
+    assert report.verdict(d | {"seed_ci95": [-0.05, -0.01], "item_ci95": [-0.04, -0.01]}) == "reversed"
 
 
-def test_report_bootstrap_metrics_match_the_evaluation_metrics():
+def test_fast_metrics_match_the_evaluation_metrics_and_sklearn_auc():
     import random
 
+    import numpy as np
     import report
+    from sklearn.metrics import roc_auc_score
 
     from dermvlm.evaluation import metrics as M
 
@@ -103,68 +111,63 @@ def test_report_bootstrap_metrics_match_the_evaluation_metrics():
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     y_true = [rng.choice(classes[:6]) for _ in range(400)]
     y_pred = [rng.choice([*classes, M.UNPARSABLE]) for _ in range(400)]  # off-list and unparsable answers are misses
-    t, p, k = report._encode(y_true, y_pred)
+    t, p, k = M.encode(y_true, y_pred)
     for metric in report.METRICS:
-        assert report._fast(metric, t, p, k) == pytest.approx(getattr(M, metric)(y_true, y_pred), abs=1e-12)
-    lo, hi = report.fast_ci("balanced_accuracy", y_true, y_pred, n=200)
+        assert M.integer_metric(metric, t, p, k) == pytest.approx(getattr(M, metric)(y_true, y_pred), abs=1e-12)
+    lo, hi = M.fast_bootstrap("balanced_accuracy", y_true, y_pred, n=200)
     assert lo < M.balanced_accuracy(y_true, y_pred) < hi
+    probs = np.random.default_rng(0).dirichlet(np.ones(6), 400)
+    gold = [classes[i] for i in np.random.default_rng(1).integers(0, 6, 400)]
+    ts, _, ks = M.encode(gold, gold, classes[:6])
+    expected = np.mean([roc_auc_score([g == c for g in gold], probs[:, j]) for j, c in enumerate(classes[:6])])
+    assert report.fast_auc(ts, probs, ks) == pytest.approx(expected, abs=1e-12)
 
 
-def _record(arm: str, seed: int, ids: list[str] | None, gold: list[str], pred: list[str]) -> dict:
+def _record(arm: str, seed: int, ids: list[str], gold: list[str], pred: list[str], scores, classes, val=None) -> dict:
+    test = {"ids": ids, "gold": gold, "pred": pred, "classes": classes, "scores": scores}
     return {"kind": "vlm", "regime": "full", "run": f"s{seed}-{arm}", "arm": arm, "seed": seed, "source": "test",
-            "test": {"ids": ids, "gold": gold, "pred": pred}, "stages": {}, "curves": {}, "data": {}}
+            "code": {"code": "c0"}, "test": test, "val": val or test, "stages": {}, "curves": {}, "data": {}}
 
 
-def test_paired_delta_pairs_items_by_id_and_falls_back_to_unpaired_without_ids():
+def test_decodes_and_paired_intervals_by_item_key():
     import random
 
+    import numpy as np
     import report
 
     from dermvlm.evaluation import metrics as M
 
     rng = random.Random(5)
     classes = ["akiec", "bcc", "mel", "nv"]
-    a_runs, b_runs, a_lost, b_lost = {}, {}, {}, {}
+    prior = {"akiec": 0.1, "bcc": 0.1, "mel": 0.2, "nv": 0.6}
+    a_runs, b_runs = {}, {}
     for seed in (0, 1, 2):
-        ids = [f"x{i:04d}" for i in range(300)]
-        gold = [rng.choice(classes) for _ in ids]
-        b = [g if rng.random() < 0.6 else rng.choice(classes) for g in gold]
-        a = [g if rng.random() < 0.3 else p for g, p in zip(gold, b, strict=True)]  # a = b with some mistakes fixed
-        order = list(range(300))
-        rng.shuffle(order)  # b's record lists the same items in another order: pairing is by id, not position
-        a_runs[seed] = _record("grpo_plus", seed, ids, gold, a)
-        b_runs[seed] = _record("sft_only", seed, [ids[i] for i in order], [gold[i] for i in order],
-                               [b[i] for i in order])
-        a_lost[seed] = a_runs[seed] | {"test": a_runs[seed]["test"] | {"ids": None}}
-        b_lost[seed] = b_runs[seed] | {"test": b_runs[seed]["test"] | {"ids": None}}
-    paired = report.paired_delta(a_runs, b_runs, "balanced_accuracy", n=300)
-    for s, d in zip((0, 1, 2), paired["per_seed"], strict=True):
-        ta, tb = a_runs[s]["test"], b_runs[s]["test"]
-        assert d == round(M.balanced_accuracy(ta["gold"], ta["pred"]) - M.balanced_accuracy(tb["gold"], tb["pred"]), 4)
-    assert paired["item_bootstrap"] == {"paired_seeds": [0, 1, 2], "unpaired_seeds": []}
-    assert paired["a_beats_b"] and paired["ci95"][0] > 0
-    unpaired = report.paired_delta(a_lost, b_lost, "balanced_accuracy", n=300)
-    assert unpaired["per_seed"] == paired["per_seed"] and unpaired["seed_ci95"] == paired["seed_ci95"]
-    assert unpaired["item_bootstrap"] == {"paired_seeds": [], "unpaired_seeds": [0, 1, 2]}
-    width = [d["ci95"][1] - d["ci95"][0] for d in (paired, unpaired)]
-    assert width[0] < width[1]  # pairing removes the items' shared difficulty from the interval
+        ids = [f"x{i:04d}" for i in range(400)]
+        gold = rng.choices(classes, weights=[prior[c] for c in classes], k=400)
 
+        def scores(sharp: float, gold=gold):  # the gold class scores higher, and nv is favoured (majority bias)
+            return [[round(sharp * (c == g) + 1.5 * (c == "nv") + rng.gauss(0, 1), 4) for c in classes] for g in gold]
 
-def test_legacy_records_keep_every_per_seed_metric(tmp_path):
-    import json
-
-    import records
-    import report
-
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "learning.json"
-    records.import_legacy(results, tmp_path)
-    old = json.loads(results.read_text())["regimes"]["full"]
-    recs = records.load_regime("full", tmp_path)
-    assert {r["kind"] for r in recs.values()} == {"vlm", "cnn"}
-    again = report.summarize_arm({r["seed"]: r for r in recs.values() if r.get("arm") == "grpo_plus"})
-    assert again["test_per_seed"] == old["arms"]["grpo_plus"]["test_per_seed"]
-    assert again["per_class_recall_mean"] == old["arms"]["grpo_plus"]["per_class_recall_mean"]
-    assert records.import_legacy(results, tmp_path) == []  # never overwrites a record
+        sa, sb = scores(2.5), scores(1.0)
+        val_a = {"ids": ids, "gold": gold, "pred": gold, "classes": classes, "scores": scores(2.5)}
+        pa = [classes[int(np.argmax(r))] for r in sa]
+        pb = [classes[int(np.argmax(r))] for r in sb]
+        order = list(range(400))
+        rng.shuffle(order)  # b lists the same items in another order: pairing is by key, not position
+        a_runs[seed] = _record("grpo_plus", seed, ids, gold, pa, sa, classes, val_a)
+        b_runs[seed] = _record("sft_balanced", seed, [ids[i] for i in order], [gold[i] for i in order],
+                               [pb[i] for i in order], [sb[i] for i in order], classes)
+    v = report.view(a_runs[0])
+    assert set(v["pred"]) == {"as_generated", "balanced", "accuracy"} and v["tau"]["balanced_accuracy"] > 0
+    assert M.balanced_accuracy(v["gold"], v["pred"]["balanced"]) > M.balanced_accuracy(v["gold"],
+                                                                                        v["pred"]["as_generated"])
+    d = report.paired(a_runs, b_runs, ("scores", "auc"), n=200)
+    direct = [report.stat_value(report.view(a_runs[s]), ("scores", "auc"))
+              - report.stat_value(report.view(b_runs[s]), ("scores", "auc")) for s in (0, 1, 2)]
+    assert d["per_seed"] == [round(x, 4) for x in direct] and d["items"] == [400, 400, 400]
+    assert d["verdict"] == "holds" and d["item_ci95"][0] > 0 and d["seed_ci95"][0] > 0
+    summary = report.summarize(a_runs, n_boot=100)
+    assert summary["stats"]["scores:auc"]["item_ci95"][0] < summary["stats"]["scores:auc"]["mean"]
 
 
 def test_a_recorded_run_is_not_run_again_and_its_base_only_while_needed(tmp_path):
@@ -172,16 +175,17 @@ def test_a_recorded_run_is_not_run_again_and_its_base_only_while_needed(tmp_path
     import run
 
     for name in ("s0-base", "s0-sft_only", "s1-base", "cnn-s0"):
-        records.write(records.record_path("full", name, tmp_path), {"kind": "vlm"})
+        records.write(records.record_path("full", name, tmp_path), {"kind": "vlm", "code": {"code": "now"}})
     jobs = [("full/s0-base", None, None), ("full/s1-base", None, None),
             ("full/s0-sft_only", None, "full/s0-base"), ("full/cnn-s0", None, "full/s0-base"),
             ("full/s1-sft_only", None, "full/s1-base"), ("full/cnn-s1", None, "full/s1-base")]
-    todo = {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path)}
+    assert {n for n, _, _ in run.drop_recorded(jobs, tmp_path, code="older")} == {n for n, _, _ in jobs}
+    todo = {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path, code="now")}
     # seed 0: all recorded, nothing runs; seed 1: the arm needs its base again (its folder may be gone); the CNN
     # needs only the data, so it waits for the base only because the base runs anyway.
     assert todo == {"full/s1-base": None, "full/s1-sft_only": "full/s1-base", "full/cnn-s1": "full/s1-base"}
-    records.write(records.record_path("full", "s1-sft_only", tmp_path), {"kind": "vlm"})
-    assert {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path)} == {"full/cnn-s1": None}
+    records.write(records.record_path("full", "s1-sft_only", tmp_path), {"kind": "vlm", "code": {"code": "now"}})
+    assert {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path, code="now")} == {"full/cnn-s1": None}
 
 
 def test_readme_tables_replace_only_their_block(tmp_path):
@@ -196,19 +200,29 @@ def test_readme_tables_replace_only_their_block(tmp_path):
     assert "| new |" in readme.read_text()
 
 
-def test_cnn_baseline_runs_on_a_small_subset(recipe_data, tmp_path):
+def test_cnn_anchor_fixed_work_selection_on_val_and_both_decodes(recipe_data, tmp_path):
     import json
     import subprocess
     import sys
 
+    import report
+    from datasets import load_from_disk
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / "cnn_baseline.py"
     out = tmp_path / "cnn.json"
-    argv = [sys.executable, str(script), "--data", str(recipe_data), "--steps", "3", "--batch-size", "8",
-            "--side", "28", "--seed", "1", "--out", str(out)]
+    argv = [sys.executable, str(script), "--data", str(recipe_data), "--epochs", "2", "--batch-size", "8",
+            "--eval-every", "2", "--side", "28", "--seed", "1", "--out", str(out)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["steps"] == 3 and result["seed"] == 1 and "resnet18" in result["model"]
+    n_train = len(load_from_disk(str(recipe_data / "image_label"))["train"])
+    assert result["steps"] == -(-2 * n_train // 8) and result["seed"] == 1 and "stride-2" in result["model"]
+    assert result["selected_step"] in [s for s, _ in result["val_auc_curve"]]  # chosen on val, by AUC
+    assert max(a for _, a in result["val_auc_curve"]) == pytest.approx(result["val"]["auc"], abs=1e-4)
     for split in ("val", "test"):
-        assert result[split]["n"] > 0 and 0 <= result[split]["balanced_accuracy"] <= 1
-        assert len(result[split]["predictions"]) == result[split]["n"]
+        part = result[split]
+        assert part["n"] == len(part["ids"]) == len(part["scores"]) > 0
+        assert len(part["scores"][0]) == len(result["classes"])
+        assert set(part["decodes"]) >= {"as_generated", "prior_corrected_balanced_accuracy"}
+    rec = {"kind": "cnn", "seed": 1, **result}
+    assert set(report.view(rec)["pred"]) == {"as_generated", "balanced", "accuracy"}  # the VLM's decodes, same code

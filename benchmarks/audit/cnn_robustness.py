@@ -1,7 +1,7 @@
 """Robustness and fairness of the learning benchmark's CNN baseline, side by side with the micro VLM's.
 
-Trains (or reuses) the CNN exactly as the learning benchmark does for the full regime, seed 0 (its records give the
-step count), then asks it about the same items as ``benchmarks/audit/dermamnist_robustness.yaml`` (the first 300
+Trains (or reuses) the CNN exactly as the learning benchmark does for the full regime (``arms.CNN_EPOCHS``), then
+asks it about the same items as ``benchmarks/audit/dermamnist_robustness.yaml`` (the first 300
 DermaMNIST test images, clean and under the same corruptions and severities, same seeds) and scores its answers
 with the evaluation's own ``score_predictions`` (so the fairness strata — ITA tone group, artefact tags — and the
 robustness summary are computed exactly as for a served VLM). Writes ``benchmarks/results/robustness_cnn/``
@@ -13,7 +13,6 @@ robustness summary are computed exactly as for a served VLM). Writes ``benchmark
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import json
 import subprocess
@@ -23,20 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
 SUITE = ROOT / "benchmarks" / "audit" / "dermamnist_robustness.yaml"
-RECORD = ROOT / "benchmarks" / "results" / "learning" / "records" / "full" / "cnn-s0.json.gz"
 
 
 def train(data: Path, work: Path, seed: int) -> Path:
-    """The CNN of the learning benchmark's full regime at ``seed`` (its recorded step count), saved once."""
+    """The CNN of the learning benchmark's full regime at ``seed``, saved once."""
+    from arms import CNN_EPOCHS
+
     weights = work / f"cnn-s{seed}.pt"
     if not weights.exists():
-        steps = None
-        if seed == 0:
-            with gzip.open(RECORD) as fh:
-                steps = json.loads(fh.read())["steps"]
         cmd = [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data", str(data),
-               "--seed", str(seed), "--out", str(work / f"cnn-s{seed}.json"), "--save", str(weights)]
-        cmd += ["--steps", str(steps)] if steps else ["--seconds", "2062"]
+               "--seed", str(seed), "--epochs", str(CNN_EPOCHS["full"]), "--out", str(work / f"cnn-s{seed}.json"),
+               "--save", str(weights)]
         subprocess.check_call(cmd, cwd=ROOT)
     return weights
 
@@ -49,7 +45,7 @@ def predict(weights: Path, images: list[bytes]) -> list[str]:
     from PIL import Image
 
     saved = torch.load(weights, weights_only=False)
-    net = resnet18_small(len(saved["classes"]))
+    net = resnet18_small(len(saved["classes"]), saved.get("stem_stride", 1))
     net.load_state_dict(saved["state_dict"])
     net.eval()
     side = saved["side"]

@@ -1,16 +1,24 @@
-"""The learning benchmark's regimes and arms, derived from ``configs/dermamnist-micro.yaml``.
+"""The learning benchmark's regimes and arms (v3), derived from ``configs/dermamnist-micro.yaml``.
 
 Regimes: ``full`` (DermaMNIST's train split) and ``low_resource`` (a stratified, seeded 10% of it), each with its
 own recipe. Per regime and seed one **base** is trained (the config's ``vision`` stage, then the language
-``pretrain`` with the vision tower frozen), and every arm of that seed starts from it and spends the same
-post-training budget of ``BUDGET`` training sequences (an SFT row, a generated GRPO completion, half a DPO pair):
+``pretrain``), and every arm of that seed starts from it and spends the same post-training budget of ``BUDGET``
+training sequences (an SFT row, a generated GRPO completion, half a DPO pair):
 
-- ``sft_only``: more SFT on the same rows;
+- ``sft_only``: more SFT on the same rows (shuffled: the natural class mix);
+- ``sft_balanced``: the same SFT with GRPO++'s class draw (``class_balanced``): the fair control, so that
+  ``grpo_plus − sft_balanced`` isolates what RL adds;
 - ``plain_grpo``: the DeepSeekMath GRPO loss (``loss_type: grpo``, KL 0.04, one pass per generation, shuffled);
 - ``grpo_plus``: GRPO++ as configured (``plus:``);
-- ``dermiq``: the DermIQ order, GRPO++ (1/2) → SFT (1/4) → DPO on KG-ranked policy pairs (1/4);
+- ``grpo_nothink``: GRPO++ rewarded for answering only (``<answer>…</answer>``, no reasoning; Med-R1's finding);
+- ``dermiq``: the DermIQ order, GRPO++ (1/2) → class-balanced SFT on reasoning traces with recognition replay
+  (1/4) → DPO on class-balanced, KG-ranked policy pairs (1/4); the model before its DPO is asked the
+  ``kg_factuality`` suite too, so the DPO stage's effect on knowledge errors is measured;
 - ablations: GRPO++ with exactly one switch flipped (``no_<switch>``, or ``with_hints`` for the one switch that is
-  off by default).
+  off by default): one seed, never a claim, off unless asked (``run.py --ablations ...``).
+
+The CNN anchor (``cnn_baseline.py``) trains a fixed number of epochs per regime (``CNN_EPOCHS``), the same on every
+seed, chosen so that its CPU time is about a base plus a post-training arm (``README.md``: compute).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ BASE_CONFIG = ROOT / "configs" / "dermamnist-micro.yaml"
 BUDGET = 3200  # post-training sequences per arm
 REGIMES = {"full": "data_recipes/dermamnist_learning.yaml",
            "low_resource": "data_recipes/dermamnist_learning_low.yaml"}
-MAIN_ARMS = ["sft_only", "plain_grpo", "grpo_plus", "dermiq"]
+MAIN_ARMS = ["sft_only", "sft_balanced", "plain_grpo", "grpo_plus", "grpo_nothink", "dermiq"]
 # GRPO++ switches and the value that flips each (DESIGN.md: GRPO++).
 SWITCHES: dict[str, dict[str, Any]] = {
     "no_clip_higher": {"clip_higher": None},
@@ -39,15 +47,21 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "no_rarity_weight": {"rarity_weight": False},
 }
 ABLATIONS = list(SWITCHES)
+ABLATION_SEED = 2  # the seed the v2 ablations ran on
 # Per-regime settings of the base: the low-resource split has a tenth of the images, so its vision stage runs more
 # epochs over them and its language pretrain fewer steps (the same rows would otherwise repeat ~27 times).
 REGIME_BASE = {"full": {}, "low_resource": {"vision": {"num_train_epochs": 60}, "pretrain": {"max_steps": 300}}}
+# The CNN's epochs per regime: fixed work, about the CPU seconds of a base plus one post-training arm.
+CNN_EPOCHS = {"full": 60, "low_resource": 300}
 # The optional align stage (LLaVA stage 1: projector only, on short captions), run as a base variant to decide
 # whether it earns its place.
 ALIGN_STAGE = {"name": "align", "kind": "align", "data": ["caption"],
                "trl": {"max_steps": 150, "learning_rate": 1.0e-3, "per_device_train_batch_size": 32,
                        "save_steps": 75, "logging_steps": 10, "gradient_checkpointing": False}}
 BASE_VARIANTS = {"base_align": "vision → align → pretrain"}
+FACTUALITY_SUITE = "eval/kg_factuality.yaml"
+# The arm that answers only: GRPO++ rewarded for the closed-set answer in <answer> tags and nothing else.
+NOTHINK_REWARDS = {"partial_credit": 1.0, "answer_only": 0.1}
 
 
 def base_config(regime: str = "full") -> dict[str, Any]:
@@ -77,13 +91,21 @@ def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
         return []
     if arm == "sft_only":
         return [_steps_for(sft, budget)]
+    if arm == "sft_balanced":
+        sft.update(name="sft_balanced", class_balanced=True, balance=grpo["plus"]["balance"])
+        return [_steps_for(sft, budget)]
     if arm == "plain_grpo":
         grpo["plus"] = None
         grpo["name"] = "plain_grpo"
         return [_steps_for(grpo, budget)]
     if arm == "grpo_plus":
         return [_steps_for(grpo, budget)]
+    if arm == "grpo_nothink":
+        grpo.update(name="grpo_nothink", rewards=dict(NOTHINK_REWARDS))
+        return [_steps_for(grpo, budget)]
     if arm == "dermiq":
+        sft.update(class_balanced=True, balance=grpo["plus"]["balance"], data=["reasoning_trace", "open_diagnosis"])
+        dpo.update(class_balanced=True, balance=grpo["plus"]["balance"])
         return [_steps_for(grpo, budget // 2), _steps_for(sft, budget // 4), _steps_for(dpo, budget // 4)]
     if arm in SWITCHES:
         grpo["plus"].update(SWITCHES[arm])
@@ -95,7 +117,7 @@ def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
 def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int | None = None,
                     variant: str = "base") -> dict[str, Any]:
     """The shared start of a regime and seed: the micro model built with this seed, its vision stage, then the
-    language pretrain (vision tower frozen); ``variant`` ``base_align`` puts the align stage between them."""
+    language pretrain; ``variant`` ``base_align`` puts the align stage between them."""
     cfg = base_config(regime)
     cfg["name"] = f"s{seed}-{variant}"
     cfg["seed"] = seed
@@ -112,7 +134,8 @@ def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int 
 
 
 def arm_config(arm: str, regime: str, seed: int, out_root: Path, budget: int = BUDGET) -> dict[str, Any]:
-    """An arm of a regime and seed: its stages, starting from that seed's base model."""
+    """An arm of a regime and seed: its stages, starting from that seed's base model (the DermIQ arm is also asked
+    the KG factuality suite)."""
     cfg = base_config(regime)
     cfg["name"] = f"s{seed}-{arm}"
     cfg["seed"] = seed
@@ -120,4 +143,6 @@ def arm_config(arm: str, regime: str, seed: int, out_root: Path, budget: int = B
     start = out_root / regime / f"s{seed}-base" / "pretrain" / "model"
     cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "nano"} | {"name_or_path": str(start)}
     cfg["stages"] = arm_stages(arm, budget)
+    if arm == "dermiq":
+        cfg["evaluate"] = [*cfg["evaluate"], FACTUALITY_SUITE]
     return cfg

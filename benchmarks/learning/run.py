@@ -1,13 +1,16 @@
-"""Run the DermaMNIST learning benchmark v2: per regime (full, low_resource) and seed, the shared base (vision stage
-+ language pretrain), then every arm and the CNN baseline (same rows, augmentation and wall budget as the base),
-each VLM evaluated on val and test through the served model (vLLM); two jobs at a time, one CPU core each.
-Finished runs are reused (the pipeline's stage keys; the CNN's result file), so a killed benchmark resumes where
-it stopped; each finished run leaves a committed record (``records.py``), and a run whose record exists is not run
-again, on this machine or another, so the benchmark can be run in parts across sessions (commit the records).
-Then ``report.py`` tabulates and plots.
+"""Run the DermaMNIST learning benchmark v3: per regime (full, low_resource) and seed, the shared base (vision stage
++ language pretrain), then every arm and the CNN anchor (same rows and augmentation, a fixed epoch count per
+regime), each VLM evaluated on val and test through the served model (vLLM; the DermIQ arm also on the KG
+factuality suite, before and after its DPO); two jobs at a time, one CPU core each. Finished runs are reused (the
+pipeline's stage keys; the CNN's result file), so a killed benchmark resumes where it stopped; each finished run
+leaves a committed record (``records.py``) that names the code it ran from, and a run whose record was made by
+the current code is not run again, on this machine or another, so the benchmark can be run in parts across
+sessions (commit the records); a record of other code is run again. Then ``report.py`` tabulates and plots.
 
-    python benchmarks/learning/run.py                          # both regimes, 3 seeds, main arms + ablations
-    python benchmarks/learning/run.py --regimes low_resource --seeds 0 --arms grpo_plus --no-ablations
+    python benchmarks/learning/run.py                          # both regimes, 3 seeds, main arms and the CNN
+    python benchmarks/learning/run.py --regimes low_resource --seeds 0 --arms grpo_plus --no-cnn
+    python benchmarks/learning/run.py --only low_resource/grpo_plus/0 --keep-model /tmp/grpo_plus-s0
+    python benchmarks/learning/run.py --ablations no_curriculum --arms --no-cnn     # a one-seed ablation
 """
 
 from __future__ import annotations
@@ -24,8 +27,19 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import ABLATIONS, BASE_VARIANTS, BUDGET, MAIN_ARMS, REGIMES, ROOT, arm_config, base_run_config
-from records import RECORDS, export_one, load_regime, record_path
+from arms import (
+    ABLATION_SEED,
+    BASE_VARIANTS,
+    BUDGET,
+    CNN_EPOCHS,
+    FACTUALITY_SUITE,
+    MAIN_ARMS,
+    REGIMES,
+    ROOT,
+    arm_config,
+    base_run_config,
+)
+from records import RECORDS, code_state, export_one, mark_code, read, record_path
 
 OUT = ROOT / "runs" / "learning"
 
@@ -38,22 +52,34 @@ def job_env() -> dict[str, str]:
     return env
 
 
+CODE = code_state()  # the code this benchmark process runs: noted in every run it starts and in its record
+
+
+def pipeline_argv(cfg: dict, path: Path) -> list[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return [str(Path(sys.executable).parent / "dermvlm"), "pipeline", str(path)]
+
+
 def run_job(name: str, job, out_root: Path) -> dict:
-    """Run one job: a pipeline config (dict) or a command (callable returning argv, or None when already done)."""
+    """Run one job: a pipeline config (dict) or a command (callable returning argv, a list of argvs run in turn, or
+    None when already done). The run's folder notes the code it starts with (``code.json``)."""
     log = out_root / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(job, dict):
-        path = out_root / "configs" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(job, sort_keys=False))
-        argv = [str(Path(sys.executable).parent / "dermvlm"), "pipeline", str(path)]
-    else:
-        argv = job()
-        if argv is None:
-            return {"name": name, "rc": 0, "seconds": 0.0, "log": str(log), "reused": True}
+    regime, run = name.split("/", 1)
+    mark_code(out_root / regime / run, CODE)
+    argvs = [pipeline_argv(job, out_root / "configs" / f"{name}.yaml")] if isinstance(job, dict) else job()
+    if argvs is None:
+        return {"name": name, "rc": 0, "seconds": 0.0, "log": str(log), "reused": True}
+    if argvs and isinstance(argvs[0], str):
+        argvs = [argvs]
     start = time.time()
+    rc = 0
     with log.open("a") as fh:
-        rc = subprocess.call(argv, cwd=ROOT, env=job_env(), stdout=fh, stderr=subprocess.STDOUT)
+        for argv in argvs:
+            rc = subprocess.call(argv, cwd=ROOT, env=job_env(), stdout=fh, stderr=subprocess.STDOUT)
+            if rc:
+                break
     return {"name": name, "rc": rc, "seconds": round(time.time() - start, 1), "log": str(log)}
 
 
@@ -64,23 +90,6 @@ def run_and_record(name: str, job, out_root: Path, records: bool) -> dict:
         path = export_one(name, out_root)
         result["record"] = str(path) if path else None
     return result
-
-
-def base_seconds(record: dict) -> float:
-    """Wall seconds of a finished base (vision stage + pretrain), from its record's stages."""
-    return sum((record["stages"].get(st) or {}).get("seconds") or 0 for st in ("vision", "pretrain"))
-
-
-def cnn_budget(regime: str) -> float:
-    """The CNN's budget (CPU seconds of its one thread): the budget the regime's first CNN got, so that every seed's
-    CNN gets the same; for the first, the least wall time any finished base of the regime took (vision +
-    pretrain): bases that shared the cores with other work took longer for the same work, and the least is the
-    closest to the base's own cost."""
-    records = load_regime(regime)
-    budgets = [r["budget_seconds"] for r in records.values() if r["kind"] == "cnn" and r.get("budget_seconds")]
-    if budgets:
-        return budgets[0]
-    return min(base_seconds(r) for r in records.values() if r["kind"] == "vlm" and r["arm"] == "base")
 
 
 _DATA_LOCK = threading.Lock()
@@ -100,18 +109,36 @@ def regime_data(regime: str, seed: int, out_root: Path) -> Path:
     return out
 
 
-def cnn_job(regime: str, seed: int, out_root: Path):
-    """The CNN baseline of a regime and seed: the regime's data and budget (a callable, resolved when run)."""
+def cnn_job(regime: str, seed: int, out_root: Path, keep: Path | None = None):
+    """The CNN anchor of a regime and seed: the regime's data and epochs (a callable, resolved when run);
+    ``keep``: also save the selected network there."""
     result = out_root / regime / f"cnn-s{seed}.json"
 
     def argv():
-        if result.exists():
+        if result.exists() and (keep is None or keep.exists()):
             return None
         return [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data",
-                str(regime_data(regime, seed, out_root)), "--seconds", str(round(cnn_budget(regime))),
-                "--seed", str(seed), "--out", str(result)]
+                str(regime_data(regime, seed, out_root)), "--epochs", str(CNN_EPOCHS[regime]),
+                "--seed", str(seed), "--out", str(result), *(["--save", str(keep)] if keep else [])]
 
     return argv
+
+
+def with_factuality_before_dpo(cfg: dict, out_root: Path, name: str):
+    """The DermIQ arm: its pipeline, then the model its DPO started from (the SFT stage's) asked the KG
+    factuality suite, served alone (``<run>/eval_before_dpo/kg_factuality``)."""
+    run = Path(cfg["output_dir"]) / cfg["name"]
+    sft = next(s["name"] for s in cfg["stages"] if s["kind"] == "sft")
+
+    def argvs():  # the suite as the config names it when the job runs (a smoke run cuts it)
+        suite = next(e for e in cfg["evaluate"] if e.endswith(Path(FACTUALITY_SUITE).name))
+        return [pipeline_argv(cfg, out_root / "configs" / f"{name}.yaml"),
+                [str(Path(sys.executable).parent / "dermvlm"), "eval", str(ROOT / suite), "--serve",
+                 str(run / sft / "model"), "--out", str(run / "eval_before_dpo" / "kg_factuality"), "--dtype",
+                 cfg["serve"]["dtype"], "--max-model-len", str(cfg["serve"]["max_model_len"])]]
+
+    argvs.config = cfg
+    return argvs
 
 
 def finished_base(cfg: dict, out_root: Path):
@@ -133,20 +160,22 @@ def finished_base(cfg: dict, out_root: Path):
     return argv
 
 
-def recorded(name: str, root: Path = RECORDS) -> bool:
-    """True when the job ``<regime>/<run>`` has a committed record."""
+def recorded(name: str, root: Path = RECORDS, code: str | None = None) -> bool:
+    """True when the job ``<regime>/<run>`` has a committed record made by the code ``code`` (default: this
+    process's code)."""
     regime, run = name.split("/", 1)
-    return record_path(regime, run, root).exists()
+    path = record_path(regime, run, root)
+    return path.exists() and ((read(path).get("code") or {}).get("code") == (code or CODE["code"]))
 
 
-def drop_recorded(jobs: list[tuple[str, object, str | None]], root: Path = RECORDS
+def drop_recorded(jobs: list[tuple[str, object, str | None]], root: Path = RECORDS, code: str | None = None
                   ) -> list[tuple[str, object, str | None]]:
-    """The jobs still to run: those without a record, and a base only while a job that needs it has none (the CNN
-    needs only the base's data, which it can build itself)."""
-    todo = [j for j in jobs if not recorded(j[0], root)]
+    """The jobs still to run: those without a record of this code, and a base only while a job that needs it has
+    none (the CNN needs only the base's data, which it can build itself)."""
+    todo = [j for j in jobs if not recorded(j[0], root, code)]
     needed = {j[2] for j in todo if j[2] and not j[0].split("/", 1)[1].startswith("cnn-")}
     return [(n, job, dep if dep in needed else None) for n, job, dep in jobs
-            if n in needed or not recorded(n, root)]
+            if n in needed or not recorded(n, root, code)]
 
 
 def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers: int, records: bool = True
@@ -191,34 +220,54 @@ def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers
     return done
 
 
-def limited_suites(out_root: Path, limit: int) -> list[str]:
-    """Copies of the config's suites cut to ``limit`` items (for smoke runs; never for reported numbers)."""
-    paths = []
-    for suite in yaml.safe_load((ROOT / "configs" / "dermamnist-micro.yaml").read_text())["evaluate"]:
-        data = yaml.safe_load((ROOT / suite).read_text())
-        data["limit"] = limit
-        for src in data.get("sources", []):
-            if src.get("root"):
-                src["root"] = str((ROOT / src["root"]).resolve())
-        path = out_root / "suites" / Path(suite).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        paths.append(str(path))
-    return paths
+def limited_suite(out_root: Path, suite: str, limit: int) -> str:
+    """A copy of a suite cut to ``limit`` items (for smoke runs; never for reported numbers)."""
+    data = yaml.safe_load((ROOT / suite).read_text())
+    data["limit"] = limit
+    for src in data.get("sources", []):
+        if src.get("root"):
+            src["root"] = str((ROOT / src["root"]).resolve())
+    path = out_root / "suites" / Path(suite).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def keep_model(name: str, out_root: Path, dest: Path) -> Path:
+    """Copy a finished VLM run's final model folder (the manifest's ``final_model``) to ``dest``."""
+    import shutil
+
+    regime, run = name.split("/", 1)
+    manifest = json.loads((out_root / regime / run / "manifest.json").read_text())
+    if dest.exists():
+        raise SystemExit(f"--keep-model {dest}: exists; give a new folder")
+    shutil.copytree(manifest["final_model"], dest)
+    return dest
+
+
+def parse_only(value: str) -> tuple[str, str, int]:
+    """``REGIME/ARM/SEED`` (ARM: base, cnn or an arm) → its parts, checked."""
+    try:
+        regime, arm, seed = value.split("/")
+        return regime, arm, int(seed)
+    except ValueError:
+        raise SystemExit(f"--only {value!r}: give REGIME/ARM/SEED, e.g. low_resource/grpo_plus/0") from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=MAIN_ARMS)
-    ap.add_argument("--ablations", nargs="*", default=ABLATIONS, help="GRPO++ ablation arms")
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--arms", nargs="*", default=MAIN_ARMS)
+    ap.add_argument("--ablations", nargs="*", default=[], help="GRPO++ ablation arms (one seed: never a claim)")
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[ABLATION_SEED])
     ap.add_argument("--ablation-regimes", nargs="+", default=["low_resource"], choices=list(REGIMES))
-    ap.add_argument("--no-ablations", action="store_true")
-    ap.add_argument("--base-variants", nargs="*", default=list(BASE_VARIANTS),
+    ap.add_argument("--base-variants", nargs="*", default=[],
                     help="base variants (one seed, the ablation regimes): e.g. base_align")
     ap.add_argument("--no-cnn", action="store_true")
+    ap.add_argument("--only", default=None, help="one job, REGIME/ARM/SEED (ARM: base, cnn or an arm), with its base")
+    ap.add_argument("--keep-model", type=Path, default=None,
+                    help="with --only: copy the final model (the CNN: its weights) here when it finishes")
     ap.add_argument("--budget", type=int, default=BUDGET, help="post-training sequences per arm")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="override the config's pretrain max_steps")
     ap.add_argument("--workers", type=int, default=2)
@@ -227,7 +276,16 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true", help="run jobs even when their records are committed")
     args = ap.parse_args()
     out_root = args.out.resolve()
-    suites = limited_suites(out_root, args.eval_limit) if args.eval_limit else None
+    if args.keep_model and not args.only:
+        ap.error("--keep-model needs --only REGIME/ARM/SEED")
+    keep = args.keep_model.resolve() if args.keep_model else None
+    if args.only:
+        regime, arm, seed = parse_only(args.only)
+        if regime not in REGIMES:
+            ap.error(f"--only: regime {regime!r}; choose one of {', '.join(REGIMES)}")
+        args.regimes, args.seeds, args.ablations, args.base_variants = [regime], [seed], [], []
+        args.arms = [] if arm in ("base", "cnn") else [arm]
+        args.no_cnn = arm != "cnn"
 
     # Jobs in priority order: bases first (every arm waits for its base), then arms and CNNs, then ablations.
     jobs: list[tuple[str, object, str | None]] = []
@@ -239,31 +297,38 @@ def main() -> None:
         for regime in args.regimes:
             dep = f"{regime}/s{seed}-base"
             for arm in args.arms:
-                jobs.append((f"{regime}/s{seed}-{arm}", arm_config(arm, regime, seed, out_root, args.budget), dep))
+                cfg = arm_config(arm, regime, seed, out_root, args.budget)
+                name = f"{regime}/s{seed}-{arm}"
+                jobs.append((name, with_factuality_before_dpo(cfg, out_root, name) if arm == "dermiq" else cfg, dep))
             if not args.no_cnn:
-                jobs.append((f"{regime}/cnn-s{seed}", cnn_job(regime, seed, out_root), dep))
-    if not args.no_ablations:
-        for regime in args.ablation_regimes:
-            for seed in args.ablation_seeds:
-                for arm in args.ablations:
-                    jobs.append((f"{regime}/s{seed}-{arm}", arm_config(arm, regime, seed, out_root, args.budget),
-                                 f"{regime}/s{seed}-base"))
-                for variant in args.base_variants:
-                    jobs.append((f"{regime}/s{seed}-{variant}",
-                                 base_run_config(regime, seed, out_root, args.pretrain_steps, variant),
-                                 f"{regime}/s{seed}-base"))
+                jobs.append((f"{regime}/cnn-s{seed}", cnn_job(regime, seed, out_root, keep), dep))
+    for regime in args.ablation_regimes:
+        for seed in args.ablation_seeds:
+            for arm in args.ablations:
+                jobs.append((f"{regime}/s{seed}-{arm}", arm_config(arm, regime, seed, out_root, args.budget),
+                             f"{regime}/s{seed}-base"))
+            for variant in args.base_variants:
+                if variant not in BASE_VARIANTS:
+                    ap.error(f"--base-variants: {variant!r}; choose from {', '.join(BASE_VARIANTS)}")
+                jobs.append((f"{regime}/s{seed}-{variant}",
+                             base_run_config(regime, seed, out_root, args.pretrain_steps, variant),
+                             f"{regime}/s{seed}-base"))
     jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
-    if suites:
+    if args.eval_limit:
         for _, job, _ in jobs:
-            if isinstance(job, dict):
-                job["evaluate"] = suites
-    elif not args.rerun:
+            cfg = job if isinstance(job, dict) else getattr(job, "config", None)
+            if isinstance(cfg, dict):
+                cfg["evaluate"] = [limited_suite(out_root, e, args.eval_limit) for e in cfg["evaluate"]]
+    elif not args.rerun and not args.only:  # --only always runs (finished stages are reused)
         jobs = drop_recorded(jobs)
-    done = run_jobs(jobs, out_root, args.workers, records=not suites)
+    done = run_jobs(jobs, out_root, args.workers, records=not args.eval_limit)
     (out_root / "jobs.json").write_text(json.dumps(done, indent=2) + "\n")
     failed = [n for n, r in done.items() if r["rc"] != 0]
     print(f"{len(done) - len(failed)} of {len(done)} runs finished" + (f"; failed: {', '.join(failed)}" if failed
                                                                         else ""))
+    if keep and not failed and args.only.split("/")[1] != "cnn":
+        regime, arm, seed = parse_only(args.only)
+        print(f"final model copied to {keep_model(f'{regime}/s{seed}-{arm}', out_root, keep)}")
     sys.exit(1 if failed else 0)
 
 

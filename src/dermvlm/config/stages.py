@@ -28,6 +28,7 @@ class GRPOPlusSpec(Strict):
     entropy_bonus: float = Field(default=0.0, ge=0)  # TRL entropy_coef
     curriculum: bool = True  # within each class, easy → hard by the policy's own probability of the gold answer
     curriculum_noise: float = Field(default=0.15, ge=0)
+    curriculum_cap: float = Field(default=1.0, gt=0, le=1)  # the sweep ends at this difficulty quantile per class
     hints: bool = False  # a morphology hint in the prompt early in training, faded out
     hint_fade_until: float = Field(default=0.5, gt=0, le=1)
     class_balanced: bool = True  # the sampler draws classes ∝ n_c^(1 - balance) (square-root draw at 0.5)

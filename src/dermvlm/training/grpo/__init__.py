@@ -116,7 +116,7 @@ def curriculum_plan(model, processor, device, stage: GRPOStage, n: int, dataset,
     scored = policy_difficulty(model, processor, dataset, candidates + rng_extra, device)
     keep = sorted(scored)
     sub_plan = plan_prompts([labels[i] for i in keep], n, seed, balance, [scored[i] for i in keep],
-                            plus.curriculum_noise, class_shares(labels, balance))
+                            plus.curriculum_noise, class_shares(labels, balance), plus.curriculum_cap)
     info["difficulty_scored"] = len(keep)
     info["difficulty_mean"] = round(sum(scored.values()) / len(scored), 4)
     return [keep[j] for j in sub_plan]

@@ -45,9 +45,10 @@ def class_order(shares: dict[str, float], n: int) -> list[str]:
 
 
 def plan_prompts(labels: list[str], n: int, seed: int, balance: float = 0.0, difficulty: list[float] | None = None,
-                 noise: float = 0.0, shares: dict[str, float] | None = None) -> list[int]:
+                 noise: float = 0.0, shares: dict[str, float] | None = None, cap: float = 1.0) -> list[int]:
     """``n`` dataset indices in training order (see the module docstring); ``shares`` overrides the class shares
-    that ``labels`` and ``balance`` imply (for a plan over a subset of the dataset)."""
+    that ``labels`` and ``balance`` imply (for a plan over a subset of the dataset); ``cap`` < 1 ends each class's
+    sweep at that quantile of difficulty, so training never ends on its hardest (often mislabelled) tail."""
     rng = random.Random(seed)
     shares = shares or class_shares(labels, balance)
     slots = class_order(shares, n)
@@ -59,8 +60,9 @@ def plan_prompts(labels: list[str], n: int, seed: int, balance: float = 0.0, dif
     for c, idx in by_class.items():
         if difficulty is not None:
             keyed = sorted(idx, key=lambda i: (difficulty[i] + noise * rng.random(), i))
-            # the j-th of D draws takes rank j·len/D: one easy → hard sweep over training, repeating when D > len
-            queues[c] = [keyed[min(len(keyed) - 1, j * len(keyed) // max(1, draws[c]))] for j in range(draws[c])]
+            # the j-th of D draws takes rank j·len·cap/D: one easy → hard sweep over training, repeating when D > len
+            top = max(1, round(len(keyed) * cap))
+            queues[c] = [keyed[min(top - 1, j * top // max(1, draws[c]))] for j in range(draws[c])]
         else:
             queue: list[int] = []
             while len(queue) < draws[c]:
