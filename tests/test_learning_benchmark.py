@@ -226,3 +226,19 @@ def test_cnn_anchor_fixed_work_selection_on_val_and_both_decodes(recipe_data, tm
         assert set(part["decodes"]) >= {"as_generated", "prior_corrected_balanced_accuracy"}
     rec = {"kind": "cnn", "seed": 1, **result}
     assert set(report.view(rec)["pred"]) == {"as_generated", "balanced", "accuracy"}  # the VLM's decodes, same code
+
+
+def test_a_run_started_by_other_code_is_set_aside_not_reused(tmp_path):
+    import records
+    import run
+
+    old, mine = tmp_path / "full" / "s0-grpo_plus", tmp_path / "full" / "s1-grpo_plus"
+    for folder, code in ((old, "older"), (mine, run.CODE["code"])):
+        (folder / "grpo").mkdir(parents=True)
+        records.mark_code(folder, {"code": code})
+    run.set_aside_other_code(old)
+    run.set_aside_other_code(mine)
+    assert not old.exists() and (tmp_path / "full" / ".other-code" / "older" / "s0-grpo_plus" / "grpo").is_dir()
+    assert mine.is_dir() and run.same_code(mine) and not run.same_code(old)
+    records.mark_code(mine, {"code": "later"})  # a resumed run keeps the code it started with
+    assert records.run_code(mine)["code"] == run.CODE["code"]

@@ -105,7 +105,8 @@ def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
         return [_steps_for(grpo, budget)]
     if arm == "dermiq":
         sft.update(class_balanced=True, balance=grpo["plus"]["balance"], data=["reasoning_trace", "open_diagnosis"])
-        dpo.update(class_balanced=True, balance=grpo["plus"]["balance"])
+        # its SFT teaches reasoning (class knowledge in <think>): the DPO samples must be long enough to hold it
+        dpo.update(class_balanced=True, balance=grpo["plus"]["balance"], sample_max_new_tokens=96)
         return [_steps_for(grpo, budget // 2), _steps_for(sft, budget // 4), _steps_for(dpo, budget // 4)]
     if arm in SWITCHES:
         grpo["plus"].update(SWITCHES[arm])
@@ -115,7 +116,7 @@ def arm_stages(arm: str, budget: int = BUDGET) -> list[dict[str, Any]]:
 
 
 def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int | None = None,
-                    variant: str = "base") -> dict[str, Any]:
+                    variant: str = "base", vision_epochs: float | None = None) -> dict[str, Any]:
     """The shared start of a regime and seed: the micro model built with this seed, its vision stage, then the
     language pretrain; ``variant`` ``base_align`` puts the align stage between them."""
     cfg = base_config(regime)
@@ -128,6 +129,8 @@ def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int 
     pre["trl"].update(REGIME_BASE[regime].get("pretrain", {}))
     if pretrain_steps:
         pre["trl"]["max_steps"] = pretrain_steps
+    if vision_epochs:
+        vision["trl"]["num_train_epochs"] = vision_epochs
     pre["trl"]["save_steps"] = max(1, pre["trl"]["max_steps"] // 3)
     cfg["stages"] = [vision, copy.deepcopy(ALIGN_STAGE), pre] if variant == "base_align" else [vision, pre]
     return cfg

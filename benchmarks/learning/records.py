@@ -7,9 +7,9 @@ two pair item by item), the gold class, the class read from the served answer (e
 and the class scores (log P(answer) per class, ``evaluation/class_scores.py``; the CNN's log-softmax); the stages'
 facts (steps, seconds, losses, vision probe), the learning curves, the data facts, per-item KG factuality where the
 run was asked the ``kg_factuality`` suite, and the **code** it ran from (git commit and a digest of the code and
-configs, ``code_state``: fixed when the run starts, in ``code.json`` of its folder). A record is all ``report.py``
-needs, and ``run.py`` skips a run whose record was made by the current code (``--rerun`` to redo one); a record of
-other code is run again, so one comparison never mixes code versions.
+configs, ``code_state``: fixed when the run starts, in ``.<run>.code.json`` beside its folder). A record is all
+``report.py`` needs, and ``run.py`` skips a run whose record was made by the current code (``--rerun`` to redo one);
+a record of other code is run again, so one comparison never mixes code versions.
 
 The v2 benchmark's records stay where v2 wrote them (``records/<regime>/``); v3 reads only ``records/v3``.
 
@@ -55,17 +55,22 @@ def code_state() -> dict[str, Any]:
             "code": digest[:16]}
 
 
+def _code_file(run: Path) -> Path:
+    return run.parent / f".{run.name}.code.json"  # beside the run's folder: the pipeline owns the folder itself
+
+
 def run_code(run: Path) -> dict[str, Any] | None:
-    """The code a run folder was started with (``code.json``, written by ``run.py``), if known."""
-    path = run / "code.json"
+    """The code a run was started with (noted by ``run.py``), if known."""
+    path = _code_file(run)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def mark_code(run: Path, state: dict[str, Any]) -> None:
-    """Note the code a run starts with, unless the folder already notes one (a resumed run keeps its first)."""
-    run.mkdir(parents=True, exist_ok=True)
-    if not (run / "code.json").is_file():
-        (run / "code.json").write_text(json.dumps(state) + "\n")
+    """Note the code a run starts with, unless one is noted already (a resumed run keeps its first)."""
+    path = _code_file(run)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state) + "\n")
 
 
 def image_key(data: bytes) -> str:

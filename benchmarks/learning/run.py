@@ -39,7 +39,7 @@ from arms import (
     arm_config,
     base_run_config,
 )
-from records import RECORDS, code_state, export_one, mark_code, read, record_path
+from records import RECORDS, code_state, export_one, mark_code, read, record_path, run_code
 
 OUT = ROOT / "runs" / "learning"
 
@@ -63,12 +63,13 @@ def pipeline_argv(cfg: dict, path: Path) -> list[str]:
 
 def run_job(name: str, job, out_root: Path) -> dict:
     """Run one job: a pipeline config (dict) or a command (callable returning argv, a list of argvs run in turn, or
-    None when already done). The run's folder notes the code it starts with (``code.json``)."""
+    None when already done). The code it starts with is noted beside its folder (``records.mark_code``)."""
     log = out_root / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     regime, run = name.split("/", 1)
-    mark_code(out_root / regime / run, CODE)
+    set_aside_other_code(out_root / regime / run)
     argvs = [pipeline_argv(job, out_root / "configs" / f"{name}.yaml")] if isinstance(job, dict) else job()
+    mark_code(out_root / regime / run, CODE)
     if argvs is None:
         return {"name": name, "rc": 0, "seconds": 0.0, "log": str(log), "reused": True}
     if argvs and isinstance(argvs[0], str):
@@ -109,16 +110,34 @@ def regime_data(regime: str, seed: int, out_root: Path) -> Path:
     return out
 
 
-def cnn_job(regime: str, seed: int, out_root: Path, keep: Path | None = None):
-    """The CNN anchor of a regime and seed: the regime's data and epochs (a callable, resolved when run);
-    ``keep``: also save the selected network there."""
+def set_aside_other_code(run: Path) -> None:
+    """A run another code version started is moved to ``<regime>/.other-code/`` (kept, not deleted), so this code
+    trains it again from the start instead of reusing that code's stages."""
+    noted = run_code(run)
+    if noted is None or noted.get("code") == CODE["code"]:
+        return
+    aside = run.parent / ".other-code" / noted["code"]
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in (run, run.with_suffix(".json"), run.parent / f".{run.name}.code.json"):
+        if path.exists():
+            path.rename(aside / path.name)
+
+
+def same_code(run: Path) -> bool:
+    """Whether a run (folder or result) was started by this process's code (a finished one is reused only then)."""
+    return (run_code(run) or {}).get("code") == CODE["code"]
+
+
+def cnn_job(regime: str, seed: int, out_root: Path, keep: Path | None = None, epochs: float | None = None):
+    """The CNN anchor of a regime and seed: the regime's data and epochs (``epochs``: another count, for smoke
+    runs) (a callable, resolved when run); ``keep``: also save the selected network there."""
     result = out_root / regime / f"cnn-s{seed}.json"
 
     def argv():
-        if result.exists() and (keep is None or keep.exists()):
+        if same_code(result.with_suffix("")) and result.exists() and (keep is None or keep.exists()):
             return None
         return [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data",
-                str(regime_data(regime, seed, out_root)), "--epochs", str(CNN_EPOCHS[regime]),
+                str(regime_data(regime, seed, out_root)), "--epochs", str(epochs or CNN_EPOCHS[regime]),
                 "--seed", str(seed), "--out", str(result), *(["--save", str(keep)] if keep else [])]
 
     return argv
@@ -148,7 +167,7 @@ def finished_base(cfg: dict, out_root: Path):
 
     def argv():
         manifest = run / "manifest.json"
-        if manifest.exists() and (run / "pretrain" / "done.json").exists():
+        if same_code(run) and manifest.exists() and (run / "pretrain" / "done.json").exists():
             evaluated = json.loads(manifest.read_text()).get("evaluation", {})
             if {"learning_val", "learning_test"} <= set(evaluated):
                 return None
@@ -157,6 +176,7 @@ def finished_base(cfg: dict, out_root: Path):
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return [str(Path(sys.executable).parent / "dermvlm"), "pipeline", str(path)]
 
+    argv.config = cfg
     return argv
 
 
@@ -270,6 +290,8 @@ def main() -> None:
                     help="with --only: copy the final model (the CNN: its weights) here when it finishes")
     ap.add_argument("--budget", type=int, default=BUDGET, help="post-training sequences per arm")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="override the config's pretrain max_steps")
+    ap.add_argument("--vision-epochs", type=float, default=None, help="override the vision stage's epochs (smoke runs)")
+    ap.add_argument("--cnn-epochs", type=float, default=None, help="override the CNN's epochs (smoke runs)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N items only (smoke runs)")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -292,7 +314,8 @@ def main() -> None:
     for regime in args.regimes:
         for seed in args.seeds:
             jobs.append((f"{regime}/s{seed}-base",
-                         finished_base(base_run_config(regime, seed, out_root, args.pretrain_steps), out_root), None))
+                         finished_base(base_run_config(regime, seed, out_root, args.pretrain_steps,
+                                                       vision_epochs=args.vision_epochs), out_root), None))
     for seed in args.seeds:
         for regime in args.regimes:
             dep = f"{regime}/s{seed}-base"
@@ -301,7 +324,7 @@ def main() -> None:
                 name = f"{regime}/s{seed}-{arm}"
                 jobs.append((name, with_factuality_before_dpo(cfg, out_root, name) if arm == "dermiq" else cfg, dep))
             if not args.no_cnn:
-                jobs.append((f"{regime}/cnn-s{seed}", cnn_job(regime, seed, out_root, keep), dep))
+                jobs.append((f"{regime}/cnn-s{seed}", cnn_job(regime, seed, out_root, keep, args.cnn_epochs), dep))
     for regime in args.ablation_regimes:
         for seed in args.ablation_seeds:
             for arm in args.ablations:
@@ -311,7 +334,8 @@ def main() -> None:
                 if variant not in BASE_VARIANTS:
                     ap.error(f"--base-variants: {variant!r}; choose from {', '.join(BASE_VARIANTS)}")
                 jobs.append((f"{regime}/s{seed}-{variant}",
-                             base_run_config(regime, seed, out_root, args.pretrain_steps, variant),
+                             base_run_config(regime, seed, out_root, args.pretrain_steps, variant,
+                                             args.vision_epochs),
                              f"{regime}/s{seed}-base"))
     jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
     if args.eval_limit:
@@ -319,7 +343,10 @@ def main() -> None:
             cfg = job if isinstance(job, dict) else getattr(job, "config", None)
             if isinstance(cfg, dict):
                 cfg["evaluate"] = [limited_suite(out_root, e, args.eval_limit) for e in cfg["evaluate"]]
-    elif not args.rerun and not args.only:  # --only always runs (finished stages are reused)
+    smoke = args.eval_limit or args.vision_epochs or args.cnn_epochs or args.pretrain_steps
+    if smoke and not args.eval_limit:
+        ap.error("--vision-epochs, --cnn-epochs and --pretrain-steps are for smoke runs: add --eval-limit N")
+    elif not args.rerun and not args.only and not smoke:  # --only always runs (finished stages are reused)
         jobs = drop_recorded(jobs)
     done = run_jobs(jobs, out_root, args.workers, records=not args.eval_limit)
     (out_root / "jobs.json").write_text(json.dumps(done, indent=2) + "\n")

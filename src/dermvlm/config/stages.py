@@ -162,7 +162,9 @@ class VisionStage(StageSpec):
     supervised: bool = True
     loss: Literal["balanced", "logit_adjusted", "plain"] = "logit_adjusted"
     logit_tau: float = Field(default=1.0, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    # 0: smoothing on top of logit adjustment pulls the adjusted scores toward uniform, i.e. the raw ones toward the
+    # rare classes (DermaMNIST low-resource val: head AUC 0.767 with 0.1, 0.826 without)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     contrastive: bool = False
     contrastive_weight: float = Field(default=0.5, ge=0)
     tower: Literal["full", "lora", "frozen"] = "full"
