@@ -144,8 +144,17 @@ def test_class_scores_equal_transformers_logprobs_and_the_val_operating_point_re
             n = len(tokens)
             expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None]).sum().item()
             assert answer_logprob(r, tokens) == pytest.approx(expected, abs=1e-4)
-            if item["id"] in stored:
-                assert stored[item["id"]][label] == pytest.approx(expected, abs=1e-4)
+            assert stored[item["id"]][label] == pytest.approx(expected, abs=1e-4)
+    # what a page showing one answer calls: the same scores, ranked at the val operating point, and the sentence
+    from dermvlm.evaluation.class_scores import score_image
+    from dermvlm.evaluation.operating_point import OperatingPoint, rank
+
+    one = score_image(ep, items[0]["image"], items[0]["question"], names)
+    assert one == pytest.approx(stored[items[0]["id"]], abs=1e-4)
+    op = OperatingPoint.load(tmp_path / "val")
+    ranked = rank(one, op)
+    assert [c for c, _ in ranked] and sum(p for _, p in ranked) == pytest.approx(1.0)
+    assert "τ" in op.statement() and "val" in op.statement()
 
 
 def test_200_concurrent_requests_keep_answering(server):

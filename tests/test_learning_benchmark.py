@@ -242,3 +242,13 @@ def test_a_run_started_by_other_code_is_set_aside_not_reused(tmp_path):
     assert mine.is_dir() and run.same_code(mine) and not run.same_code(old)
     records.mark_code(mine, {"code": "later"})  # a resumed run keeps the code it started with
     assert records.run_code(mine)["code"] == run.CODE["code"]
+
+
+def test_the_ssl_base_and_its_arm_are_valid_configs(tmp_path):
+    base = validate(arms.base_run_config("low_resource", 1, tmp_path, variant="base_ssl"), RunConfig)
+    assert [(s.name, s.kind) for s in base.stages] == [("ssl", "vision"), ("vision", "vision"), ("pretrain", "sft")]
+    ssl = base.stages[0]
+    assert ssl.self_supervised.recipe == arms.REGIMES["full"] and not ssl.supervised  # the unlabelled rest
+    arm = validate(arms.arm_config("grpo_plus", "low_resource", 1, tmp_path, base="base_ssl"), RunConfig)
+    assert arm.name == "s1-base_ssl-grpo_plus"
+    assert arm.model.name_or_path.endswith("low_resource/s1-base_ssl/pretrain/model")

@@ -58,7 +58,16 @@ CNN_EPOCHS = {"full": 60, "low_resource": 300}
 ALIGN_STAGE = {"name": "align", "kind": "align", "data": ["caption"],
                "trl": {"max_steps": 150, "learning_rate": 1.0e-3, "per_device_train_batch_size": 32,
                        "save_steps": 75, "logging_steps": 10, "gradient_checkpointing": False}}
-BASE_VARIANTS = {"base_align": "vision → align → pretrain"}
+BASE_VARIANTS = {"base_align": "vision → align → pretrain",
+                 "base_ssl": "self-supervised vision on the unlabelled rest of the train split → vision → pretrain"}
+# The lab with few labels but every image (low-resource regime): SimCLR on the images the 10% leaves unlabelled
+# (the full regime's train split, labels dropped), then the supervised vision stage on the 700.
+SSL_STAGE = {"name": "ssl", "kind": "vision", "supervised": False, "contrastive": False,
+             "self_supervised": {"recipe": "data_recipes/dermamnist_learning.yaml"},
+             "trl": {"num_train_epochs": 5, "per_device_train_batch_size": 64, "learning_rate": 1.0e-3,
+                     "weight_decay": 0.05, "lr_scheduler_type": "cosine", "warmup_steps": 50, "save_steps": 100,
+                     "logging_steps": 20}}
+SSL_CNN_EPOCHS = 20  # the CNN's SimCLR epochs over the same unlabelled images
 FACTUALITY_SUITE = "eval/kg_factuality.yaml"
 # The arm that answers only: GRPO++ rewarded for the closed-set answer in <answer> tags and nothing else.
 NOTHINK_REWARDS = {"partial_credit": 1.0, "answer_only": 0.1}
@@ -132,18 +141,21 @@ def base_run_config(regime: str, seed: int, out_root: Path, pretrain_steps: int 
     if vision_epochs:
         vision["trl"]["num_train_epochs"] = vision_epochs
     pre["trl"]["save_steps"] = max(1, pre["trl"]["max_steps"] // 3)
-    cfg["stages"] = [vision, copy.deepcopy(ALIGN_STAGE), pre] if variant == "base_align" else [vision, pre]
+    extra = {"base_align": ([], [copy.deepcopy(ALIGN_STAGE)]), "base_ssl": ([copy.deepcopy(SSL_STAGE)], [])}
+    before, between = extra.get(variant, ([], []))
+    cfg["stages"] = [*before, vision, *between, pre]
     return cfg
 
 
-def arm_config(arm: str, regime: str, seed: int, out_root: Path, budget: int = BUDGET) -> dict[str, Any]:
-    """An arm of a regime and seed: its stages, starting from that seed's base model (the DermIQ arm is also asked
-    the KG factuality suite)."""
+def arm_config(arm: str, regime: str, seed: int, out_root: Path, budget: int = BUDGET, base: str = "base"
+               ) -> dict[str, Any]:
+    """An arm of a regime and seed: its stages, starting from that seed's base model (``base``: a base variant's,
+    the run then named ``s<seed>-<variant>-<arm>``); the DermIQ arm is also asked the KG factuality suite."""
     cfg = base_config(regime)
-    cfg["name"] = f"s{seed}-{arm}"
+    cfg["name"] = f"s{seed}-{arm}" if base == "base" else f"s{seed}-{base}-{arm}"
     cfg["seed"] = seed
     cfg["output_dir"] = str(out_root / regime)
-    start = out_root / regime / f"s{seed}-base" / "pretrain" / "model"
+    start = out_root / regime / f"s{seed}-{base}" / "pretrain" / "model"
     cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "nano"} | {"name_or_path": str(start)}
     cfg["stages"] = arm_stages(arm, budget)
     if arm == "dermiq":

@@ -10,6 +10,9 @@ test at the same operating points.
 - **Selection on val**: the weights are scored on val every ``--eval-every`` steps; the checkpoint with the best val
   macro AUC (threshold-free, so it does not pick an operating point) is the one scored on test, and τ of the
   prior-corrected decodes is fitted on its val scores (``evaluation/operating_point.py``), never on test.
+- **Unlabelled images** (``--unlabelled DATA --ssl-epochs E``, the low-resource regime's ``cnn_ssl``): first SimCLR
+  (the VLM's ``base_ssl`` objective and augmentation, ``training/ssl_vision.py``) on another recipe's train images
+  that this train split lacks, labels dropped, then the supervised training above from those weights.
 - **Output**: per split the items' image keys (as the VLM's records, so the two pair item by item), gold and
   predicted classes, class scores (log-softmax), AUC and the metrics of each decode.
 
@@ -81,6 +84,54 @@ def split_result(keys: list[str], labels: list[str], log_probs, classes: list[st
                 {"tau": v["tau"]} if "tau" in v else {}) for k, v in metrics["decodes"].items()}}
 
 
+def simclr(net, x_train, train_keys: list[str], args, mean, std) -> dict:
+    """SimCLR pre-training of ``net`` on the ``--unlabelled`` recipe's train images this train split lacks (labels
+    never read), two augmented views per image, NT-Xent on a projection of the pooled features; returns its facts."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from dermvlm.config.stages import SelfSupervisedSpec
+    from dermvlm.training.augment import augment
+    from dermvlm.training.ssl_vision import nt_xent
+
+    images, _, keys = load_split(args.unlabelled, "train", x_train.shape[-1])
+    have = set(train_keys)
+    pool = images[[i for i, k in enumerate(keys) if k not in have]]
+    spec = SelfSupervisedSpec()
+    fc, net.fc = net.fc, nn.Identity()
+    head = nn.Sequential(nn.Linear(fc.in_features, fc.in_features), nn.ReLU(), nn.Linear(fc.in_features, 128))
+    opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=args.lr, weight_decay=args.weight_decay)
+    n, bs = len(pool), args.batch_size
+    total = max(1, math.ceil(args.ssl_epochs * n / bs))
+    started, losses = time.process_time(), []
+    for step in range(total):
+        lr = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / total))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        epoch, offset = divmod(step * bs, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 7919 + epoch))
+        idx = [int(perm[(offset + j) % n]) for j in range(bs)]
+        views = []
+        for v in (1, 2):
+            for j, i in enumerate(idx):
+                key = f"{args.seed}:ssl:{step * bs + j}:{v}"
+                g = torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+                views.append(augment(pool[i], spec.augment, g))
+        z = head(net((torch.stack(views).float() - mean) / std))
+        loss = nt_xent(z[:bs], z[bs:], spec.temperature)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    net.fc = nn.Linear(fc.in_features, fc.out_features)  # a fresh classifier on the pre-trained features
+    return {"images": n, "steps": total, "epochs": round(total * bs / n, 2),
+            "cpu_seconds": round(time.process_time() - started, 1),
+            "loss_first_last": [round(losses[0], 4), round(sum(losses[-20:]) / len(losses[-20:]), 4)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="a built recipe folder with the image_label kind")
@@ -94,6 +145,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--side", type=int, default=None, help="resize images to this side (default: as built)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--unlabelled", type=Path, default=None,
+                    help="a built recipe whose image_label train images (less this train split's) pre-train the "
+                         "network by SimCLR first")
+    ap.add_argument("--ssl-epochs", type=float, default=20, help="SimCLR passes over the unlabelled images")
     ap.add_argument("--save", type=Path, default=None,
                     help="also save the selected network (weights, classes, image side) here, for robustness runs")
     args = ap.parse_args()
@@ -107,16 +162,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x_train, y_train_labels, _ = load_split(args.data, "train", args.side)
+    x_train, y_train_labels, train_keys = load_split(args.data, "train", args.side)
     x_val, val_labels, val_keys = load_split(args.data, "val", args.side)
     classes = sorted(set(y_train_labels))
     index = {c: i for i, c in enumerate(classes)}
     y_train = torch.tensor([index[c] for c in y_train_labels])
     net = resnet18_small(len(classes), args.stem_stride)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     spec = AugmentSpec()
     mean = torch.tensor(MEAN_RGB).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD_RGB).view(1, 3, 1, 1) * 255
+    ssl_info = simclr(net, x_train, train_keys, args, mean, std) if args.unlabelled else None
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     n, bs = len(x_train), args.batch_size
     total = max(1, math.ceil(args.epochs * n / bs))
     every = args.eval_every or max(1, math.ceil(n / bs))
@@ -176,7 +232,7 @@ def main() -> None:
               "parameters": sum(p.numel() for p in net.parameters()), "seed": args.seed, "steps": total,
               "selected_step": best[1], "batch_size": bs, "epochs": round(total * bs / n, 2), "lr": args.lr,
               "train_seconds": round(train_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-              "classes": classes, "operating_point": op.to_dict(), "val_auc_curve": history,
+              "classes": classes, "operating_point": op.to_dict(), "val_auc_curve": history, "ssl": ssl_info,
               "loss_curve": [round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 4)
                              for i in range(0, len(losses), 50)]}
     result["val"] = split_result(val_keys, val_labels, val_lp, classes, op)

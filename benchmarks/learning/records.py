@@ -244,19 +244,19 @@ def from_run(run: Path, regime: str) -> dict[str, Any] | None:
 def from_cnn(result_path: Path, regime: str) -> dict[str, Any]:
     """The record of a CNN baseline result file (``cnn_baseline.py --out``): the file itself, labelled."""
     result = json.loads(result_path.read_text())
-    return {"kind": "cnn", "regime": regime, "run": result_path.stem, "seed": result["seed"], "source": "run",
-            "code": run_code(result_path.with_suffix(""))} | result
+    return {"kind": "cnn", "regime": regime, "run": result_path.stem, "arm": result_path.stem.rsplit("-s", 1)[0],
+            "seed": result["seed"], "source": "run", "code": run_code(result_path.with_suffix(""))} | result
 
 
 def export(runs_root: Path, root: Path = RECORDS) -> list[Path]:
     """Write the record of every finished run (VLM run folders and CNN result files) under ``runs_root``."""
     written = []
     for regime_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        for run in sorted(p for p in regime_dir.glob("s*-*") if p.is_dir()):
+        for run in sorted(p for p in regime_dir.glob("s*-*") if p.is_dir() and (p / "manifest.json").exists()):
             record = from_run(run, regime_dir.name)
             if record is not None:
                 written.append(write(record_path(regime_dir.name, run.name, root), record))
-        for result in sorted(regime_dir.glob("cnn-s*.json")):
+        for result in sorted(regime_dir.glob("cnn*-s*.json")):
             written.append(write(record_path(regime_dir.name, result.stem, root), from_cnn(result, regime_dir.name)))
     return written
 
@@ -264,7 +264,7 @@ def export(runs_root: Path, root: Path = RECORDS) -> list[Path]:
 def export_one(run_name: str, runs_root: Path, root: Path = RECORDS) -> Path | None:
     """Write the record of one finished job (``full/s2-sft_only``, ``full/cnn-s1``); None if it left nothing."""
     regime, name = run_name.split("/", 1)
-    if name.startswith("cnn-"):
+    if name.startswith("cnn"):
         result = runs_root / regime / f"{name}.json"
         return write(record_path(regime, name, root), from_cnn(result, regime)) if result.exists() else None
     record = from_run(runs_root / regime / name, regime)

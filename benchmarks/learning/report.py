@@ -46,7 +46,9 @@ PUBLISHED = [
 ]
 TARGETS = {"best_arm_auc": 0.92, "best_arm_accuracy": 0.76, "best_arm_balanced_accuracy": 0.58,
            "grpo_plus_over_sft_balanced": 0.02, "dermiq_within_grpo_plus": -0.01, "max_params": 20_000_000}
-ARM_ORDER = ["base", *MAIN_ARMS, *ABLATIONS, *BASE_VARIANTS]
+ARM_ORDER = ["base", *MAIN_ARMS, *ABLATIONS, *BASE_VARIANTS, "base_ssl-grpo_plus"]
+CNNS = {"cnn": "CNN anchor: ResNet-18, stride-2 stem, from scratch (training s = CPU s)",
+        "cnn_ssl": "CNN anchor after SimCLR on the unlabelled rest of the train split"}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DECODES = {"as_generated": "as generated", "balanced": "prior-corrected for balanced accuracy",
            "accuracy": "prior-corrected for accuracy"}
@@ -336,11 +338,12 @@ def factuality(runs: dict[int, Record], n: int = 1000) -> dict[str, Any] | None:
 def regime_result(regime: str, records: dict[str, Record], plots_dir: Path, n_boot: int = 1000) -> dict[str, Any]:
     arms: dict[str, dict[int, Record]] = {}
     for rec in records.values():
-        arms.setdefault("cnn" if rec["kind"] == "cnn" else rec["arm"], {})[rec["seed"]] = rec
+        arms.setdefault(rec.get("arm") or "cnn", {})[rec["seed"]] = rec
     summary = {arm: summarize(runs, n_boot) for arm, runs in arms.items()}
     comparisons: dict[str, Any] = {}
     pairs = [*COMPARISONS, *((a, "grpo_plus") for a in ABLATIONS), *((v, "base") for v in BASE_VARIANTS),
-             *((a, "cnn") for a in ["base", *MAIN_ARMS])]
+             ("base_ssl-grpo_plus", "grpo_plus"), *((a, "cnn") for a in ["base", *MAIN_ARMS]),
+             ("base_ssl-grpo_plus", "cnn_ssl"), ("cnn_ssl", "cnn")]
     for a, b in pairs:
         if a in arms and b in arms:
             for stat in STATS:
@@ -379,7 +382,7 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    shown = [a for a in [*ARM_ORDER, "cnn"] if a in summary and summary[a]["stats"]]
+    shown = [a for a in [*ARM_ORDER, *CNNS] if a in summary and summary[a]["stats"]]
     # Test statistics per arm (AUC, balanced accuracy at the balanced decode, accuracy as generated), seed intervals.
     panels = [("scores:auc", "AUC"), ("balanced:balanced_accuracy", "bal. acc. (prior-corrected)"),
               ("as_generated:accuracy", "accuracy (as generated)")]
@@ -425,7 +428,7 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
     plt.close(fig)
     written.append(str(path))
     # Learning curves: one panel per VLM arm.
-    vlm = [a for a in shown if a != "cnn"]
+    vlm = [a for a in shown if a not in CNNS]
     if vlm:
         cols = 4
         rows = (len(vlm) + cols - 1) // cols
@@ -476,13 +479,12 @@ def markdown(result: dict[str, Any]) -> str:
                   "acc., as generated | acc., prior-corrected for acc. | bal., as generated | macro-F1, "
                   "prior-corrected | training s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for arm in [*ARM_ORDER, "cnn"]:
+        for arm in [*ARM_ORDER, *CNNS]:
             a = arms.get(arm)
             if not a or not a["stats"]:
                 continue
             st = a["stats"]
-            name = ("CNN anchor: ResNet-18, stride-2 stem, from scratch (training s = CPU s)" if arm == "cnn"
-                    else arm)
+            name = CNNS.get(arm, arm)
             lines.append(f"| {name} | {len(a['seeds'])} | {_cell(st.get('scores:auc'))} | "
                          f"{_per_seed(st.get('scores:auc'))} | {_cell(st.get('balanced:balanced_accuracy'))} | "
                          f"{_per_seed(st.get('balanced:balanced_accuracy'))} | "
@@ -499,7 +501,7 @@ def markdown(result: dict[str, Any]) -> str:
         classes = sorted({c for a in arms.values() for c in a.get("per_class_recall_balanced", {})})
         lines += ["", f"Per-class test recall, {regime}, prior-corrected for balanced accuracy (mean over seeds):", "",
                   "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-        for arm in [*ARM_ORDER, "cnn"]:
+        for arm in [*ARM_ORDER, *CNNS]:
             a = arms.get(arm)
             if a and a.get("per_class_recall_balanced"):
                 lines.append(f"| {arm} | " + " | ".join(f"{a['per_class_recall_balanced'].get(c, 0):.3f}"

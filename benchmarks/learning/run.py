@@ -36,6 +36,7 @@ from arms import (
     MAIN_ARMS,
     REGIMES,
     ROOT,
+    SSL_CNN_EPOCHS,
     arm_config,
     base_run_config,
 )
@@ -128,17 +129,21 @@ def same_code(run: Path) -> bool:
     return (run_code(run) or {}).get("code") == CODE["code"]
 
 
-def cnn_job(regime: str, seed: int, out_root: Path, keep: Path | None = None, epochs: float | None = None):
+def cnn_job(regime: str, seed: int, out_root: Path, keep: Path | None = None, epochs: float | None = None,
+            unlabelled: bool = False):
     """The CNN anchor of a regime and seed: the regime's data and epochs (``epochs``: another count, for smoke
-    runs) (a callable, resolved when run); ``keep``: also save the selected network there."""
-    result = out_root / regime / f"cnn-s{seed}.json"
+    runs) (a callable, resolved when run); ``keep``: also save the selected network there; ``unlabelled``: first
+    SimCLR on the images the regime leaves unlabelled (the full regime's train split), as the VLM's ``base_ssl``."""
+    result = out_root / regime / f"{'cnn_ssl' if unlabelled else 'cnn'}-s{seed}.json"
 
     def argv():
         if same_code(result.with_suffix("")) and result.exists() and (keep is None or keep.exists()):
             return None
         return [sys.executable, str(ROOT / "benchmarks" / "learning" / "cnn_baseline.py"), "--data",
                 str(regime_data(regime, seed, out_root)), "--epochs", str(epochs or CNN_EPOCHS[regime]),
-                "--seed", str(seed), "--out", str(result), *(["--save", str(keep)] if keep else [])]
+                "--seed", str(seed), "--out", str(result), *(["--save", str(keep)] if keep else []),
+                *(["--unlabelled", str(regime_data("full", seed, out_root)), "--ssl-epochs",
+                   str(SSL_CNN_EPOCHS if epochs is None else 1)] if unlabelled else [])]
 
     return argv
 
@@ -193,7 +198,7 @@ def drop_recorded(jobs: list[tuple[str, object, str | None]], root: Path = RECOR
     """The jobs still to run: those without a record of this code, and a base only while a job that needs it has
     none (the CNN needs only the base's data, which it can build itself)."""
     todo = [j for j in jobs if not recorded(j[0], root, code)]
-    needed = {j[2] for j in todo if j[2] and not j[0].split("/", 1)[1].startswith("cnn-")}
+    needed = {j[2] for j in todo if j[2] and not j[0].split("/", 1)[1].startswith("cnn")}
     return [(n, job, dep if dep in needed else None) for n, job, dep in jobs
             if n in needed or not recorded(n, root, code)]
 
@@ -283,7 +288,9 @@ def main() -> None:
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[ABLATION_SEED])
     ap.add_argument("--ablation-regimes", nargs="+", default=["low_resource"], choices=list(REGIMES))
     ap.add_argument("--base-variants", nargs="*", default=[],
-                    help="base variants (one seed, the ablation regimes): e.g. base_align")
+                    help="base variants (the ablation seeds and regimes): base_align, base_ssl (with a CNN given the "
+                         "same unlabelled images)")
+    ap.add_argument("--variant-arms", nargs="*", default=[], help="arms trained on each base variant, e.g. grpo_plus")
     ap.add_argument("--no-cnn", action="store_true")
     ap.add_argument("--only", default=None, help="one job, REGIME/ARM/SEED (ARM: base, cnn or an arm), with its base")
     ap.add_argument("--keep-model", type=Path, default=None,
@@ -333,10 +340,14 @@ def main() -> None:
             for variant in args.base_variants:
                 if variant not in BASE_VARIANTS:
                     ap.error(f"--base-variants: {variant!r}; choose from {', '.join(BASE_VARIANTS)}")
-                jobs.append((f"{regime}/s{seed}-{variant}",
-                             base_run_config(regime, seed, out_root, args.pretrain_steps, variant,
-                                             args.vision_epochs),
-                             f"{regime}/s{seed}-base"))
+                base = f"{regime}/s{seed}-{variant}"
+                jobs.append((base, base_run_config(regime, seed, out_root, args.pretrain_steps, variant,
+                                                   args.vision_epochs), f"{regime}/s{seed}-base"))
+                for arm in args.variant_arms:
+                    jobs.append((f"{base}-{arm}", arm_config(arm, regime, seed, out_root, args.budget, variant), base))
+                if variant == "base_ssl" and not args.no_cnn:
+                    jobs.append((f"{regime}/cnn_ssl-s{seed}", cnn_job(regime, seed, out_root, None, args.cnn_epochs,
+                                                                      unlabelled=True), base))
     jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
     if args.eval_limit:
         for _, job, _ in jobs:

@@ -165,6 +165,11 @@ def stage_dataset(stage: StageSpec, data_dir: Path, where: str):
     kinds = stage.data_kinds()
     if stage.kind == "vision":
         splits = {"train": recipe_dataset(data_dir, kinds, "train", where)}
+        ssl = getattr(stage, "self_supervised", None)
+        if ssl is not None and ssl.recipe:  # labels dropped: the stage sees only images
+            from dermvlm.unlabelled import unlabelled_pool
+
+            splits["unlabelled"] = unlabelled_pool(ssl.recipe, data_dir.parent, splits["train"], where)
         for split in ("val", "test"):
             try:
                 splits[split] = recipe_dataset(data_dir, kinds, split, where)
@@ -185,6 +190,8 @@ def run_stage(stage: StageSpec, cfg: RunConfig, model_path: Path, data_dir: Path
 
     dataset = stage_dataset(stage, data_dir, where)
     runner = {"sft": run_sft, "align": run_sft, "grpo": run_grpo, "dpo": run_dpo, "vision": run_vision}[stage.kind]
+    if getattr(stage, "self_supervised", None) is not None:
+        from dermvlm.training.ssl_vision import run_ssl_vision as runner
     return runner(stage, cfg.model, model_path, dataset, out, cfg.seed, where=where, report_to=report_to)
 
 

@@ -78,6 +78,10 @@ def check_stage_kinds(p: RunPlan) -> str:
     enabled = p.recipe.kinds.enabled()
     where = recipe_name(p)
     for i, stage in enumerate(p.cfg.stages):
+        if getattr(stage, "self_supervised", None) is not None and stage.self_supervised.recipe:
+            from dermvlm.unlabelled import pool_recipe
+
+            pool_recipe(stage.self_supervised.recipe, f"{p.source}: stages[{i}] ({stage.name})")
         for kind in stage_kinds(stage):
             if kind not in enabled:
                 raise ConfigError(

@@ -148,6 +148,18 @@ class AugmentSpec(Strict):
         return self
 
 
+class SelfSupervisedSpec(Strict):
+    """A self-supervised vision stage (SimCLR on the pooled visual tokens, training/ssl_vision.py) on images without
+    their labels: this run's train split plus the train split of ``recipe`` (e.g. the unlabelled remainder a
+    low-resource recipe leaves out), images already in this run's train split counted once."""
+
+    recipe: str | None = None  # another data recipe whose image_label train images join the pool (labels dropped)
+    temperature: float = Field(default=0.2, gt=0)
+    projection_dim: int = Field(default=128, ge=8)
+    augment: AugmentSpec = AugmentSpec(crop_scale=(0.3, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
+                                       hue=0.1)
+
+
 class VisionStage(StageSpec):
     """The VLM's own vision tower and projector trained on labeled images, before the language stages.
 
@@ -170,11 +182,16 @@ class VisionStage(StageSpec):
     tower: Literal["full", "lora", "frozen"] = "full"
     augment: AugmentSpec | None = AugmentSpec()
     probe: bool = True  # a linear probe on the pooled features: val/test balanced accuracy in the results
+    self_supervised: SelfSupervisedSpec | None = None  # a stage of its own: no labels, supervised/contrastive off
 
     @model_validator(mode="after")
     def _some_objective(self) -> VisionStage:
-        if not (self.supervised or self.contrastive):
-            raise ValueError(f"stage {self.name!r}: enable 'supervised' or 'contrastive' (or both)")
+        if self.self_supervised is not None and (self.supervised or self.contrastive):
+            raise ValueError(f"stage {self.name!r}: a self_supervised stage uses no labels: set supervised: false "
+                             "and contrastive: false (the supervised vision stage comes after it)")
+        if not (self.supervised or self.contrastive or self.self_supervised):
+            raise ValueError(f"stage {self.name!r}: enable 'supervised', 'contrastive' (or both) or "
+                             "'self_supervised'")
         if self.use_lora:
             raise ValueError(f"stage {self.name!r}: a vision stage sets LoRA with 'tower: lora', not 'use_lora'")
         return self
