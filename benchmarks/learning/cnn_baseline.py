@@ -7,8 +7,8 @@ test at the same operating points.
   the stride-1 stem's cost): at the VLM arm's compute it trains for tens of epochs.
 - **Fixed work**: ``--epochs`` (per regime in ``arms.py``) sets the step count, the same on every seed, recorded
   with the CPU seconds it took; nothing is timed to decide how long to train.
-- **Selection on val**: the weights are scored on val every ``--eval-every`` steps; the checkpoint with the best val
-  macro AUC (threshold-free, so it does not pick an operating point) is the one scored on test, and τ of the
+- **Selection on val**: the weights are scored on val every epoch (at most 60 times a run); the checkpoint with the
+  best val macro AUC (threshold-free, so it does not pick an operating point) is the one scored on test, and τ of the
   prior-corrected decodes is fitted on its val scores (``evaluation/operating_point.py``), never on test.
 - **Unlabelled images** (``--unlabelled DATA --ssl-epochs E``, the low-resource regime's ``cnn_ssl``): first SimCLR
   (the VLM's ``base_ssl`` objective and augmentation, ``training/ssl_vision.py``) on another recipe's train images
@@ -141,7 +141,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--stem-stride", type=int, default=2, choices=[1, 2])
-    ap.add_argument("--eval-every", type=int, default=0, help="steps between val scorings (default: one epoch)")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="steps between val scorings (default: one epoch, or 1/60 of the run if longer)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--side", type=int, default=None, help="resize images to this side (default: as built)")
     ap.add_argument("--out", type=Path, required=True)
@@ -175,7 +176,7 @@ def main() -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     n, bs = len(x_train), args.batch_size
     total = max(1, math.ceil(args.epochs * n / bs))
-    every = args.eval_every or max(1, math.ceil(n / bs))
+    every = args.eval_every or max(math.ceil(n / bs), math.ceil(total / 60))  # each epoch, at most 60 scorings
 
     def batch(step: int):
         epoch, offset = divmod(step * bs, n)
