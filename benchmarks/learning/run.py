@@ -340,9 +340,9 @@ def main() -> None:
             for variant in args.base_variants:
                 if variant not in BASE_VARIANTS:
                     ap.error(f"--base-variants: {variant!r}; choose from {', '.join(BASE_VARIANTS)}")
-                base = f"{regime}/s{seed}-{variant}"
+                base = f"{regime}/s{seed}-{variant}"  # trained from scratch: it needs no other job
                 jobs.append((base, base_run_config(regime, seed, out_root, args.pretrain_steps, variant,
-                                                   args.vision_epochs), f"{regime}/s{seed}-base"))
+                                                   args.vision_epochs), None))
                 for arm in args.variant_arms:
                     jobs.append((f"{base}-{arm}", arm_config(arm, regime, seed, out_root, args.budget, variant), base))
                 if variant == "base_ssl" and not args.no_cnn:
