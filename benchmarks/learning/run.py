@@ -33,7 +33,7 @@ from arms import (
     BUDGET,
     CNN_EPOCHS,
     FACTUALITY_SUITE,
-    MAIN_ARMS,
+    REGIME_ARMS,
     REGIMES,
     ROOT,
     SSL_CNN_EPOCHS,
@@ -283,7 +283,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="*", default=MAIN_ARMS)
+    ap.add_argument("--arms", nargs="*", default=None, help="default: each regime's arms (arms.REGIME_ARMS)")
     ap.add_argument("--ablations", nargs="*", default=[], help="GRPO++ ablation arms (one seed: never a claim)")
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[ABLATION_SEED])
     ap.add_argument("--ablation-regimes", nargs="+", default=["low_resource"], choices=list(REGIMES))
@@ -326,7 +326,7 @@ def main() -> None:
     for seed in args.seeds:
         for regime in args.regimes:
             dep = f"{regime}/s{seed}-base"
-            for arm in args.arms:
+            for arm in REGIME_ARMS[regime] if args.arms is None else args.arms:
                 cfg = arm_config(arm, regime, seed, out_root, args.budget)
                 name = f"{regime}/s{seed}-{arm}"
                 jobs.append((name, with_factuality_before_dpo(cfg, out_root, name) if arm == "dermiq" else cfg, dep))
