@@ -54,7 +54,8 @@ def block(preds: list[dict[str, Any]], scoring: dict[str, Any], suite: SuiteConf
         return {"unavailable": scoring["unavailable"]}
     kg = load_graph()
     scores = CS.read_scores(out, CS.set_digest(classes, suite.class_answer))
-    rows = [p for p in preds if p.get("type") == "open" and p["id"] in scores and p.get("label") in classes]
+    closed = [p for p in preds if p.get("type") == "open" and p.get("label") in classes]
+    rows = [p for p in closed if p["id"] in scores]
     if not rows:
         return {"unavailable": "no item was scored"}
     gold = [p["label"] for p in rows]
@@ -75,6 +76,7 @@ def block(preds: list[dict[str, Any]], scoring: dict[str, Any], suite: SuiteConf
         if source is not None:
             note = f"no operating point at {source} (evaluate the suite that fits it first)"
     result = closed_set_metrics(gold, generated, per_item, labels, op, suite.bootstrap, suite.seed)
+    result["unscored"] = len(closed) - len(rows)  # their requests failed: asked again on the next run
     result["operating_point_source"] = "this split" if fit_here else (str(source) if op is not None else None)
     result["statement"] = op.statement() if op is not None else "class scores uncorrected (no operating point)"
     if note:
@@ -97,6 +99,8 @@ def report_lines(entry: dict[str, Any] | None) -> list[str]:
              f"- {entry['n']} open answers scored against {len(entry['classes'])} classes; macro one-vs-rest AUC "
              f"**{_auc(entry)}**" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
              f"- operating point: {entry['statement']}" + (f" ({entry['note']})" if entry.get("note") else ""),
+             *([f"- **{entry['unscored']} answers have no class scores** (their requests failed; they are scored "
+                "on the next run)"] if entry.get("unscored") else []),
              "", "| decode | τ | accuracy [95% CI] | balanced acc. [95% CI] | macro-F1 [95% CI] |",
              "|---|---|---|---|---|"]
     for key, d in entry["decodes"].items():

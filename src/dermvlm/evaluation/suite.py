@@ -123,6 +123,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     closed = closed_set.block(preds, scoring, suite, out, endpoint.model, source, fit_here)
     if closed is not None and "open" in metrics["types"]:
         metrics["types"]["open"]["class_scores"] = closed
+    if scoring.get("run"):
+        timing = timing | {"class_scores": scoring["run"]}
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,
               "endpoint": endpoint.base_url, "run": timing, "n_items": len(items), "errors": len(failed),
               "error_examples": [e["error"] for e in list(failed.values())[:3]],
