@@ -43,6 +43,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pretrain-tower0.1": {"kind": "pretrain", "from": "vision-ls0-t4",
                           "pretrain": {"freeze": [], "lr_scale": {"vision": 0.1}}},
     "grpo_plus-g8": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus"},
+    # the same with the pre-v3 trainer (zero-variance replacement by re-padding a second generation call): run as
+    # `python <driver> runs/tuning/configs/...` with dermvlm.training.grpo.make_trainer_class taken from the trainer.py
+    # of commit 186a43d; tuning.py only collects it
+    "grpo_plus-g8-oldzv": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus", "trainer": "186a43d"},
     "grpo_plus-g4": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus",
                      "trl": {"num_generations": 4}},
     "grpo_plus-g8-cap0.8": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus",
@@ -159,6 +163,8 @@ def main() -> None:
     if args.run:
         from run import run_jobs
 
+        if any(VARIANTS[name].get("trainer") for name in args.run):
+            raise SystemExit("a variant with another trainer runs outside tuning.py (see VARIANTS); --collect reads it")
         jobs = [(f"{REGIME}/{name}", copy.deepcopy(variant_config(name, out)), None) for name in args.run]
         done = run_jobs(jobs, out, workers=1, records=False)
         if any(r["rc"] for r in done.values()):
