@@ -439,7 +439,8 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
                         ax.plot(*zip(*pts, strict=True), label=f"s{seed} {name}", lw=0.9)
             ax.set_title(arm)
             ax.set_xlabel("step")
-            ax.legend(fontsize=5)
+            if ax.get_lines():
+                ax.legend(fontsize=5)
         for ax in list(axes.flat)[len(vlm):]:
             ax.axis("off")
         fig.suptitle(f"{regime}: training curves")
