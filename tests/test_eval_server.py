@@ -213,12 +213,15 @@ def test_evaluation_resumes_after_the_server_is_killed(trained_run, tmp_path):
         return VLLMServer(ServeOptions(model=str(trained_run["merged"]), served_model_name="derm", dtype="float32",
                                        log_file=str(tmp_path / log), extra_args=["--no-enable-prefix-caching"]))
 
-    suite = load_config(SUITE, SuiteConfig)
+    # the answers' resumption is what is checked: class scores (a request per class and item) stay off here
+    suite_file = tmp_path / "sample.yaml"
+    suite_file.write_text(SUITE.read_text() + "class_scores: false\n")
+    suite = load_config(suite_file, SuiteConfig)
     with deterministic("victim.log") as victim:  # stopped on the way out too, if an assertion fails first
         reference = run_suite(suite, tmp_path / "ref", endpoint=endpoint(victim, concurrency=1), base=SUITE.parent,
                               show_progress=False)
         out = tmp_path / "resumed"
-        cmd = [sys.executable, "-m", "dermvlm.cli", "eval", str(SUITE), "--endpoint", victim.base_url,
+        cmd = [sys.executable, "-m", "dermvlm.cli", "eval", str(suite_file), "--endpoint", victim.base_url,
                "--model", "derm", "--out", str(out), "--concurrency", "1"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
