@@ -4,7 +4,7 @@ Upload or drop an image (or click a bundled CC0/CC BY example), see what the ima
 tone: ``image_facts_panel.py``), ask, and the answer streams in; then it becomes one card (``answer_card.py``): the
 diagnosis read from it (``reading.py``), a "cut off" badge when it has no ``</answer>``, the differential, the
 referral advice and the reasoning folded away; an abstention as such. The page names the model and the operating
-point it reads answers at (``operating_point.py``), and the research-use notice is always on it. Follow-up
+point it reads answers at (``evaluation/operating_point.py``), and the research-use notice is always on it. Follow-up
 questions keep the conversation about the same image; a new image starts a new one. A file that is not a readable
 image, an endpoint that is down or refuses the key: each a one-line message in the page, nothing sent.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 from dermvlm.app.answer_card import CSS, card_html, streaming_html
 from dermvlm.app.image_facts_panel import facts_markdown
-from dermvlm.app.operating_point import AS_GENERATED
 from dermvlm.app.reading import RESEARCH_NOTICE, read_answer
+from dermvlm.evaluation.operating_point import AS_GENERATED
 
 DEFAULT_QUESTION = "What is the most likely diagnosis of this skin lesion? Think it through, then answer."
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024

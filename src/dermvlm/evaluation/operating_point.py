@@ -9,7 +9,8 @@ the smallest |τ|) together with the prior ``π`` (that split's class frequencie
 and applied unchanged to other splits: never fitted on test.
 
 ``rank`` and ``statement`` are what a page showing one answer needs: the classes in corrected order with their
-probabilities, and one sentence saying which operating point it uses.
+probabilities, and one sentence saying which operating point it uses; ``AS_GENERATED`` is that sentence when no
+fitted operating point is used (the chat page's default: it reads the diagnosis from the generated answer).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dermvlm.io import atomic_write_text
 FILE = "operating_point.json"
 TAU_GRID = [round(-1.0 + 0.05 * i, 2) for i in range(81)]  # -1 .. 3
 OBJECTIVES = ("balanced_accuracy", "accuracy")
+AS_GENERATED = "**as generated** (the diagnosis the model's own answer names; no prior correction of class scores)"
 
 
 @dataclass
