@@ -48,6 +48,24 @@ def test_config_check_refuses_a_budget_or_data_the_model_cannot_take(tmp_path, m
         PixelsSpec(min=5, max=4)
 
 
+def test_a_thumbnail_model_folder_may_continue_on_dermamnist_a_real_checkpoint_may_not(tmp_path):
+    # the learning benchmark's arms start from its micro base (a folder with a 28 px budget), not from a checkpoint
+    from dermvlm.run_pixels import check_run_pixels
+
+    recipe = load_config(ROOT / "data_recipes" / "dermamnist.yaml", RecipeConfig)
+    for max_pixels, refused in ((28 * 28, False), (200704, True)):
+        folder = tmp_path / str(max_pixels)
+        folder.mkdir()
+        (folder / "dermvlm_pixels.json").write_text(f'{{"min_pixels": 784, "max_pixels": {max_pixels}}}')
+        cfg = load_config(run_config(tmp_path, {"name_or_path": str(folder), "family": "qwen2_5_vl"},
+                                     "data_recipes/dermamnist.yaml"), RunConfig)
+        if refused:
+            with pytest.raises(ConfigError, match="DermaMNIST images are 28x28 px"):
+                check_run_pixels(cfg, recipe)
+        else:
+            check_run_pixels(cfg, recipe)
+
+
 def test_the_real_model_configs_train_on_real_resolution_data():
     for path in sorted((ROOT / "configs").glob("*-qlora.yaml")):
         cfg = load_config(path)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from dermvlm.config import ConfigError, RecipeConfig, RunConfig
-from dermvlm.models.pixels import REFERENCE_SIZE, PixelBudget, image_tokens, pixel_budget
+from dermvlm.models.pixels import PIXELS_FILE, REFERENCE_SIZE, PixelBudget, image_tokens, pixel_budget
 
+THUMBNAIL_PIXELS = 64 * 64
 SMALL_IMAGE_SOURCES = {"dermamnist": "DermaMNIST images are 28x28 px"}
 REAL_RESOLUTION = ("data_recipes/real_resolution.yaml (the bundled sample + ../shared/data/isic_cc0), ham10000, "
                    "pad_ufes_20 or your own CSV")
@@ -40,6 +41,15 @@ def run_family(cfg: RunConfig) -> str | None:
         return None
 
 
+def thumbnail_model(name_or_path: str | None) -> bool:
+    """A model folder whose recorded pixel budget is itself thumbnail-sized (``PIXELS_FILE``, at most 64x64 px): a
+    nano or micro model built for small images and trained on them (e.g. the learning benchmark's base, which its
+    arms start from), not a real checkpoint."""
+    record = Path(str(name_or_path)) / PIXELS_FILE
+    budget = json.loads(record.read_text()) if record.is_file() else {}
+    return budget.get("max_pixels", THUMBNAIL_PIXELS + 1) <= THUMBNAIL_PIXELS
+
+
 def check_pixels(p: Any) -> str:
     """``config check``'s pixel-budget line (one of ``run_check.CHECKS``; ``p`` is its ``RunPlan``)."""
     check_run_pixels(p.cfg, p.recipe, p.source)
@@ -64,7 +74,7 @@ def check_run_pixels(cfg: RunConfig, recipe: RecipeConfig, source: str = "<confi
         why = check_pixels(family, cfg.model.pixels)
         if why:
             raise ConfigError(f"{source}: {why}")
-    if cfg.model.nano is None:
+    if cfg.model.nano is None and not thumbnail_model(cfg.model.name_or_path):
         small = [SMALL_IMAGE_SOURCES[s.name] for s in recipe.sources if s.name in SMALL_IMAGE_SOURCES]
         if small:
             raise ConfigError(f"{source}: data.recipe: {small[0]}, far below the pixel budget of a real checkpoint "
