@@ -327,7 +327,7 @@ def test_schema_errors_for_stage_fields(tmp_path):
     with pytest.raises(ConfigError, match=r"stages\[0\]\.plus: unknown key 'plus'"):
         load_config(p)
     p = run_config(tmp_path, [{"name": "g", "kind": "grpo", "rewards": {"exactt": 1.0}}])
-    with pytest.raises(ConfigError, match="unknown reward\\(s\\) exactt; allowed: exact, format"):
+    with pytest.raises(ConfigError, match="unknown reward\\(s\\) exactt; allowed: answer_only, exact, format"):
         load_config(p)
 
 
