@@ -38,6 +38,8 @@ def test_nano_build_and_merge_commands(tmp_path, trained_run):
     assert r.exit_code == 2 and "'huge' is not one of 'nano', 'micro'" in r.output
     r = runner.invoke(app, ["model", "merge", str(trained_run["adapter"]), "--out", str(tmp_path / "merged")])
     assert r.exit_code == 0, r.output
+    assert "(--base-weights as-trained: the full-precision base it was trained on)" in r.output  # a plain LoRA
+    assert "note: " not in r.output
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert (tmp_path / "merged" / "processor_config.json").is_file()
     r = runner.invoke(app, ["model", "merge", str(tmp_path), "--out", str(tmp_path / "x")])

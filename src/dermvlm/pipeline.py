@@ -207,7 +207,7 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
         info["reward_end"] = round(sum(rewards[-k:]) / k, 4)
         zv = result.series("frac_reward_zero_std")
         info["frac_zero_std_mean"] = round(sum(zv) / len(zv), 4) if zv else None
-    info.update({k: v for k, v in result.extra.items() if k in ("pairs", "probe", "trained_parameters")})
+    info.update({k: v for k, v in result.extra.items() if k in ("pairs", "probe", "trained_parameters", "merge")})
     return info
 
 

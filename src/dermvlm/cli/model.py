@@ -76,13 +76,19 @@ def model_merge(
     out: Annotated[Path, typer.Option(help="Folder for the merged model.")],
     base: Annotated[str | None, typer.Option(help="Base model; default: the adapter's recorded base.")] = None,
     dtype: Annotated[MergeDtype, typer.Option(help="dtype of the merged weights.")] = "float32",
+    base_weights: Annotated[Literal["as-trained", "full"], typer.Option(
+        help="as-trained: the base the adapter was trained on (a QLoRA adapter's 4-bit base, dequantized: the "
+             "trained model); full: the unquantized base weights.")] = "as-trained",
 ) -> None:
     """Merge a LoRA adapter into its base model: a standalone folder vLLM serves."""
     from dermvlm.models.merge import merge_adapter
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    typer.echo(f"merged into {merge_adapter(adapter, out, base, dtype)}")
+    merged = merge_adapter(adapter, out, base, dtype, base_weights)
+    if merged.note:
+        typer.echo(f"note: {merged.note}")
+    typer.echo(f"merged into {merged.path} (--base-weights {merged.base_weights}: {merged.merged_into})")
 
 
 

@@ -103,12 +103,14 @@ def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str 
                      output_dir: Path) -> tuple[Path, Path | None]:
     """Save the adapter and merge it into a standalone folder (LoRA), or save the full model. Called on every
     process: the ZeRO-3 / FSDP shards are gathered (a rank-0 ``save_pretrained`` would write empty partitions) and
-    the main process alone writes, publishes the folder atomically and merges in the training dtype. Under FSDP the
+    the main process alone writes, publishes the folder atomically and merges in the training dtype into the base
+    the adapter was trained on (a QLoRA stage's 4-bit base, dequantized: ``models/merge.py``). Under FSDP the
     full weights are gathered whatever ``fsdp_state_dict_type`` the checkpoints use (``trainer.save_model`` writes
     nothing under ``SHARDED_STATE_DICT``)."""
     import os
     import shutil
 
+    from dermvlm.models.base_record import record_base
     from dermvlm.models.loading import resolve_dtype
     from dermvlm.models.merge import merge_adapter
 
@@ -128,6 +130,8 @@ def save_stage_model(trainer, processor, model_spec: ModelSpec, model_path: str 
     if main:
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's settings, not the model
         processor.save_pretrained(staging)
+        if use_lora:  # what the adapter was trained on: its merge (this one, `model merge`'s) rebuilds that base
+            record_base(staging, trainer.accelerator.unwrap_model(trainer.model))
         with atomic_dir(target) as tmp:
             for item in staging.iterdir():
                 os.replace(item, tmp / item.name)
@@ -151,6 +155,10 @@ def finish(trainer, processor, stage: StageSpec, model_spec: ModelSpec, model_pa
     history = list(trainer.state.log_history)
     model_dir, adapter_dir = save_stage_model(trainer, processor, model_spec, model_path, stage.use_lora, output_dir)
     if trainer.is_world_process_zero():
+        if adapter_dir is not None:  # how the merge was made, for the manifest
+            from dermvlm.models.merge import MERGE_RECORD
+
+            extra = {**(extra or {}), "merge": json.loads((model_dir / MERGE_RECORD).read_text())}
         atomic_write_text(output_dir / "log_history.json", json.dumps(history, indent=1) + "\n")
         plot_curves(history, output_dir / "curves.png", title=f"{stage.name} ({stage.kind})")
     trainer.accelerator.wait_for_everyone()
