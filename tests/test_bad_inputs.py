@@ -288,7 +288,7 @@ CASES = [
     Case("TRL field typo", check_args(stage_edit(3, trl={"learning_rat": 1e-3})),
          ["unknown SFTConfig field 'learning_rat' (did you mean 'learning_rate'?)"]),
     Case("vision stage without an objective", check_args(stage_edit(0, supervised=False, contrastive=False)),
-         ["enable 'supervised' or 'contrastive'"]),
+         ["enable 'supervised', 'contrastive' (or both) or 'self_supervised'"]),
     Case("evaluate suite misspelled", check_args(lambda c: c.update(evaluate=["eval/sampel.yaml"])),
          ["evaluate[0]: suite file not found: eval/sampel.yaml"]),
     Case("recipe missing", check_args(lambda c: c["data"].update(recipe="data_recipes/nope.yaml")),
