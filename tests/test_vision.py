@@ -148,7 +148,7 @@ def test_augmentation_is_seeded_and_keeps_size():
 def test_vision_stage_needs_two_classes_and_an_objective(nano_dir, vision_splits, tmp_path):
     from dermvlm.training.vision import run_vision
 
-    with pytest.raises(ValueError, match="enable 'supervised' or 'contrastive'"):
+    with pytest.raises(ValueError, match=r"enable 'supervised', 'contrastive' \(or both\) or 'self_supervised'"):
         make_stage(name="v", kind="vision", supervised=False)
     one = vision_splits["train"].filter(lambda r: r["label"] == vision_splits["train"][0]["label"])
     with pytest.raises(ConfigError, match="at least two classes"):
