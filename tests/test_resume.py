@@ -1,5 +1,6 @@
-"""Resume that is proven: a full-parameter and a LoRA stage killed with SIGKILL mid-training resume to the same
-weights and loss curve as an uninterrupted run; a torn checkpoint is skipped for the previous one; retraining an
+"""Resume that is proven: a full-parameter and a LoRA stage killed with SIGKILL mid-training, and the full-parameter
+stage killed again after its last checkpoint (while its final model is saved), resume to the same weights and loss
+curve as an uninterrupted run; a torn checkpoint is skipped for the previous one; retraining an
 upstream stage retrains everything after it; `train` reuses a finished stage unless --fresh."""
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def test_kill9_full_and_lora_stages_resume_to_the_uninterrupted_run(tmp_path):
     cfg = two_stage_config(tmp_path, "killed")
     run = tmp_path / "runs" / "killed"
     kill_at([*CLI, "pipeline", str(cfg)], run / "pretrain" / "checkpoints" / "checkpoint-10" / "trainer_state.json")
+    # after the last checkpoint (step 24 of 24): the resumed stage must not train a 25th step
+    kill_at([*CLI, "pipeline", str(cfg)], run / "pretrain" / "checkpoints" / "checkpoint-24" / "trainer_state.json")
+    assert not (run / "pretrain" / "done.json").exists()
     kill_at([*CLI, "pipeline", str(cfg)], run / "sft" / "checkpoints" / "checkpoint-10" / "trainer_state.json")
     resumed = subprocess.run([*CLI, "pipeline", str(cfg)], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    pretrain_steps = [h["step"] for h in json.loads((run / "pretrain" / "log_history.json").read_text())]
+    assert max(pretrain_steps) == 24, pretrain_steps
     for stage in ("pretrain", "sft"):
         a = load_file(str(tmp_path / "runs" / "straight" / stage / "model" / "model.safetensors"))
         b = load_file(str(run / stage / "model" / "model.safetensors"))

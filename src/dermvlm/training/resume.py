@@ -7,6 +7,11 @@ mixin below loads a full-model checkpoint through ``from_pretrained`` (which app
 conversions) and copies it in strictly, refusing when any tensor is missing; adapters, DeepSpeed and FSDP
 checkpoints (accelerate's ``pytorch_model_fsdp*`` and ``optimizer.bin`` / ``optimizer_0``) keep the trainer's own
 path. ``last_checkpoint`` skips checkpoints that a kill left incomplete.
+
+A stage killed after its last checkpoint (while the final model was being saved) resumes from a checkpoint that
+already holds every step; transformers' loop would still run one step before it checks ``max_steps`` (31 of 30).
+The mixin skips the loop in that case, so the resumed stage ends with the checkpoint's weights, as the
+uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 from pathlib import Path
 
 from dermvlm.config import ConfigError
+from dermvlm.disk import write_failure
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
@@ -79,6 +85,24 @@ def strict_resume(trainer_cls: type) -> type:
             if not full or special or not hasattr(target, "config") or hasattr(target, "peft_config"):
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
             load_full_checkpoint(target, ckpt)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            try:
+                super()._save_checkpoint(model, trial)
+            except (RuntimeError, OSError) as err:  # a full disk: one line naming the folder, not torch's assert
+                failure = write_failure(err, self.args.output_dir)
+                if failure is err:
+                    raise
+                raise failure from err
+
+        def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                 resume_from_checkpoint, trial):
+            epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                                         resume_from_checkpoint, trial)
+            if resume_from_checkpoint is not None and 0 < max_steps <= self.state.global_step:
+                log.info("%s holds all %d steps: nothing left to train", resume_from_checkpoint, max_steps)
+                return num_train_epochs, 0  # no epoch left: the loop is skipped, the checkpoint is the result
+            return epochs, steps
 
     StrictResume.__name__ = StrictResume.__qualname__ = f"StrictResume{trainer_cls.__name__}"
     return StrictResume
