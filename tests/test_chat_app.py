@@ -274,3 +274,57 @@ def test_endpoint_failures_are_one_line_in_the_page(browser, apps, app, message)
     page.locator("#status").get_by_text(message).wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
     page.close()
+
+
+def test_an_endpoint_answering_html_is_named_not_shown_as_an_empty_answer():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dermvlm.app.chat import NotAnAnswer, endpoint_error, stream_answer
+
+    class Html(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        settings = ChatSettings(endpoint=f"http://127.0.0.1:{httpd.server_port}/v1", model="derm", timeout=10)
+        with pytest.raises(NotAnAnswer) as err:
+            list(stream_answer(settings, [{"role": "user", "content": "What is this?"}]))
+        line = endpoint_error(err.value, settings)
+        assert "answered text/html, not a chat completion stream" in line and settings.endpoint in line
+    finally:
+        httpd.shutdown()
+
+
+def test_the_page_limits_uploads_and_needs_its_password_beyond_loopback():
+    import httpx
+
+    from dermvlm.app.access import PageAccessError, page_access
+
+    with pytest.raises(PageAccessError, match="--page-password"):
+        page_access("0.0.0.0", None)
+    assert page_access("127.0.0.1", None) is None and page_access("::1", None) is None
+    port = _free_port()
+    app = launch(ChatSettings(endpoint=f"http://127.0.0.1:{_free_port()}/v1", model="derm"), port=port, block=False,
+                 password="s3cret")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            assert c.post("/gradio_api/upload", files={"files": ("a.jpg", SAMPLE.read_bytes())}).status_code == 401
+            assert c.post("/login", data={"username": "anyone", "password": "wrong"}).status_code == 400
+            assert c.post("/login", data={"username": "anyone", "password": "s3cret"}).status_code == 200
+            assert c.post("/gradio_api/upload", files={"files": ("a.jpg", SAMPLE.read_bytes())}).status_code == 200
+            big = c.post("/gradio_api/upload", files={"files": ("big.jpg", b"\xff" * (21 * 2**20))})
+            assert big.status_code == 413 and "maximum allowed size" in big.text
+    finally:
+        app.close()

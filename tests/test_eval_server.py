@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 from PIL import Image
+from processes import group_alive, listening_ports, proc_table
 from typer.testing import CliRunner
 
 from dermvlm.cli import app
@@ -271,29 +272,6 @@ def test_guided_decoding_guarantees_the_dermiq_format(server):
     assert FORMAT_RE.match(r.choices[0].message.content), r.choices[0].message.content
 
 
-def test_serve_command_stops_cleanly_on_sigterm(trained_run, tmp_path):
-    import re
-    import signal
-    import urllib.request
-
-    proc = subprocess.Popen([sys.executable, "-m", "dermvlm.cli", "serve", str(trained_run["merged"]), "--port", "0",
-                             "--dtype", "float32", "--log-file", str(tmp_path / "serve.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = None
-    deadline = time.monotonic() + 300
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
-        url = m.group(1) if m else None
-        assert proc.poll() is None or url, "serve exited before it was ready"
-    with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-        assert r.status == 200
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"{url}/health", timeout=2)
-
-
 def cli_eval(*args: str):
     return CliRunner().invoke(app, ["eval", str(SUITE), *args])
 
@@ -351,47 +329,6 @@ def test_answers_are_reused_only_for_the_same_setup(server, tmp_path):
     assert recorded["suite_config"]["system_prompt"] == "dermiq" and recorded["suite_config"]["limit"] == 3
 
 
-def _stats() -> list[tuple[int, str, int, int]]:
-    """(pid, state, ppid, pgid) of every process."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                out.append((int(d.name), f[0], int(f[1]), int(f[2])))
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    return [p for p, _, ppid, _ in _stats() if ppid == pid]
-
-
-def _listening_ports(pid: int) -> list[int]:
-    """TCP ports that process ``pid`` listens on (its socket inodes in /proc/net/tcp*, state LISTEN)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                f = row.split()
-                if f[3] == "0A" and f[9] in inodes:
-                    ports.append(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process (not a zombie) of process group ``pgid`` is running."""
-    return any(g == pgid and state != "Z" for _, state, _, g in _stats())
-
-
 def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
     import urllib.request
 
@@ -404,10 +341,10 @@ def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
         port = None
         while True:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            for kid in _children(proc.pid):
+            for kid in [p for p, (ppid, _, _) in proc_table().items() if ppid == proc.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     groups.add(os.getpgid(kid))
-                port = port or next(iter(_listening_ports(kid)), None)
+                port = port or next(iter(listening_ports({kid})), None)
             if port is not None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
@@ -424,13 +361,13 @@ def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
         assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM: stopped the vLLM server")
         assert "Traceback" not in stderr
         gone = time.monotonic() + 10
-        while any(_group_alive(g) for g in groups) and time.monotonic() < gone:
+        while any(group_alive(g) for g in groups) and time.monotonic() < gone:
             time.sleep(0.2)
-        assert not any(_group_alive(g) for g in groups), "a process of the vLLM server's groups is still running"
+        assert not any(group_alive(g) for g in groups), "a process of the vLLM server's groups is still running"
     finally:
         proc.kill()
         for g in groups:
-            if _group_alive(g):
+            if group_alive(g):
                 os.killpg(g, signal.SIGKILL)
 
 

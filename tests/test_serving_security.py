@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
+from processes import descendants, proc_table, tcp_listeners
 from typer.testing import CliRunner
 
 from dermvlm.cli import app
@@ -140,6 +141,76 @@ def test_media_policy():
     assert refused_urls(b"not json", frozenset()) is None
 
 
+def test_the_policy_knows_every_content_part_type_vllm_reads():
+    """Every content-part type and type-less media key of the installed vLLM's chat parser is refused unless it is
+    one of the two the project uses; a vLLM upgrade that adds a type fails here until the policy has looked at it."""
+    from vllm.renderers import chat_utils
+
+    from dermvlm.serving.media_policy import ACCEPTED_PARTS, MEDIA_KEYS, part_problem
+
+    vllm_types = set(chat_utils.MM_PARSER_MAP)
+    media = vllm_types - chat_utils._TEXT_CONTENT_PART_TYPES
+    assert media <= MEDIA_KEYS, media - MEDIA_KEYS
+    for kind in vllm_types - set(ACCEPTED_PARTS):
+        assert "is not accepted" in part_problem({"type": kind, kind: "http://127.0.0.1:9/x"}), kind
+    for key in media - {"image_url"}:  # type-less parts (vLLM reads them by key when a uuid is given)
+        assert part_problem({"uuid": "u", key: "http://127.0.0.1:9/x"}) is not None, key
+
+
+def test_the_front_door_cuts_slow_clients_off(tmp_path, monkeypatch):
+    """A client that opens a connection and trickles its headers (or sends nothing) is cut off after the header
+    deadline; one that trickles its body gets 408 after the body deadline; a normal request still works."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from dermvlm.serving import proxy
+
+    monkeypatch.setattr(proxy, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(proxy, "BODY_TIMEOUT_S", 1.0)
+    door = proxy.FrontDoor(str(tmp_path / "absent.sock"), None, None, frozenset())
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def client(parts: list[bytes], pause: float) -> tuple[bytes, float]:
+        t = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server hung up mid-send
+                for part in parts:
+                    c.sendall(part)
+                    time.sleep(pause)
+            try:
+                data = c.recv(65536)  # what it answered before hanging up (nothing: cut off)
+            except ConnectionResetError:
+                data = b""
+        return data, time.monotonic() - t
+
+    async def scenario():
+        server = uvicorn.Server(uvicorn.Config(door, log_level="error", lifespan="off",
+                                               http=proxy.header_deadline_protocol()))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.02)
+        try:
+            trickle = [b"GET /health HTTP/1.1\r\n"] + [b"X-a: b\r\n"] * 40
+            headers = await asyncio.to_thread(client, trickle, 0.2)
+            silent = await asyncio.to_thread(client, [b""], 0)
+            body = await asyncio.to_thread(client, [b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                                                    b"Content-Length: 100\r\n\r\n"] + [b"x"] * 20, 0.2)
+            normal = await asyncio.to_thread(client, [b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"], 0)
+        finally:
+            server.should_exit = True
+            await task
+        return headers, silent, body, normal
+
+    headers, silent, body, normal = asyncio.run(scenario())
+    assert headers[0] == b"" and headers[1] < 5, headers  # closed before the 40 header lines (8 s) were sent
+    assert silent[0] == b"" and silent[1] < 5, silent
+    assert body[0].startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in body[0], body
+    assert normal[0].startswith(b"HTTP/1.1 503"), normal  # upstream absent: the request itself went through
+
+
 # --- the front door in-process, in front of a fake upstream on a Unix socket -------------------------------------
 
 def test_front_door_in_process(tmp_path):
@@ -251,29 +322,6 @@ def test_an_unknown_vllm_flag_fails_with_one_line(nano_dir, tmp_path):
 
 
 # --- one real server behind the front door ---------------------------------------------------------------------
-
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """pid → (ppid, pgid, state) for every process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def _descendants(pid: int) -> set[int]:
-    table = _proc_table()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, (ppid, _, _) in table.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
 
 class _Canary(http.server.BaseHTTPRequestHandler):
     hits: ClassVar[list[str]] = []
@@ -394,12 +442,21 @@ def test_remote_image_urls_are_refused_and_never_fetched(served, canary):
     assert r.status_code == 400 and "127.0.0.1" in r.json()["error"]["message"]
     no_key = httpx.post(served["url"] + "/v1/chat/completions", json=_chat(f"http://127.0.0.1:{canary}/k.png"))
     assert no_key.status_code == 401
+    from vllm.renderers.chat_utils import MM_PARSER_MAP
+
+    for kind in sorted(set(MM_PARSER_MAP) - {"text", "image_url"}):  # every other part type vLLM's parser reads
+        url = f"http://127.0.0.1:{canary}/{kind}.png"
+        for part in ({"type": kind, kind: url}, {"type": kind, kind: {"url": url}}, {"uuid": "u", kind: url}):
+            body = {"model": "nano", "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]}
+            r = httpx.post(served["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+            assert r.status_code == 400, (part, r.status_code, r.text[:300])
+            assert kind in r.json()["error"]["message"] or "without a 'type'" in r.json()["error"]["message"]
     time.sleep(0.5)
     assert _Canary.hits == []  # nothing reached the internal server
 
 
 def _vllm_socket(served) -> str:
-    for pid in _descendants(served["proc"].pid):
+    for pid in descendants(served["proc"].pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -409,30 +466,25 @@ def _vllm_socket(served) -> str:
     raise AssertionError("no vLLM process with --uds found")
 
 
-def _tcp_listeners(pids: set[int]) -> list[str]:
-    """``host:port`` (hex, as in /proc/net/tcp) of every listening TCP socket that one of ``pids`` holds."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if (target := os.readlink(fd)).startswith("socket:["):
-                        inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            f = row.split()
-            if f[3] == "0A" and f[9] in inodes:
-                found.append(f[1])
-    return found
+@pytest.mark.vllm
+def test_sampling_limits_and_long_values_in_errors(served):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=served["url"], headers=headers, timeout=60) as c:
+        r = c.post("/v1/chat/completions", json=_chat(_png_data_url(), n=1000))
+        assert r.status_code == 400 and "at most 16 completions" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", json=_chat(_png_data_url(), max_tokens=10**9))
+        assert r.status_code == 400 and "at most 1024 tokens" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", json=_chat(_png_data_url()) | {"model": "m" * 1_000_000})
+        assert r.status_code == 404 and len(r.content) < 2000, len(r.content)  # vLLM echoes the name: cut
+        assert "more characters" in r.json()["error"]["message"]
 
 
 @pytest.mark.vllm
 def test_vllm_itself_is_on_a_private_guarded_socket(served):
     sock = _vllm_socket(served)
-    vllm_tree = {p for p in _descendants(served["proc"].pid)
+    vllm_tree = {p for p in descendants(served["proc"].pid)
                  if b"dermvlm.serving.proxy" not in Path(f"/proc/{p}/cmdline").read_bytes()}
-    listeners = _tcp_listeners(vllm_tree)
+    listeners = tcp_listeners(vllm_tree)
     loopback = ("0100007F:", "00000000000000000000000001000000:")
     assert all(a.startswith(loopback) for a in listeners), listeners  # no vLLM port beyond loopback (HTTP: none)
     print(f"vLLM's own TCP listeners (loopback, not HTTP): {listeners}")
@@ -470,8 +522,8 @@ def test_the_front_door_keeps_up_with_concurrent_requests(served):
 def test_sigterm_stops_vllm_and_the_front_door(served):
     """Runs last: it stops the module's server."""
     proc: subprocess.Popen = served["proc"]
-    family = _descendants(proc.pid) | {proc.pid}
-    groups = {_proc_table()[p][1] for p in family if p in _proc_table()}
+    family = descendants(proc.pid) | {proc.pid}
+    groups = {proc_table()[p][1] for p in family if p in proc_table()}
     sock = _vllm_socket(served)
     assert len(family) >= 3  # serve, the front door, vLLM (and its engine process)
     t = time.perf_counter()
@@ -480,7 +532,7 @@ def test_sigterm_stops_vllm_and_the_front_door(served):
     stop_s = time.perf_counter() - t
     with pytest.raises(httpx.TransportError):
         httpx.get(served["url"] + "/health", timeout=2)
-    left = {p: v for p, v in _proc_table().items() if p in family or v[1] in groups}
+    left = {p: v for p, v in proc_table().items() if p in family or v[1] in groups}
     assert not left, f"left behind: {left}"  # (pid: (ppid, pgid, state))
     assert not os.path.exists(sock)
     print(f"stopped in {stop_s:.1f} s")

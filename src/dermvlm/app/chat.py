@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dermvlm.app.access import page_access
 from dermvlm.app.answer_card import CSS, card_html, streaming_html
 from dermvlm.app.image_facts_panel import facts_markdown
 from dermvlm.app.reading import RESEARCH_NOTICE, read_answer
 from dermvlm.evaluation.operating_point import AS_GENERATED
 
 DEFAULT_QUESTION = "What is the most likely diagnosis of this skin lesion? Think it through, then answer."
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # larger uploads are refused by the page's server before they are stored
+CACHE_CLEANUP = (3600, 3600)  # every hour, uploads older than an hour are deleted (and all of them at exit)
 MAX_SIDE = 1024  # the side images are downscaled to when the model's pixel budget is unknown
 ELEM = {"upload": "upload", "question": "question", "ask": "ask", "chat": "conversation", "status": "status",
         "notice": "research-notice", "preview": "preview", "facts": "image-facts", "examples": "examples",
@@ -72,11 +74,15 @@ class AnswerAborted(RuntimeError):
     """The endpoint cut the answer off (``finish_reason: abort``); the partial text is not shown as an answer."""
 
 
+class NotAnAnswer(RuntimeError):
+    """The endpoint's reply is not a chat completion stream (an HTML page, a JSON error without a status)."""
+
+
 def endpoint_error(err: Exception, settings: ChatSettings) -> str:
     """One line for a failed request: which endpoint, what went wrong, what to do."""
     import openai
 
-    if isinstance(err, AnswerAborted):
+    if isinstance(err, AnswerAborted | NotAnAnswer):
         return f"No answer: {err}"
     if isinstance(err, openai.AuthenticationError):
         return f"The endpoint {settings.endpoint} refused the API key (401): start the app with the server's key."
@@ -110,6 +116,11 @@ def stream_answer(settings: ChatSettings, messages: list[dict[str, Any]]) -> Ite
                     timeout=settings.timeout)
     stream = client.chat.completions.create(model=settings.model, messages=messages, stream=True,
                                             max_tokens=settings.max_tokens, temperature=settings.temperature)
+    kind = stream.response.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "text/event-stream":
+        stream.close()
+        raise NotAnAnswer(f"the endpoint {settings.endpoint} answered {kind or 'without a content type'}, not a chat "
+                          "completion stream: is it an OpenAI-compatible base URL (ending in /v1)?")
     text = ""
     for chunk in stream:
         if not chunk.choices:
@@ -165,7 +176,7 @@ def build_app(settings: ChatSettings, examples: list[tuple[str, str]] | None = N
         yield {**state, "turns": [*state["turns"], (question, text)]}, chat, "Done."
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
-    with gr.Blocks(title="dermvlm assistant") as app:
+    with gr.Blocks(title="dermvlm assistant", delete_cache=CACHE_CLEANUP) as app:
         gr.Markdown(f"## dermvlm assistant\n{RESEARCH_NOTICE}", elem_id=ELEM["notice"])
         gr.Markdown(f"Model **{settings.model}** at `{settings.endpoint}` · operating point: "
                     f"{settings.operating_point}", elem_id=ELEM["model"])
@@ -191,16 +202,20 @@ def build_app(settings: ChatSettings, examples: list[tuple[str, str]] | None = N
     return app
 
 
-def launch(settings: ChatSettings, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+def launch(settings: ChatSettings, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           password: str | None = None):
     """Start the page on ``host:port`` (127.0.0.1 by default); returns the Gradio app (running in the background
-    when ``block`` is false)."""
+    when ``block`` is false). Uploads are limited to ``MAX_UPLOAD_BYTES`` and deleted after ``CACHE_CLEANUP``; a
+    page reachable beyond this machine needs ``password`` (``page_access``)."""
     from dermvlm.app.example_gallery import sample_examples
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    auth = page_access(host, password)
     examples = sample_examples()
     app = build_app(settings, examples)
     app.queue()
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
-               show_error=False, theme=app.dermvlm_theme, css=CSS, quiet=True,
+               show_error=False, theme=app.dermvlm_theme, css=CSS, quiet=True, max_file_size=MAX_UPLOAD_BYTES,
+               auth=auth, auth_message="dermvlm assistant: the password the page was started with (--page-password)",
                allowed_paths=sorted({str(Path(path).parent) for path, _ in examples}))
     return app

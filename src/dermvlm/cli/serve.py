@@ -112,11 +112,16 @@ def chat(
     max_model_len: Annotated[int, typer.Option(help="Context length for --serve.")] = 2048,
     dtype: DtypeOpt = "auto",
     lora: LoraOpt = None,
+    page_password: Annotated[str | None, typer.Option(
+        envvar="DERMVLM_PAGE_PASSWORD", help="Password of the page (needed when --host is not loopback).")] = None,
 ) -> None:
     """A chat page (Gradio) about skin images: upload, ask, read the answer, differential and referral advice.
 
     With --serve the page talks to the model folder (served under its run's name), or with --lora NAME=DIR to that
     adapter on it (--model NAME picks one of several)."""
+    import secrets
+
+    from dermvlm.app.access import PageAccessError, page_access
     from dermvlm.app.chat import ChatSettings, launch
     from dermvlm.models.pixels import image_side
     from dermvlm.serving.client import served_image_side
@@ -131,9 +136,14 @@ def chat(
     loras = parse_loras(lora or [])
     if serve is not None and model is not None and model not in loras:
         fail(f"--model {model!r}: with --serve, name one of the --lora adapters ({', '.join(loras) or 'none given'})")
+    try:
+        page_access(host, page_password)  # before anything starts
+    except PageAccessError as err:
+        fail(str(err))
     server = None
     try:
         if serve is not None:
+            api_key = api_key or secrets.token_urlsafe(24)  # the server answers the page, and nobody else
             options = ServeOptions(model=str(serve), port=0, api_key=api_key, max_model_len=max_model_len,
                                    dtype=dtype, loras=loras,
                                    log_file=str(Path(tempfile.gettempdir()) / f"dermvlm-chat-vllm-{os.getpid()}.log"))
@@ -144,7 +154,7 @@ def chat(
         settings = ChatSettings(endpoint=endpoint, model=model, api_key=api_key, max_tokens=max_tokens,
                                 image_side=image_side(serve) if serve else served_image_side(endpoint, model, api_key))
         typer.echo(f"chat page at http://{host}:{port} (model {model} at {endpoint}); Ctrl-C stops")
-        launch(settings, host=host, port=port)
+        launch(settings, host=host, port=port, password=page_password)
     except ServerError as err:
         fail(str(err).splitlines()[0])
     except OSError as err:

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermvlm import lifeline
 from dermvlm.models.pixels import vllm_pixel_args
 from dermvlm.serving import proxy
 from dermvlm.serving.lora_rank import LoraRankError, max_lora_rank
@@ -159,6 +160,12 @@ class ServeOptions:
                                        + (f"; use its {use} option" if use else " (it would bypass the front door)"))
             if token.startswith("-tp"):
                 raise ServeConfigError(f"vLLM argument {token!r}: use --tensor-parallel-size")
+        folder = Path(self.model)
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            inner = next((folder / sub for sub in ("model", "base") if (folder / sub / "config.json").is_file()), None)
+            raise ServeConfigError(f"{folder}: not a model folder (no config.json)" + (
+                f"; it holds one in {inner}: serve that" if inner else "; give the folder that holds config.json "
+                "and the weights (a stage's model/, or the final model a pipeline printed)"))
 
     def command(self, uds: str = "vllm.sock") -> list[str]:
         """vLLM's command line, listening on the Unix socket ``uds`` (``VLLMServer`` puts it in a private folder).
@@ -195,7 +202,8 @@ class ServeOptions:
 
     def proxy_command(self, fd: int, uds: str) -> list[str]:
         """The front door's command line (its keys go in the environment)."""
-        cmd = [sys.executable, "-m", "dermvlm.serving.proxy", "--fd", str(fd), "--upstream-uds", str(uds)]
+        cmd = [sys.executable, "-m", "dermvlm.serving.proxy", "--fd", str(fd), "--upstream-uds", str(uds),
+               "--max-tokens", str(self.max_model_len)]
         for d in self.allowed_image_domains:
             cmd += ["--allow-image-domain", normalize_domain(d)]
         return cmd
@@ -217,8 +225,9 @@ def _drain_group(pgid: int, grace: float) -> None:
 class VLLMServer:
     """A running vLLM server behind the front door: ``with VLLMServer(ServeOptions(model=DIR)) as srv: srv.base_url``.
 
-    Two child processes, each in its own process group: ``proc`` (vLLM, on a Unix socket) and ``proxy_proc`` (the
-    front door, on ``host:port``). ``stop()`` ends both groups.
+    Two child processes, each in its own process group under a ``lifeline`` that ends the group when this process
+    dies: ``proc`` (vLLM, on a Unix socket) and ``proxy_proc`` (the front door, on ``host:port``). ``stop()`` ends
+    both groups.
     """
 
     def __init__(self, options: ServeOptions):
@@ -307,12 +316,12 @@ class VLLMServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children, closed in stop()
             key = secrets.token_urlsafe(32)
-            self.proc = subprocess.Popen(
-                o.command(str(self.socket_path)), stdout=self._log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(  # each child under a lifeline: it dies with this process
+                lifeline.wrap(o.command(str(self.socket_path))), stdout=self._log, stderr=subprocess.STDOUT,
                 env=self._environment(work, key), start_new_session=True, stdin=subprocess.DEVNULL,
             )
             self.proxy_proc = subprocess.Popen(
-                o.proxy_command(listener.fileno(), str(self.socket_path)), stdout=self._log,
+                lifeline.wrap(o.proxy_command(listener.fileno(), str(self.socket_path))), stdout=self._log,
                 stderr=subprocess.STDOUT, env=self._proxy_environment(key), start_new_session=True,
                 pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL,
             )
