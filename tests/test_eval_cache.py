@@ -404,6 +404,46 @@ def test_sigint_stops_the_run_with_one_line(ep, tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGINT") and "Traceback" not in stderr
 
 
+BUSY_LOOP = """
+import asyncio, logging, os, signal, sys, threading, time
+logging.basicConfig()
+from dermvlm.evaluation.signals import run_interruptible
+
+def on_term(signum, frame):  # what the CLI does: unwind with KeyboardInterrupt so servers get stopped
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, on_term)
+
+async def main():
+    async def busy():  # a task in the middle of CPU work (encoding an image) when the signal comes
+        for _ in range(40):
+            end = time.monotonic() + 0.05
+            while time.monotonic() < end:
+                pass
+            await asyncio.sleep(0)
+    await asyncio.gather(*(busy() for _ in range(4)))
+
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    (asyncio.run if sys.argv[1] == "plain" else run_interruptible)(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("runner", ["plain", "interruptible"])
+def test_sigterm_mid_task_ends_with_one_line(runner):
+    """SIGTERM arriving while a request task computes: ``asyncio.run`` (the control) logs the interrupted task as an
+    unhandled exception with its traceback; ``run_interruptible`` cancels the loop cleanly and then hands the signal
+    to the CLI's handler."""
+    r = subprocess.run([sys.executable, "-c", BUSY_LOOP, runner], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "interrupted", r.stdout + r.stderr
+    if runner == "plain":
+        assert "Traceback" in r.stderr  # the scenario reproduces the problem
+    else:
+        assert r.stderr == "", r.stderr
+
+
 # ---------------------------------------------------------------- 5. one line, never a traceback
 
 

@@ -78,6 +78,7 @@ def test_bad_tsv_rows_are_named(tmp_path, content, expected):
 
 def test_bad_jsonl_lines_are_named(tmp_path):
     f = tmp_path / "bad.jsonl"
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     f.write_text('{"image": "x.png", "question": "q", "answer": "a"}\n{not json\n')
     with pytest.raises(BenchmarkFileError, match=r"bad.jsonl: line 2: not JSON"):
         read_benchmark(f)

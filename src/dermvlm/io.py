@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 MARKER = ".dermvlm-output.json"
@@ -27,18 +27,28 @@ def written_by(path: str | Path) -> str | None:
         return None
 
 
-def check_output(path: str | Path, command: str, force: bool = False, option: str = "--out") -> Path:
-    """Refuse an output folder that ``command`` may not replace: the working folder or one above it, a file, or
-    a non-empty folder that no dermvlm command wrote (``force`` lifts the last rule). Returns the path."""
+def check_output(path: str | Path, command: str, force: bool = False, option: str = "--out",
+                 inputs: Iterable[str | Path] = (), own_files: Iterable[str] = ()) -> Path:
+    """Refuse an output folder that ``command`` may not replace: the working folder or one above it, a file, one
+    of the command's ``inputs`` (or a folder inside or around one), or a non-empty folder that no dermvlm command
+    wrote (``force`` lifts the last rule; a folder holding one of ``own_files`` counts as the command's, for
+    folders written before the marker existed). Returns the path."""
     path = Path(path)
     resolved = path.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
         raise OutputError(f"{option} {path}: that is the working folder or one above it; give a new folder "
                           f"(e.g. {option} runs/{command.split()[-1]})")
+    for source in inputs:
+        source = Path(source).resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
+            raise OutputError(f"{option} {path}: that is (or holds, or is inside) the input {source}; writing "
+                              "there would replace what is being read: give a new folder")
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path}: exists and is a file, not a folder")
+        raise OutputError(f"{option} {path}: exists and is a file, not a folder; give a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
+        if any((path / name).exists() for name in own_files):
+            return path
         owner = written_by(path)
         if owner is None:
             raise OutputError(f"{option} {path}: the folder exists and was not written by dermvlm (no {MARKER}); "
@@ -49,9 +59,25 @@ def check_output(path: str | Path, command: str, force: bool = False, option: st
     return path
 
 
+def check_output_file(path: str | Path, force: bool = False, option: str = "--out") -> Path:
+    """Refuse an output file that exists (``force`` replaces it) or is a folder. Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; give a file name (e.g. {path / 'graph.json'})")
+    if path.exists() and not force:
+        raise OutputError(f"{option} {path}: the file exists; choose another name or pass --force to replace it")
+    return path
+
+
 def mark_output(folder: str | Path, command: str) -> None:
     """Write the marker that says ``command`` wrote ``folder``."""
     (Path(folder) / MARKER).write_text(json.dumps({"written_by": command}) + "\n")
+
+
+def claim(folder: str | Path, command: str) -> None:
+    """Mark ``folder`` (which ``command`` writes into) as ``command``'s, unless a dermvlm command already did."""
+    if written_by(folder) is None:
+        mark_output(folder, command)
 
 
 def _umask() -> int:

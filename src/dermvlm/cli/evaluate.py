@@ -33,6 +33,7 @@ eval_app = typer.Typer(
     cls=DefaultCommandGroup, no_args_is_help=True, subcommand_metavar="[run] SUITE [OPTIONS] | compare DIR...",
     help="Evaluate a model on a VQA suite (`dermvlm eval SUITE ...` is `dermvlm eval run SUITE ...`) or compare "
          "evaluations.")
+OWN_EVAL_FILES = ("cache_key.json", "predictions.jsonl", "metrics.json", "robustness.json")  # eval's, before markers
 
 
 @eval_app.command("compare")
@@ -96,6 +97,8 @@ def eval_run(
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
     overrides: SetOpt = None,
+    allow_outside_images: Annotated[bool, typer.Option(help="Accept image paths (--data's image_path, --labels) "
+                                                       "outside their file's or --images folder.")] = False,
 ) -> None:
     """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint (`dermvlm eval SUITE` runs this).
 
@@ -105,6 +108,7 @@ def eval_run(
     from dermvlm.config import SuiteConfig, load_config
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.evaluation.runner import EndpointError, EndpointOptions
+    from dermvlm.io import check_output
     from dermvlm.models.pixels import image_side
     from dermvlm.run_pixels import with_image_side
     from dermvlm.serving.client import served_image_side
@@ -116,11 +120,14 @@ def eval_run(
         try:
             cfg = load_config(suite, SuiteConfig, overrides)
             cfg = suite_for_run(cfg, split, data, corruption, severity)
+            if allow_outside_images:
+                cfg = cfg.model_copy(update={"allow_outside_images": True})
             out_dir = out or Path("runs") / "eval" / cfg.name
+            check_output(out_dir, "eval", own_files=OWN_EVAL_FILES)  # answers are kept, a foreign folder refused
             cfg = with_image_side(cfg, image_side(serve) if serve else served_image_side(endpoint or "", model or "",
                                                                                         api_key))
-            cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col),
-                               str(suite))
+            cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col,
+                                                   allow_outside_images), str(suite))
             ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
                                  concurrency=concurrency)
             judging = {}
@@ -227,9 +234,16 @@ def report_metrics(result: dict, out_dir: Path) -> None:
         if t.get("class_scores"):
             typer.echo(closed_set_summary(t["class_scores"]))
     typer.echo(f"report: {out_dir / 'report.md'}")
+    judged = result.get("judge") or {}
+    if judged.get("unjudged"):
+        example = f" (e.g. {judged['failed_examples'][0]})" if judged.get("failed_examples") else ""
+        typer.secho(f"error: the judge {judged['model']!r} at {judged['endpoint']} gave no verdict on "
+                    f"{judged['unjudged']} answers{example}; check --judge-endpoint and --judge-model, then rerun "
+                    "the same command to ask it again", fg=typer.colors.RED, err=True)
     if result["errors"]:
         example = f" (e.g. {result['error_examples'][0][:120]})" if result.get("error_examples") else ""
         typer.secho(f"error: {result['errors']} of {result['n_items']} items got no answer; they are listed in "
                     f"{out_dir / 'errors.jsonl'}, not scored, and asked again on the next run{example}",
                     fg=typer.colors.RED, err=True)
+    if result["errors"] or judged.get("unjudged"):
         raise typer.Exit(1)

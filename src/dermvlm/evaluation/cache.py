@@ -88,10 +88,12 @@ def _portless(url: str) -> str:
 
 def make_key(*, model: str, model_id: dict[str, Any] | None, endpoint: str, suite: SuiteConfig,
              system_prompt: str | None, items: list[dict[str, Any]], serve: dict[str, Any] | None = None,
-             weights_dir: str | Path | None = None, format_regex: str | None = None) -> dict[str, Any]:
+             weights_dir: str | Path | None = None, format_regex: str | None = None,
+             items_key: dict[str, Any] | None = None) -> dict[str, Any]:
     """The cache key of one evaluation (the module docstring lists the fields). ``serve`` is given for a server
     started for this evaluation; ``weights_dir`` is a model folder on this machine to fingerprint (for an endpoint,
-    its ``root`` when the endpoint is on loopback)."""
+    its ``root`` when the endpoint is on loopback). ``items_key`` stands for the items when they are a file's
+    (its digest: the same whatever ``--limit`` reads of it)."""
     weights = folder_fingerprint(weights_dir) if weights_dir else None
     if serve is not None:
         where = "vllm --serve"
@@ -110,7 +112,7 @@ def make_key(*, model: str, model_id: dict[str, Any] | None, endpoint: str, suit
                      "guided_format": suite.guided_format,
                      "format_regex": format_regex if suite.guided_format else None},
         "system_prompt": system_prompt,
-        "items": items_digest(items),
+        "items": items_key or items_digest(items),
     }
 
 

@@ -16,8 +16,11 @@ import hashlib
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from dermvlm.echo import shown
 
 LETTERS = "ABCDEFGHIJ"
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -27,44 +30,85 @@ class BenchmarkFileError(ValueError):
     """A benchmark file or row that cannot be read (the message names file, row and field)."""
 
 
-def read_benchmark(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
-    """Items of a TSV / JSONL / CSV benchmark file (``fmt``: ``tsv``, ``jsonl``, ``csv``; default: by extension)."""
+def read_benchmark(path: str | Path, fmt: str | None = None, limit: int | None = None,
+                   allow_outside_images: bool = False) -> list[dict[str, Any]]:
+    """Items of a TSV / JSONL / CSV benchmark file (``fmt``: ``tsv``, ``jsonl``, ``csv``; default: by extension).
+
+    Rows are read one at a time and only the first ``limit`` are decoded, so ``--limit`` costs what it reads
+    however large the file is. A path in ``image_path`` / ``image`` must stay in the file's folder unless
+    ``allow_outside_images`` (the endpoint would be sent any file this machine can read)."""
     path = Path(path)
     if not path.is_file():
         raise BenchmarkFileError(f"{path}: benchmark file not found")
-    fmt = fmt or {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(path.suffix.lower())
+    fmt = fmt or benchmark_format(path)
     if fmt not in ("tsv", "jsonl", "csv"):
         raise BenchmarkFileError(f"{path}: unknown benchmark format; name it .tsv, .jsonl or .csv, or set format:")
     rows = _jsonl_rows(path) if fmt == "jsonl" else _table_rows(path, "\t" if fmt == "tsv" else ",")
-    if not rows:
-        raise BenchmarkFileError(f"{path}: no rows")
-    items = [_item(row, n, path) for n, row in rows]
+    items: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for (n, _), item in zip(rows, items, strict=True):
+    for n, row in rows:
+        if limit and len(items) >= limit:
+            break
+        item = _item(row, n, path, allow_outside_images)
         if item["id"] in seen:
             raise BenchmarkFileError(f"{path}: row {n}: id {item['id']!r} repeats row {seen[item['id']]}; ids must be "
                                      "unique")
         seen[item["id"]] = n
+        items.append(item)
+    if not items:
+        raise BenchmarkFileError(f"{path}: no rows")
     return items
 
 
-def _table_rows(path: Path, sep: str) -> list[tuple[int, dict[str, str]]]:
+def benchmark_format(path: Path) -> str | None:
+    return {".tsv": "tsv", ".jsonl": "jsonl", ".csv": "csv"}.get(path.suffix.lower())
+
+
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """sha256 and size of a benchmark file, read in chunks (the cache key of its items, whatever ``--limit``)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"file_sha256": h.hexdigest(), "bytes": Path(path).stat().st_size}
+
+
+def _not_utf8(path: Path, line: int, err: UnicodeDecodeError) -> BenchmarkFileError:
+    return BenchmarkFileError(f"{path}: line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); re-save "
+                              "the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _table_rows(path: Path, sep: str) -> Iterator[tuple[int, dict[str, str]]]:
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter=sep)
-        if not reader.fieldnames:
-            raise BenchmarkFileError(f"{path}: empty file (no header)")
-        missing = [c for c in ("question", "answer") if c not in reader.fieldnames]
-        if missing or not ({"image", "image_path"} & set(reader.fieldnames)):
-            need = missing + ([] if {"image", "image_path"} & set(reader.fieldnames) else ["image (or image_path)"])
-            raise BenchmarkFileError(f"{path}: missing column(s) {', '.join(need)}; found: "
-                                     f"{', '.join(reader.fieldnames)}")
-        return [(i + 2, {k: (v or "") for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
+    reader = csv.DictReader(_utf8_lines(path), delimiter=sep)
+    fields = reader.fieldnames
+    if not fields:
+        raise BenchmarkFileError(f"{path}: empty file (no header)")
+    missing = [c for c in ("question", "answer") if c not in fields]
+    if missing or not ({"image", "image_path"} & set(fields)):
+        need = missing + ([] if {"image", "image_path"} & set(fields) else ["image (or image_path)"])
+        raise BenchmarkFileError(f"{path}: missing column(s) {', '.join(need)}; found: "
+                                 f"{', '.join(shown(f, 40) if f != f.strip() else f for f in fields)}")
+    while True:
+        start = reader.line_num + 1
+        row = next(reader, None)
+        if row is None:
+            return
+        yield start, {k: (v or "") for k, v in row.items() if k is not None}
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one at a time: a byte that is not UTF-8 is an error naming its line."""
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, n, err) from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in enumerate(_utf8_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -73,29 +117,33 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise BenchmarkFileError(f"{path}: line {n}: not JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(row, dict):
             raise BenchmarkFileError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
-    return rows
+        yield n, row
 
 
-def _image_bytes(value: Any, row: dict[str, Any], n: int, path: Path) -> bytes:
+def _image_bytes(value: Any, row: dict[str, Any], n: int, path: Path, allow_outside: bool) -> bytes:
     """The row's image as bytes: ``image_path`` or ``image`` as a path (relative to the file), a data URL or base64;
     checked to be a readable image."""
     from PIL import Image
 
     where = f"{path}: row {n}"
+    field = "image_path" if row.get("image_path") else "image"
     source = row.get("image_path") or value
     if not isinstance(source, str) or not source.strip():
         raise BenchmarkFileError(f"{where}: field image: empty; give base64, a data: URL or a path")
     source = source.strip()
     candidate = (path.parent / source) if not source.startswith("data:") and len(source) < 1024 else None
     if candidate is not None and candidate.is_file():
+        folder = path.parent.resolve()
+        if not allow_outside and not candidate.resolve().is_relative_to(folder):
+            raise BenchmarkFileError(f"{where}, field {field}: {shown(source)} points outside the benchmark file's "
+                                     f"folder {folder}; move the image in, or pass --allow-outside-images")
         data = candidate.read_bytes()
     else:
         encoded = source.split(",", 1)[1] if source.startswith("data:") else source
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            hint = f"no file {candidate} and " if candidate is not None else ""
+            hint = f"no file {shown(str(candidate))} and " if candidate is not None else ""
             raise BenchmarkFileError(f"{where}: field image: {hint}not valid base64") from None
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -119,14 +167,14 @@ def _options(row: dict[str, Any], n: int, path: Path) -> list[str]:
     return [str(o).strip() for o in options]
 
 
-def _item(row: dict[str, Any], n: int, path: Path) -> dict[str, Any]:
+def _item(row: dict[str, Any], n: int, path: Path, allow_outside: bool = False) -> dict[str, Any]:
     question = str(row.get("question") or "").strip()
     if not question:
         raise BenchmarkFileError(f"{path}: row {n}: field question: empty")
     answer = str(row.get("answer") if row.get("answer") is not None else "").strip()
     if not answer:
         raise BenchmarkFileError(f"{path}: row {n}: field answer: empty")
-    image = _image_bytes(row.get("image"), row, n, path)
+    image = _image_bytes(row.get("image"), row, n, path, allow_outside)
     options = _options(row, n, path)
     hint = str(row.get("hint") or "").strip()
     hint = "" if hint.lower() == "nan" else hint
@@ -140,7 +188,7 @@ def _item(row: dict[str, Any], n: int, path: Path) -> dict[str, Any]:
         if letter is None:
             matches = [i for i, o in enumerate(options) if o.lower() == answer.lower()]
             if len(matches) != 1:
-                raise BenchmarkFileError(f"{path}: row {n}: field answer: {answer!r} is neither an option letter "
+                raise BenchmarkFileError(f"{path}: row {n}: field answer: {shown(answer)} is neither an option letter "
                                          f"(A-{LETTERS[len(options) - 1]}) nor exactly one option's text")
             letter = LETTERS[matches[0]]
         text = "\n".join(x for x in (f"Hint: {hint}" if hint else "", question) if x)

@@ -17,7 +17,7 @@ def build_items(suite: SuiteConfig, out: Path, overrides: list[dict] | None = No
     """Rows with ``id``, ``question``, ``options``, ``answer``, ``type``, gold metadata and ``image`` (bytes).
     ``splits``: a run's split assignment, which the images and groups it lists keep here."""
     if suite.format == "built":
-        rows = built_items(_data_path(suite, base), [suite.split] if suite.split != "all" else None)
+        rows = built_items(data_path(suite, base), [suite.split] if suite.split != "all" else None)
     elif suite.format != "recipe":
         rows = _benchmark_items(suite, base)
     else:
@@ -42,7 +42,7 @@ def corrupted(rows: list[dict[str, Any]], name: str, severity: int, seed: int = 
             for i, r in enumerate(rows)]
 
 
-def _data_path(suite: SuiteConfig, base: Path | None) -> Path:
+def data_path(suite: SuiteConfig, base: Path | None) -> Path:
     """The suite's ``data:`` (relative to the suite's folder)."""
     if not suite.data:
         raise ValueError(f"suite {suite.name}: format {suite.format} needs data: FILE (or --data FILE)")
@@ -53,10 +53,10 @@ def _data_path(suite: SuiteConfig, base: Path | None) -> Path:
 
 
 def _benchmark_items(suite: SuiteConfig, base: Path | None) -> list[dict[str, Any]]:
-    """The items of the suite's benchmark file (``data:``, relative to the suite's folder)."""
+    """The items of the suite's benchmark file (only its first ``limit`` rows are read)."""
     from dermvlm.evaluation.external import read_benchmark
 
-    return read_benchmark(_data_path(suite, base), suite.format)
+    return read_benchmark(data_path(suite, base), suite.format, suite.limit, suite.allow_outside_images)
 
 
 def built_items(data_dir: Path, splits: list[str] | None = None) -> list[dict[str, Any]]:

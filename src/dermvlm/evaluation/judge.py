@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dermvlm.evaluation.runner import EndpointOptions, probe, read_predictions
+from dermvlm.evaluation.runner import BREAKER, EndpointOptions, first_choice, one_line, probe, read_predictions
+from dermvlm.evaluation.signals import run_interruptible
 
 JUDGE_FILE = "judge.jsonl"
 PROMPT_VERSION = 1
@@ -45,7 +46,9 @@ def judge_key(opts: EndpointOptions, card: dict[str, Any]) -> str:
 def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_dir: Path,
                       card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Set ``pred["judge"]`` (yes / no / None) on every open-ended prediction; returns who judged and how many
-    requests failed (those items stay unjudged, ``judge`` None, and are asked again on the next run). ``card``:
+    requests failed (those items stay unjudged, ``judge`` None, and are asked again on the next run; after
+    ``BREAKER`` failures in a row with no verdict the rest are not asked). A reply that is not a chat completion
+    (an HTML page, ``{}``, no choices, cut-off JSON) is a failure, never a verdict. ``card``:
     the judge's ``probe`` answer when the caller already has it; else the endpoint is probed here, and a wrong
     endpoint, key or model raises ``EndpointError`` (one line) before any request."""
     import openai
@@ -66,6 +69,7 @@ def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_di
               if rec.get("judge") == key and "answer_sha" in rec}
     todo = [p for p in preds if p["type"] == "open_text" and (p["id"], answer_hash(p)) not in cached]
     failed: list[str] = []
+    verdicts: list[str] = []  # ids judged in this run
 
     async def ask_all() -> None:
         client = openai.AsyncOpenAI(base_url=opts.base_url, api_key=opts.api_key, max_retries=opts.retries)
@@ -74,23 +78,34 @@ def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_di
         async def one(p: dict[str, Any]) -> None:
             prompt = PROMPT.format(question=p["question"], reference=p["answer"],
                                    candidate=candidates[id(p)] or "(no answer)")
+            if len(failed) >= BREAKER and not verdicts:
+                return  # the judge failed every request so far: not asking the rest
             async with sem:
                 try:
                     r = await client.chat.completions.create(model=opts.model, max_tokens=8, temperature=0.0,
                                                              messages=[{"role": "user", "content": prompt}],
                                                              timeout=opts.timeout)
-                except openai.APIError as err:
-                    failed.append(f"{p['id']}: {type(err).__name__}")
+                except openai.APIStatusError as err:
+                    failed.append(f"{p['id']}: HTTP {err.status_code} ({type(err).__name__})")
                     return
-            if r.choices[0].finish_reason == "abort":  # cut off by a server shutting down: no verdict, ask again
+                except (openai.APIError, ValueError) as err:  # unreachable, or a body that is not JSON
+                    failed.append(f"{p['id']}: {type(err).__name__}: {one_line(err, 80)}")
+                    return
+            choice = first_choice(r)
+            if choice is None:
+                failed.append(f"{p['id']}: the judge answered something that is not a chat completion "
+                              f"({one_line(r, 40)!r})")
+                return
+            if choice.finish_reason == "abort":  # cut off by a server shutting down: no verdict, ask again
                 failed.append(f"{p['id']}: the judge's reply was aborted by its server")
                 return
-            reply = r.choices[0].message.content or ""
+            reply = choice.message.content or ""
             rec = {"judge": key, "id": p["id"], "answer_sha": answer_hash(p), "verdict": verdict_of(reply),
                    "reply": reply[:200]}
             with path.open("a", encoding="utf-8") as fh:  # one line per verdict, as it arrives
                 fh.write(json.dumps(rec) + "\n")
             cached[(p["id"], rec["answer_sha"])] = rec
+            verdicts.append(p["id"])
 
         try:
             await asyncio.gather(*(one(p) for p in todo))
@@ -98,11 +113,12 @@ def judge_predictions(preds: list[dict[str, Any]], opts: EndpointOptions, out_di
             await client.close()
 
     if todo:
-        asyncio.run(ask_all())
+        run_interruptible(ask_all())
     for p in preds:
         if p["type"] == "open_text":
             rec = cached.get((p["id"], answer_hash(p)))
             p["judge"] = rec["verdict"] if rec else None
             p["judged"] = rec is not None
     return {"model": opts.model, "endpoint": opts.base_url, "key": key, "asked": len(todo), "failed": len(failed),
+            "unjudged": sum(1 for p in preds if p["type"] == "open_text" and not p["judged"]),
             "failed_examples": failed[:3]}

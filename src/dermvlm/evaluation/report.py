@@ -120,6 +120,10 @@ def write_report(result: dict[str, Any], out_dir: Path) -> Path:
                          f"{j['accuracy']:.3f} {_fmt(j['ci95'])} of {j['n']} judged, verdict unparsable "
                          f"{j['unparsable_rate']:.3f}" + (f"; {who['failed']} judge requests failed (asked again "
                                                           "on the next run)" if who.get("failed") else ""))
+        elif kind == "open_text" and (who := result.get("judge") or {}).get("unjudged"):
+            example = f" (e.g. {who['failed_examples'][0]})" if who.get("failed_examples") else ""
+            extra.append(f"LLM judge ({who.get('model', '?')} at {who.get('endpoint', '?')}): **no verdict** on "
+                         f"{who['unjudged']} answers: its requests failed{example}; asked again on the next run")
         if extra:
             lines += ["", f"**{kind}**", ""] + [f"- {e}" for e in extra]
     lines += closed_set_lines(m["types"].get("open", {}).get("class_scores"))

@@ -15,7 +15,7 @@ from dermvlm.config import CorruptionSpec, RobustnessSpec, SuiteConfig
 from dermvlm.evaluation.items import build_items
 from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.runner import EndpointOptions
-from dermvlm.io import atomic_write_text
+from dermvlm.io import atomic_write_text, claim
 
 CLEAN = "clean"
 
@@ -47,6 +47,7 @@ def run_robustness(suite: SuiteConfig, out: str | Path, endpoint: EndpointOption
     clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
                               overrides, base)  # built once, corrupted per run
     out.mkdir(parents=True, exist_ok=True)
+    claim(out, "eval")
     hashes = write_members(out, clean_items)
     if train_data is not None:
         check_held_out(suite.name, clean_items, hashes, Path(train_data))

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from dermvlm.config import SuiteConfig
 from dermvlm.evaluation.cache import ERRORS, PREDICTIONS
+from dermvlm.evaluation.signals import run_interruptible
 from dermvlm.progress import ProgressLine
 from dermvlm.recipes.text import SYSTEM_PROMPT
 
@@ -106,7 +107,7 @@ def kept_answers(path: Path) -> list[dict[str, Any]]:
     return [p for p in read_predictions(path) if p.get("finish_reason") != "abort"]
 
 
-def _one_line(text: str, n: int = 200) -> str:
+def one_line(text: str, n: int = 200) -> str:
     return " ".join(str(text).split())[:n]
 
 
@@ -128,19 +129,19 @@ def probe(opts: EndpointOptions, timeout: float = 30.0) -> dict[str, Any]:
     try:
         r = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=wait)
     except httpx.ConnectError as err:
-        why = "connection refused" if "refused" in str(err).lower() else f"cannot connect ({_one_line(err, 120)})"
+        why = "connection refused" if "refused" in str(err).lower() else f"cannot connect ({one_line(err, 120)})"
         raise EndpointDown(f"{base}: {why}: no server answers there (is it running, and is --endpoint right?)"
                            ) from None
     except httpx.TimeoutException:
         raise EndpointDown(f"{base}: no answer to GET /models within {wait:.0f} s") from None
     except httpx.HTTPError as err:
-        raise EndpointError(f"{base}: GET /models failed: {type(err).__name__}: {_one_line(err, 120)}") from None
+        raise EndpointError(f"{base}: GET /models failed: {type(err).__name__}: {one_line(err, 120)}") from None
     if r.status_code in (401, 403):
         raise EndpointError(_auth(base, r.status_code, r.reason_phrase))
     if r.status_code in (404, 405):
         raise EndpointError(f"{base}: {r.status_code} {r.reason_phrase} on GET /models: {WRONG_URL}")
     if r.status_code >= 400:
-        raise EndpointError(f"{base}: GET /models answered {r.status_code} {r.reason_phrase}: {_one_line(r.text, 120)}")
+        raise EndpointError(f"{base}: GET /models answered {r.status_code} {r.reason_phrase}: {one_line(r.text, 120)}")
     try:
         data = r.json()["data"]
         served = {m["id"]: m for m in data}
@@ -154,6 +155,15 @@ def probe(opts: EndpointOptions, timeout: float = 30.0) -> dict[str, Any]:
     return {k: card.get(k) for k in ("id", "root", "parent", "max_model_len")}
 
 
+def first_choice(response: Any) -> Any:
+    """The first choice of a chat completion, or ``None`` when ``response`` is not one (an HTML page or other text,
+    ``{}``, ``choices: []``, a choice without a message): the openai client returns such bodies unvalidated."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+        return None
+    return choices[0]
+
+
 def _fatal(err, base: str) -> str | None:
     """The one-line diagnosis of an HTTP error that no item can get past, else ``None``."""
     if err.status_code in (401, 403):
@@ -161,7 +171,7 @@ def _fatal(err, base: str) -> str | None:
     if err.status_code in (404, 405):
         text = str(err)
         if "model" in text.lower():
-            return f"{base}: 404 model not found ({_one_line(getattr(err, 'message', text), 160)}): check --model"
+            return f"{base}: 404 model not found ({one_line(getattr(err, 'message', text), 160)}): check --model"
         return f"{base}: {err.status_code} on POST /chat/completions: {WRONG_URL}"
     return None
 
@@ -188,23 +198,23 @@ async def with_retries(create, opts: EndpointOptions, what: str = "/chat/complet
             if err.status_code == 429 or err.status_code >= 500:
                 last = err
                 continue
-            raise ItemError(f"HTTP {err.status_code}: {_one_line(err, 300)}", err.status_code) from None
+            raise ItemError(f"HTTP {err.status_code}: {one_line(err, 300)}", err.status_code) from None
         except openai.APIError as err:  # an answer the client cannot read as a chat completion
             raise EndpointError(f"{base}: POST {what} answered something that is not a chat "
-                                f"completion ({_one_line(err, 120)}): {WRONG_URL}") from None
-        choices = getattr(r, "choices", None)
-        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+                                f"completion ({one_line(err, 120)}): {WRONG_URL}") from None
+        choice = first_choice(r)
+        if choice is None:
             raise EndpointError(f"{base}: POST {what} answered something that is not a chat "
-                                f"completion ({_one_line(r, 60)!r}): {WRONG_URL}")
-        if choices[0].finish_reason == "abort":  # vLLM cut the answer off (shutting down): not an answer
+                                f"completion ({one_line(r, 60)!r}): {WRONG_URL}")
+        if choice.finish_reason == "abort":  # vLLM cut the answer off (shutting down): not an answer
             last = AbortedAnswer(f"the answer was aborted by the server after "
-                                 f"{len(choices[0].message.content or '')} characters")
+                                 f"{len(choice.message.content or '')} characters")
             continue
         return r
     if isinstance(last, openai.APIStatusError):
-        raise ItemError(f"HTTP {last.status_code} after {opts.retries + 1} tries: {_one_line(last, 300)}",
+        raise ItemError(f"HTTP {last.status_code} after {opts.retries + 1} tries: {one_line(last, 300)}",
                         last.status_code)
-    raise EndpointDown(f"{base} did not answer after {opts.retries + 1} tries: {_one_line(last, 200)}")
+    raise EndpointDown(f"{base} did not answer after {opts.retries + 1} tries: {one_line(last, 200)}")
 
 
 async def _ask(client, item: dict[str, Any], opts: EndpointOptions, suite: SuiteConfig, system: str | None,
@@ -257,7 +267,7 @@ async def _run(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOp
                     progress()
                 if counts["asked"] == 0 and counts["errors"] >= min(BREAKER, len(items) + 1):
                     raise EndpointError(f"{opts.base_url.rstrip('/')}: the first {counts['errors']} requests all "
-                                        f"failed (last: {_one_line(err, 160)}); not asking the rest") from None
+                                        f"failed (last: {one_line(err, 160)}); not asking the rest") from None
             return
         async with lock:
             _append(out_dir / PREDICTIONS, record | answer)
@@ -290,9 +300,9 @@ def ask_all(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOptio
     try:
         if bar:
             bar.start()
-        counts = asyncio.run(_run(todo, suite, opts, out_dir, system_prompt(suite, system_override),
-                                  (lambda: bar.update(advance=1)) if bar else None)) if todo else {"asked": 0,
-                                                                                                     "errors": 0}
+        counts = run_interruptible(_run(todo, suite, opts, out_dir, system_prompt(suite, system_override),
+                                        (lambda: bar.update(advance=1)) if bar else None)) if todo else \
+            {"asked": 0, "errors": 0}
     finally:
         if bar:
             bar.stop()

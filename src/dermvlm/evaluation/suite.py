@@ -13,13 +13,14 @@ from typing import Any
 from dermvlm.config import SuiteConfig
 from dermvlm.datasets.split_assignment import SplitTable
 from dermvlm.evaluation import cache, closed_set
-from dermvlm.evaluation.items import build_items, corrupted
+from dermvlm.evaluation.external import file_digest
+from dermvlm.evaluation.items import build_items, corrupted, data_path
 from dermvlm.evaluation.membership import check_held_out, write_members
 from dermvlm.evaluation.report import plots, write_report
 from dermvlm.evaluation.runner import FORMAT_REGEX, EndpointOptions, ask_all, kept_answers, probe, read_predictions
 from dermvlm.evaluation.runner import system_prompt as system_text
 from dermvlm.evaluation.score import score_predictions
-from dermvlm.io import atomic_write_text
+from dermvlm.io import atomic_write_text, claim
 from dermvlm.knowledge import load_graph
 
 
@@ -44,11 +45,19 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     out = Path(out)
     if serve_model is None and endpoint is None:
         raise ValueError("give an endpoint (URL and model name) or a model folder to serve")
+    opts = None
+    if serve_model is not None:  # a folder that cannot be served stops here, before anything is built or written
+        opts = serve_options_for(serve_model, serve_options, out / "server.log")
+        opts.validate()
     judge_card = probe(judge) if judge is not None else None  # a wrong judge stops here, before any question
-    if clean_items is None and suite.format != "recipe":  # a benchmark file: a bad row stops here, before any write
-        clean_items = build_items(suite.model_copy(update={"limit": None, "corruption": None}), out / "items",
+    # a benchmark file: only the rows asked are read, and its digest stands for its items whatever --limit reads
+    items_key = file_digest(data_path(suite, base)) if suite.format in ("tsv", "jsonl", "csv") else None
+    if clean_items is None and suite.format != "recipe":  # a bad row stops here, before any write
+        first = (limit or suite.limit) if items_key else None
+        clean_items = build_items(suite.model_copy(update={"limit": first, "corruption": None}), out / "items",
                                   overrides, base)
     out.mkdir(parents=True, exist_ok=True)
+    claim(out, "eval")
     override = system_prompt
     system = system_text(suite, override)
     suite = suite.model_copy(update={"limit": limit or suite.limit,
@@ -71,17 +80,16 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
             cache.clear(out)
         cache.check_and_store(out, key, reset_on_mismatch)
 
-    if serve_model is not None:
+    if opts is not None:
         from dermvlm.serving.server import VLLMServer
 
-        opts = serve_options_for(serve_model, serve_options, out / "server.log")
         folder = Path(opts.model)
         model = opts.model_name
         key = cache.make_key(model=model, model_id={"id": model, "root": str(folder), "parent": None,
                                                     "max_model_len": opts.max_model_len},
                              endpoint="", serve={"dtype": opts.dtype, "max_model_len": opts.max_model_len},
                              weights_dir=folder, suite=suite, system_prompt=system, items=every,
-                             format_regex=FORMAT_REGEX)
+                             format_regex=FORMAT_REGEX, items_key=items_key)
         start_over_or_check(key)  # before the server starts: a refusal costs nothing
         server = VLLMServer(opts)
         try:
@@ -99,7 +107,8 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
         root = card.get("root")
         local = root if root and cache.is_loopback(endpoint.base_url) and Path(root).is_dir() else None
         key = cache.make_key(model=endpoint.model, model_id=card, endpoint=endpoint.base_url, weights_dir=local,
-                             suite=suite, system_prompt=system, items=every, format_regex=FORMAT_REGEX)
+                             suite=suite, system_prompt=system, items=every, format_regex=FORMAT_REGEX,
+                             items_key=items_key)
         start_over_or_check(key)
         timing = ask_all(items, suite, endpoint, out, override, show_progress)
         scoring = closed_set.score(items, every, suite, endpoint, out, system)
