@@ -5,15 +5,21 @@ no temporary folder was left behind)."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import fcntl
+import http.server
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -38,6 +44,7 @@ class Case:
     code: int = 2
     out: list[str] = field(default_factory=list)
     check: Callable[[Path, str], None] | None = None
+    cls: str = ""  # the class of failure it belongs to (the second sweep's classes; empty for the first sweep's)
 
 
 def snapshot(root: Path, exclude: list[Path]) -> dict[str, tuple[int, int]]:
@@ -372,6 +379,410 @@ CASES = [
 ]
 
 
+# ------------------------------------------------------------------ the second sweep: its classes, two or more each
+
+class FakeEndpoint(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose chat answers depend on the first path segment: ``ok`` answers, ``e500``
+    fails, ``html`` / ``empty`` / ``nochoices`` / ``cut`` answer something that is not a chat completion; every
+    ``/v1/models`` lists model ``m``. ``/files/NAME`` serves ``FILES[NAME]`` (a download mirror)."""
+
+    FILES: ClassVar[dict[str, bytes]] = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        name = self.path.split("?")[0].removeprefix("/files/")
+        if self.path.startswith("/files/"):
+            return self._send(200, self.FILES[name], "application/octet-stream") if name in self.FILES \
+                else self._send(404, b"{}")
+        self._send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "root": "m"}]}).encode())
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        mode = self.path.strip("/").split("/")[0]
+        answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}]}
+        replies = {"e500": (500, b'{"error": {"message": "judge down"}}', "application/json"),
+                   "html": (200, b"<html><body>Welcome to nginx</body></html>", "text/html"),
+                   "empty": (200, b"{}", "application/json"), "cut": (200, b'{"choices": [{"mess', "application/json"),
+                   "nochoices": (200, b'{"id": "x", "choices": []}', "application/json")}
+        self._send(*replies.get(mode, (200, json.dumps(answer).encode(), "application/json")))
+
+
+_ENDPOINT: list[int] = []
+
+
+def endpoint(mode: str = "ok") -> str:
+    """The base URL of the fake endpoint in ``mode`` (one server for the module, started on first use)."""
+    if not _ENDPOINT:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _ENDPOINT.append(server.server_address[1])
+    return f"http://127.0.0.1:{_ENDPOINT[0]}/{mode}/v1"
+
+
+def png_bytes(side: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (190, 120, 100)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def benchmark(tmp: Path, rows: int = 3, name: str = "bench.jsonl", broken_after: int | None = None) -> Path:
+    """An open-question JSONL benchmark (answers are free text: the judge grades them)."""
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    lines = [json.dumps({"id": f"q{i}", "image": image if broken_after is None or i < broken_after else "bm90IGFu",
+                         "question": "What is shown?", "answer": "a naevus"}) for i in range(rows)]
+    path = tmp / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def eval_args(tmp: Path, *extra: str, data: Path | None = None, mode: str = "ok") -> list[str]:
+    return ["eval", str(ROOT / "eval" / "sample.yaml"), "--data", str(data or benchmark(tmp)), "--endpoint",
+            endpoint(mode), "--model", "m", "--out", str(tmp / "ev"), *extra]
+
+
+def judged(mode: str) -> Callable[[Path], list[str]]:
+    return lambda t: eval_args(t, "--judge-endpoint", endpoint(mode), "--judge-model", "m")
+
+
+def adapter(tmp: Path) -> Path:
+    folder = tmp / "adapter"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp / "base"), "r": 8}))
+    return folder
+
+
+_HELD: list[int] = []
+
+
+def hold_run_lock(tmp: Path, name: str = "nano-cpu") -> None:
+    """Take the run lock of ``runs/NAME`` as another process would (released by ``release_run_lock``)."""
+    (tmp / "runs").mkdir(exist_ok=True)
+    fd = os.open(tmp / "runs" / f".{name}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"`dermvlm pipeline` (pid 4242)\n")
+    _HELD.append(fd)
+
+
+def release_run_lock(tmp: Path, output: str) -> None:
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def npz(images: tuple[int, ...]) -> bytes:
+    """A DermaMNIST-shaped .npz whose train images have ``images`` shape (val/test: 2 images each)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    arrays = {}
+    for split, shape in (("train", images), ("val", (2, *images[1:])), ("test", (2, *images[1:]))):
+        arrays[f"{split}_images"] = np.zeros(shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.zeros((shape[0], 1), dtype=np.int64)
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_claiming(n: int) -> bytes:
+    """A small zip whose train_images header claims ``n`` images of 28 px (np.load would allocate them all)."""
+    import zipfile
+
+    import numpy as np
+
+    good = zipfile.ZipFile(io.BytesIO(npz((2, 28, 28, 3))))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in good.infolist():
+            data = good.read(info)
+            if info.filename == "train_images.npy":
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                             "shape": (n, 28, 28, 3)})
+                data = header.getvalue() + b"\0" * 1000
+            z.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def fetch_args(tmp: Path, name: str, content: bytes, size: str = "28") -> list[str]:
+    FakeEndpoint.FILES[name] = content
+    base = endpoint().removesuffix("/ok/v1") + "/files"
+    return ["data", "fetch", "dermamnist", "--size", size, "--url", base, "--out", str(tmp / "dm")]
+
+
+def outside_image() -> Path:
+    """An image outside any test's folder (the shared data's first ISIC image)."""
+    return sorted((SHARED_DATA / "isic_cc0" / "images").glob("*.jpg"))[0]
+
+
+def csv_text(tmp: Path, text: str) -> Path:
+    isic(tmp)
+    path = tmp / "labels.csv"
+    path.write_text(text)
+    return path
+
+
+def rows_text(tmp: Path) -> str:
+    return "".join(f"{p.name},{'melanoma' if i % 2 else 'nevus'}\n" for i, p in enumerate(isic(tmp)))
+
+
+def shorter_than(n: int) -> Callable[[Path, str], None]:
+    def check(tmp: Path, output: str) -> None:
+        assert len(output) < n, f"{len(output)} characters echoed"
+
+    return check
+
+
+BOMB = "bomb:\n  - &a [x, x, x, x, x, x, x, x, x]\n  - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+       "  - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n  - [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+HUGE = "x" * 1_000_000
+
+
+def with_bomb(path: Path) -> Path:
+    path.write_text(path.read_text() + BOMB.replace("bomb:", "# alias bomb\nzz_bomb:"))
+    return path
+
+
+SECOND_SWEEP = [
+    # ---- data loss: one output rule for every command that writes; run names; a lock per run
+    Case("merge into a foreign folder", lambda t: (foreign_folder(t), ["model", "merge", str(adapter(t)), "--out",
+                                                                      str(t / "out")])[-1],
+         ["--out", "was not written by dermvlm", "--force"], check=intact(), cls="output rule"),
+    Case("merge onto its own adapter", lambda t: ["model", "merge", str(adapter(t)), "--out", str(t / "adapter")],
+         ["that is (or holds, or is inside) the input"], cls="output rule",
+         check=lambda t, o: json.loads((t / "adapter" / "adapter_config.json").read_text())),
+    Case("eval into a foreign folder", lambda t: (foreign_folder(t, "ev"), eval_args(t))[-1],
+         ["--out", "was not written by dermvlm"], check=intact("ev"), cls="output rule"),
+    Case("kg export over a file", lambda t: ((t / "mine.json").write_text("my notes"),
+                                            ["kg", "export", "--out", str(t / "mine.json")])[-1],
+         ["the file exists", "--force"], cls="output rule",
+         check=lambda t, o: (t / "mine.json").read_text() == "my notes" or pytest.fail("replaced")),
+    Case("run name with ..", check_args(lambda c: c.update(name="../../escaped")),
+         ["run name '../../escaped'", "no '/' or '..'"], cls="output rule"),
+    Case("pipeline with an absolute run name", lambda t: ["pipeline", str(run_config(
+        t, lambda c: c.update(name=str(t / "elsewhere"))))], ["run name", "no '/' or '..'"], cls="output rule",
+        check=lambda t, o: (t / "elsewhere").exists() and pytest.fail("a folder outside output_dir was made")),
+    Case("pipeline while another holds the run", lambda t: (hold_run_lock(t), ["pipeline", str(run_config(
+        t, lambda c: None))])[-1], ["`dermvlm pipeline` (pid 4242) is already training this run"],
+        cls="output rule", check=release_run_lock),
+    Case("train while another holds the run", lambda t: (hold_run_lock(t), ["train", "dpo", str(run_config(
+        t, lambda c: None))])[-1], ["(pid 4242) is already training this run"], cls="output rule",
+        check=release_run_lock),
+    # ---- bounded resources: YAML aliases refused in every file read, echoed values cut, downloads checked
+    Case("alias bomb in a run config", lambda t: ["config", "check", str(with_bomb(run_config(t, lambda c: None)))],
+         ["YAML aliases are not accepted"], cls="bounded"),
+    Case("alias bomb in a recipe", lambda t: (shutil.copy(ROOT / "data_recipes" / "sample.yaml", t / "r.yaml"),
+                                              ["data", "build", str(with_bomb(t / "r.yaml")), "--out",
+                                               str(t / "out")])[-1],
+         ["r.yaml", "YAML aliases are not accepted"], cls="bounded"),
+    Case("alias bomb in a suite", lambda t: (shutil.copy(ROOT / "eval" / "sample.yaml", t / "s.yaml"),
+                                             ["eval", str(with_bomb(t / "s.yaml")), "--endpoint", endpoint(),
+                                              "--model", "m"])[-1], ["s.yaml", "YAML aliases"], cls="bounded"),
+    Case("a megabyte value in a config", check_args(stage_edit(4, trl={"loss_type": HUGE})),
+         ["loss_type", "more characters"], cls="bounded", check=shorter_than(3000)),
+    Case("a megabyte option value", lambda t: ["eval", str(ROOT / "eval" / "sample.yaml"), "--endpoint", endpoint(),
+                                               "--model", "m", "--corruption", HUGE, "--severity", "1"],
+         ["--corruption", "more characters"], cls="bounded", check=shorter_than(3000)),
+    Case("fetch: a .npz claiming a billion images", lambda t: fetch_args(t, "dermamnist.npz",
+                                                                         npz_claiming(10**9)),
+         ["claims 1,000,000,000 images"], cls="bounded",
+         check=lambda t, o: (t / "dm").exists() and pytest.fail("a failed fetch must leave nothing")),
+    Case("fetch: images of another size", lambda t: fetch_args(t, "dermamnist.npz", npz((3, 64, 64, 3))),
+         ["the images are 64 px, not the 28 px asked for"], cls="bounded"),
+    Case("eval --limit reads only the rows it asks", lambda t: eval_args(
+        t, "--limit", "2", data=benchmark(t, rows=6, broken_after=3)), ["report:"], 0, ["ev"], cls="bounded"),
+    # ---- a dependency's bad answer: an error naming it, non-zero exit when the work was not done
+    Case("judge answers HTTP 500", judged("e500"), ["the judge 'm' at", "e500/v1 gave no verdict on 3 answers",
+                                                    "HTTP 500"], 1, ["ev"], cls="dependency"),
+    Case("judge answers an HTML page", judged("html"), ["gave no verdict", "not a chat completion"], 1, ["ev"],
+         cls="dependency"),
+    Case("judge answers {}", judged("empty"), ["gave no verdict", "not a chat completion"], 1, ["ev"],
+         cls="dependency"),
+    Case("judge answers no choices", judged("nochoices"), ["gave no verdict", "not a chat completion"], 1, ["ev"],
+         cls="dependency"),
+    Case("judge answers cut-off JSON", judged("cut"), ["gave no verdict"], 1, ["ev"], cls="dependency"),
+    Case("fetch: the mirror answers an HTML page", lambda t: fetch_args(
+        t, "dermamnist.npz", b"<html><body>Please log in</body></html>"), ["not a DermaMNIST .npz (not a zip",
+                                                                          "error page"], cls="dependency"),
+    Case("endpoint answers an HTML page", lambda t: eval_args(t, mode="html"),
+         ["html/v1: POST /chat/completions answered something that is not a chat completion"], 2, ["ev"],
+         cls="dependency"),
+    # ---- messages that name the file, row or field and what to do
+    Case("CSV with a stray quote", lambda t: build_args(t, csv_text(t, "file,dx\n" + rows_text(t).replace(
+        ",nevus\n", ',"nevus\n', 1))), ["labels.csv: lines 2-", "a quote (\") opened on line 2"], cls="messages"),
+    Case("CSV label with a line break", lambda t: build_args(t, csv_text(t, "file,dx\n" + rows_text(t) + (
+        f'{isic(t)[0].name},"mela\nnoma"\n'))), ["labels.csv: lines 8-9 are read as one row"], cls="messages"),
+    Case("CSV header with spaces", lambda t: build_args(t, csv_text(t, "file, dx \n" + rows_text(t))),
+         ["missing column(s) dx", "' dx '", "has spaces around it"], cls="messages"),
+    Case("CSV row with an empty image cell", lambda t: build_args(t, csv_text(t, "file,dx\n" + rows_text(t)
+                                                                             + ",nevus\n")),
+         ["skipped 1 file(s)"], 0, ["out"], skipped_has("empty 'file' cell"), cls="messages"),
+    Case("no image usable says why", lambda t: (
+        (t / "imgs").mkdir(exist_ok=True), (t / "imgs" / "a.jpg").write_bytes(b""), (t / "imgs" / "b.jpg").write_text(
+            "hi"), build_args(t, labels_csv(t, [("a.jpg", "nevus"), ("b.jpg", "nevus")])))[-1],
+         ["no image could be used: all 2 were skipped", "a.jpg: empty file"], cls="messages"),
+    Case("Latin-1 benchmark TSV", lambda t: ((t / "b.tsv").write_bytes(
+        "index\timage\tquestion\tanswer\n1\tx\tQ?\tna\xefve\n".encode("latin-1")),
+        eval_args(t, data=t / "b.tsv"))[-1], ["b.tsv: line 2: not UTF-8", "re-save"], cls="messages"),
+    Case("Latin-1 benchmark JSONL", lambda t: ((t / "b.jsonl").write_bytes(
+        benchmark(t, rows=1).read_bytes() + b'{"question": "caf\xe9"}\n'), eval_args(t, data=t / "b.jsonl"))[-1],
+         ["b.jsonl: line 2: not UTF-8"], cls="messages"),
+    Case("eval --out naming a file", lambda t: ((t / "ev").write_text("x"), eval_args(t))[-1],
+         ["--out", "exists and is a file"], cls="messages"),
+    Case("fetch --out naming a file", lambda t: ((t / "dm").write_text("x"),
+                                                 fetch_args(t, "dermamnist.npz", npz((2, 28, 28, 3))))[-1],
+         ["--out", "exists and is a file"], cls="messages"),
+    Case("eval --serve of a stage folder", lambda t: (
+        (t / "stage" / "model").mkdir(parents=True), (t / "stage" / "model" / "config.json").write_text("{}"),
+        ["eval", str(ROOT / "eval" / "sample.yaml"), "--serve", str(t / "stage"), "--out", str(t / "ev")])[-1],
+         ["stage: not a model folder (no config.json)", "stage/model: serve that"], cls="messages"),
+    Case("chat --serve of a stage folder", lambda t: (
+        (t / "stage" / "model").mkdir(parents=True), (t / "stage" / "model" / "config.json").write_text("{}"),
+        ["chat", "--serve", str(t / "stage")])[-1], ["not a model folder", "serve that"], cls="messages"),
+    Case("learning rate 1e308", check_args(stage_edit(3, trl={"learning_rate": 1e308})),
+         ["sft).trl.learning_rate", "in (0, 1]"], cls="messages"),
+    Case("learning rate true", check_args(stage_edit(1, trl={"learning_rate": True})),
+         ["trl.learning_rate: true is not a float"], cls="messages"),
+    Case("seed 2**70", check_args(lambda c: c.update(seed=2**70)), ["seed", "4294967295"], cls="messages"),
+    Case("trl seed 2**70", check_args(stage_edit(2, trl={"seed": 2**70})), ["trl.seed", "at most 4,294,967,295"],
+         cls="messages"),
+    Case("max_steps 10**18", check_args(stage_edit(1, trl={"max_steps": 10**18})),
+         ["max_steps: must be at most 10,000,000"], cls="messages"),
+    Case("save_steps 10**12", check_args(stage_edit(3, trl={"save_steps": 10**12})),
+         ["save_steps: must be at most"], cls="messages"),
+    Case("chat page beyond loopback without a password", lambda t: ["chat", "--endpoint", endpoint(), "--model", "m",
+                                                                    "--host", "0.0.0.0"],
+         ["--host 0.0.0.0", "--page-password"], cls="messages"),
+    # ---- eval --data may not send files from anywhere on disk
+    Case("benchmark image_path absolute", lambda t: ((t / "b.jsonl").write_text(json.dumps(
+        {"image_path": str(outside_image()), "question": "Q?", "answer": "a"}) + "\n"),
+        eval_args(t, data=t / "b.jsonl"))[-1],
+        ["row 1, field image_path", "points outside the benchmark file's folder", "--allow-outside-images"],
+        cls="outside paths"),
+    Case("benchmark image_path with ..", lambda t: (isic(t), (t / "sub").mkdir(), (t / "sub" / "b.jsonl").write_text(
+        json.dumps({"image_path": "../imgs/" + isic(t)[0].name, "question": "Q?", "answer": "a"}) + "\n"),
+        eval_args(t, data=t / "sub" / "b.jsonl"))[-1], ["points outside the benchmark file's folder"],
+        cls="outside paths"),
+    Case("benchmark image_path outside, allowed", lambda t: ((t / "b.jsonl").write_text(json.dumps(
+        {"image_path": str(outside_image()), "question": "Q?", "answer": "a"}) + "\n"),
+        eval_args(t, "--allow-outside-images", data=t / "b.jsonl"))[-1], ["report:"], 0, ["ev"],
+        cls="outside paths"),
+    Case("audit: a labels path leaves --images", lambda t: (
+        shutil.copy(isic(t)[0], t / "outside.jpg"),
+        ["data", "audit", str(ROOT / "data_recipes" / "my_images.yaml"), "--out", str(t / "out"), "--images",
+         str(t / "imgs"), "--labels", str(labels_csv(t, [*good_rows(t), ("../outside.jpg", "nevus")])),
+         "--image-col", "file", "--label-col", "dx"])[-1], ["row 8, column 'file'", "points outside the images"],
+        cls="outside paths"),
+]
+CASES += SECOND_SWEEP
+SECOND_SWEEP_CLASSES = {"output rule", "bounded", "dependency", "messages", "outside paths"}
+
+
+@pytest.mark.parametrize("cls", sorted(SECOND_SWEEP_CLASSES))
+def test_each_class_has_two_or_more_cases_on_different_commands(cls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    commands = set()
+    for i, case in enumerate(c for c in SECOND_SWEEP if c.cls == cls):
+        (tmp_path / str(i)).mkdir()
+        argv = case.setup(tmp_path / str(i))
+        release_run_lock(tmp_path, "")
+        commands.add(" ".join(argv[:2] if argv[0] in ("data", "model", "kg", "config", "nano") else argv[:1]))
+    assert len(commands) >= 2, (cls, commands)
+
+
+
+# ---- security at the front door (in process, no vLLM: a request that passes the policy gets 502 from the absent
+# upstream, a refused one 400/413 and never reaches it)
+
+DATA_URL = "data:image/png;base64," + base64.b64encode(png_bytes(8)).decode()
+CANARY = "http://127.0.0.1:9/x.png"
+
+
+def chat_body(*parts: dict, **extra) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "Dx?"}]}],
+            **extra}
+
+
+@dataclass
+class Request:
+    name: str
+    body: dict | bytes
+    status: int
+    expect: str
+
+
+REQUESTS = [
+    Request("image_pil part with a URL", chat_body({"type": "image_pil", "image_pil": CANARY}), 400,
+            "content part type 'image_pil' is not accepted"),
+    Request("type-less part with a uuid", chat_body({"uuid": "u1", "image_pil": CANARY}), 400,
+            "a content part without a 'type'"),
+    Request("input_audio part", chat_body({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+            400, "'input_audio' is not accepted"),
+    Request("video_url part", chat_body({"type": "video_url", "video_url": {"url": CANARY}}), 400,
+            "'video_url' is not accepted"),
+    Request("image_embeds part", chat_body({"type": "image_embeds", "image_embeds": "AAAA"}), 400,
+            "'image_embeds' is not accepted"),
+    Request("image_url part hiding a second key", chat_body({"type": "image_url", "image_url": {"url": DATA_URL},
+                                                             "image_pil": CANARY}), 400, "with key 'image_pil'"),
+    Request("a repeated key", b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", '
+                              b'"type": "image_pil", "text": "x", "image_pil": "http://127.0.0.1:9/"}]}]}', 400,
+            "appears twice"),
+    Request("responses input_image", {"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": CANARY}]}]}, 400, "'input_image' is not accepted"),
+    Request("n=1000", chat_body({"type": "image_url", "image_url": {"url": DATA_URL}}, n=1000), 400,
+            "n: at most 16 completions"),
+    Request("max_tokens 10**9", chat_body({"type": "image_url", "image_url": {"url": DATA_URL}},
+                                          max_tokens=10**9), 400, "max_tokens: at most 1024 tokens"),
+    Request("best_of 64", {"model": "m", "prompt": "hi", "best_of": 64}, 400, "best_of: at most 16"),
+    Request("a data-URL image and text pass", chat_body({"type": "image_url", "image_url": {"url": DATA_URL}}),
+            502, "vLLM did not answer"),
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=[r.name for r in REQUESTS])
+def test_front_door_request(req: Request, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from dermvlm.serving.proxy import FrontDoor
+
+    async def send() -> httpx.Response:
+        door = FrontDoor(str(tmp_path / "absent.sock"), "k", "internal", frozenset(), max_tokens=1024)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=door), base_url="http://t") as client:
+            body = req.body if isinstance(req.body, bytes) else json.dumps(req.body).encode()
+            return await client.post("/v1/chat/completions", content=body, headers={
+                "Authorization": "Bearer k", "content-type": "application/json"})
+
+    r = asyncio.run(send())
+    assert r.status_code == req.status and req.expect in r.json()["error"]["message"], (r.status_code, r.text[:300])
+
+
+def test_front_door_request_body_limit(tmp_path, monkeypatch):
+    import asyncio
+
+    import httpx
+
+    from dermvlm.serving import proxy
+
+    monkeypatch.setattr(proxy, "MAX_BODY", 1 << 20)
+
+    async def send() -> httpx.Response:
+        door = proxy.FrontDoor(str(tmp_path / "absent.sock"), None, None, frozenset())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=door), base_url="http://t") as client:
+            return await client.post("/v1/chat/completions", content=b"x" * (2 << 20))
+
+    r = asyncio.run(send())
+    assert r.status_code == 413 and "over 1 MiB" in r.json()["error"]["message"]
+
+
 def test_matrix_has_at_least_60_cases():
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
 
@@ -437,3 +848,27 @@ def test_stage_folder_not_written_by_the_pipeline_is_refused(tmp_path):
     result = runner.invoke(app, ["pipeline", str(cfg)])
     assert result.exit_code == 2 and "was not written by the pipeline (no key.txt)" in result.output
     assert (stage_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_disk_filling_during_a_checkpoint_is_named(tmp_path):
+    """torch.save on a full disk raises ``RuntimeError: [enforce fail at inline_container.cc] ...``; the trainer's
+    checkpoint save turns it into the one-line disk error naming the folder."""
+    import errno
+
+    import torch
+
+    from dermvlm.disk import write_failure
+
+    target = tmp_path / "full"
+    if not _mount("full", target):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            torch.save({"w": torch.zeros(200_000)}, target / "optimizer.pt")
+        assert "inline_container.cc" in str(raised.value)
+        err = write_failure(raised.value, target)
+        assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.filename == str(target)
+        other = RuntimeError("CUDA out of memory")
+        assert write_failure(other, target) is other
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)

@@ -25,6 +25,7 @@ from dermvlm.io import atomic_write_text
 from dermvlm.manifest import Manifest, sha256_text
 from dermvlm.models.pixels import budget_side, image_side, write_pixels_file
 from dermvlm.ranks import is_main_process
+from dermvlm.run_lock import hold, locked_run
 from dermvlm.run_pixels import recorded_budget, run_processor, with_image_side
 from dermvlm.tracking import Tracker
 
@@ -211,6 +212,7 @@ def summarize(result, stage: StageSpec) -> dict[str, Any]:
     return info
 
 
+@locked_run
 def run_pipeline(cfg: RunConfig, source: str = "<config>", from_stage: str | None = None,
                  to_stage: str | None = None, evaluate: bool = True) -> Path:
     """Run the config checks, the data build, the checks before training (``held_out``), every stage not yet
@@ -331,6 +333,7 @@ def claim_run_dir(root: Path) -> None:
             and not (root / "manifest.json").exists():
         raise OutputError(f"{root}: the run folder exists and was not written by `dermvlm pipeline`; change the "
                           f"config's name or output_dir")
+    hold(root)  # one process per run: a second one stops here, naming the first
     if is_main_process():
         root.mkdir(parents=True, exist_ok=True)
         if written_by(root) is None:

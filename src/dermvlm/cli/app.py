@@ -31,7 +31,10 @@ class OneLineErrors(typer.core.TyperGroup):
             typer.echo(err.ctx.get_help() if err.ctx else err.format_message())
             sys.exit(err.exit_code)
         except click.ClickException as err:
-            typer.secho(f"error: {err.format_message().replace('Value error, ', '')}", fg=typer.colors.RED, err=True)
+            from dermvlm.echo import clip_lines
+
+            typer.secho(f"error: {clip_lines(err.format_message().replace('Value error, ', ''))}",
+                        fg=typer.colors.RED, err=True)
             sys.exit(err.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
 
@@ -114,6 +117,8 @@ def run() -> None:
     import errno
     import sys
 
+    from dermvlm.echo import clip_line
+
     def _stop(signum, _frame):  # SIGTERM unwinds like Ctrl-C, so every started server is stopped on the way out
         raise KeyboardInterrupt
 
@@ -141,7 +146,12 @@ def run() -> None:
                 typer.secho(f"error: cannot write: {DISK_ERRORS[name]} ({name}, in {type(err).__name__}); free "
                             f"space or choose another folder", fg=typer.colors.RED, err=True)
                 sys.exit(1)
-        typer.secho(f"error: unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                    f"(rerun with --debug for the traceback)", fg=typer.colors.RED, err=True)
+        if "inline_container.cc" in text:  # torch.save's report of a failed write
+            typer.secho(f"error: cannot write a PyTorch file ({type(err).__name__} in torch.save): most often the "
+                        "disk is full; free space or choose another folder", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+        first = clip_line(str(err).splitlines()[0]) if str(err) else ""
+        typer.secho(f"error: unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)",
+                    fg=typer.colors.RED, err=True)
         sys.exit(1)
 

@@ -43,8 +43,10 @@ def fresh_option(discards: str):
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: MESSAGE`` (one line) and exit with status 2: an input or usage problem."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """Print ``error: MESSAGE`` (one line, long values cut) and exit with status 2: an input or usage problem."""
+    from dermvlm.echo import clip_lines
+
+    typer.secho(f"error: {clip_lines(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 

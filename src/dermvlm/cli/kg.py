@@ -105,12 +105,18 @@ def kg_path(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argumen
 def kg_export(
     out: Annotated[Path, typer.Option(help="Output file.")],
     fmt: Annotated[Literal["graphml", "json"], typer.Option("--format", help="Export format.")] = "json",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Export the whole graph."""
+    from dermvlm.io import OutputError, check_output_file
     from dermvlm.knowledge.export import export
 
     if fmt not in ("graphml", "json"):
         fail(f"--format: {fmt!r} is not one of graphml, json")
+    try:
+        check_output_file(out, force)
+    except OutputError as err:
+        fail(str(err))
     typer.echo(f"wrote {export(_kg(), out, fmt)}")
 
 
@@ -166,14 +172,21 @@ def kg_derive(
     sources: Annotated[Path | None, typer.Option(help="Folder of knowledge sources (default: the data root's "
                                                  "knowledge/, ../shared/data/knowledge).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output JSON; default: the package's derived.json.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Regenerate the ontology-derived facts (derived.json) from the raw knowledge sources."""
     import json as _json
 
     from dermvlm.data_root import rerooted
-    from dermvlm.io import atomic_write_text
+    from dermvlm.io import OutputError, atomic_write_text, check_output_file
     from dermvlm.knowledge.derive import derive
     from dermvlm.knowledge.graph import DERIVED
+
+    try:
+        if out is not None:
+            check_output_file(out, force)
+    except OutputError as err:
+        fail(str(err))
 
     facts = derive(sources or Path(rerooted("../shared/data/knowledge")))
     path = atomic_write_text(out or DERIVED, _json.dumps(facts, indent=1, sort_keys=True) + "\n")

@@ -79,17 +79,22 @@ def model_merge(
     base_weights: Annotated[Literal["as-trained", "full"], typer.Option(
         help="as-trained: the base the adapter was trained on (a QLoRA adapter's 4-bit base, dequantized: the "
              "trained model); full: the unquantized base weights.")] = "as-trained",
+    force: Annotated[bool, typer.Option(help="Replace --out even if dermvlm did not write it.")] = False,
 ) -> None:
     """Merge a LoRA adapter into its base model: a standalone folder vLLM serves."""
+    from dermvlm.io import OutputError, check_output
     from dermvlm.models.merge import merge_adapter
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        check_output(out, "model merge", force, inputs=[adapter, *([base] if base and Path(base).exists() else [])])
+    except OutputError as err:
+        fail(str(err))
     merged = merge_adapter(adapter, out, base, dtype, base_weights)
     if merged.note:
         typer.echo(f"note: {merged.note}")
     typer.echo(f"merged into {merged.path} (--base-weights {merged.base_weights}: {merged.merged_into})")
-
 
 
 @model_app.command("push")

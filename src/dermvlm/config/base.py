@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A seed: torch, numpy and Python take 32-bit seeds; a bool is not one (strict: no true, no "3", no 3.0).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]
 
 
 class ConfigError(ValueError):

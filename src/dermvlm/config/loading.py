@@ -33,8 +33,17 @@ def read_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    from dermvlm import safe_yaml
+
     try:
-        return yaml.safe_load(p.read_text())
+        return safe_yaml.load(safe_yaml.read_text(p))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "re-save it as UTF-8") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except safe_yaml.AliasError as err:
+        raise ConfigError(f"{p}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

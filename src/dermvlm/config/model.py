@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dermvlm.config.base import Strict
+from dermvlm.config.base import Seed, Strict
 
 # The model families of ``dermvlm.models.families`` (one file each; a test keeps the two lists equal).
 FamilyName = Literal["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm", "llava_next"]
@@ -26,7 +26,7 @@ class NanoSpec(Strict):
 
     family: FamilyName | None = None
     preset: Literal["nano", "micro"] = "nano"
-    seed: int = 0
+    seed: Seed = 0
     min_pixels: int | None = Field(default=None, gt=0)
     max_pixels: int | None = Field(default=None, gt=0)
     patch_size: int | None = Field(default=None, ge=2, le=32)  # ViT patch (resize factor = patch x 2)

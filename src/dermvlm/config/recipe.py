@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dermvlm.config.base import Strict
+from dermvlm.config.base import Seed, Strict
 
 SOURCE_NAMES = Literal["dermamnist", "ham10000", "isic", "pad_ufes_20", "fitzpatrick17k", "ddi", "imagefolder",
                        "csv", "sample"]
@@ -128,7 +128,7 @@ class RecipeConfig(Strict):
     """A data recipe: sources → checked images → splits → the requested dataset kinds."""
 
     name: str
-    seed: int = 0
+    seed: Seed = 0
     description: str = ""
     sources: list[SourceSpec] = Field(min_length=1)
     image: ImageSpec = ImageSpec()

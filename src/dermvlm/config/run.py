@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dermvlm.config.base import Strict
+from dermvlm.config.base import Seed, Strict
 from dermvlm.config.model import ModelSpec
 from dermvlm.config.recipe import ImageSpec, Modality, SplitSpec
 from dermvlm.config.serving import DemoSpec, ServeSpec
-from dermvlm.config.stages import AnyStage
+from dermvlm.config.stages import STAGE_NAME_RE, AnyStage
 
 TrackerName = Literal["none", "tensorboard", "trackio", "mlflow", "wandb"]
 
@@ -54,7 +55,7 @@ class RunConfig(Strict):
     """One run of the workflow: model → data → stages → merged model → served."""
 
     name: str
-    seed: int = 0
+    seed: Seed = 0
     output_dir: str = "runs"
     model: ModelSpec
     data: DataSpec = DataSpec()
@@ -71,6 +72,15 @@ class RunConfig(Strict):
         """The tracking back-ends, ``none`` left out."""
         chosen = [self.logging] if isinstance(self.logging, str) else self.logging
         return [t for t in dict.fromkeys(chosen) if t != "none"]
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:  # the run folder is output_dir/NAME: it must stay there
+        if not re.match(STAGE_NAME_RE, name) or set(name) <= {"."} or name == "eval":
+            raise ValueError(f"run name {name[:80]!r}: it names the folder output_dir/NAME, so use letters, digits, "
+                             "'_', '-' or '.' (starting with a letter or digit, at most 64; no '/' or '..'; not "
+                             "'eval', where `dermvlm eval` writes)")
+        return name
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:

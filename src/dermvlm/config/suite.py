@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dermvlm.config.base import Strict
+from dermvlm.config.base import Seed, Strict
 from dermvlm.config.recipe import ImageSpec, SourceSpec, SplitName, SplitSpec
 
 CORRUPTION_NAMES = Literal["pixelate", "jpeg_compression", "gaussian_noise", "speckle_noise", "impulse_noise",
@@ -43,7 +43,7 @@ class SuiteConfig(Strict):
 
     name: str
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     sources: list[SourceSpec] = Field(default_factory=list)
     split: SplitName | Literal["all"] = "test"  # "all": every image of the sources (an external test set)
     split_fractions: SplitSpec = SplitSpec()
@@ -52,6 +52,7 @@ class SuiteConfig(Strict):
     # eval_item rows of a folder ``dermvlm data build`` (or the pipeline) wrote, its split as built.
     format: Literal["recipe", "tsv", "jsonl", "csv", "built"] = "recipe"
     data: str | None = None
+    allow_outside_images: bool = False  # image_path values may leave the data file's folder (absolute, ../)
     types: list[Literal["mcq", "open", "yes_no", "attribute"]] = Field(default_factory=lambda: ["mcq", "open"])
     options: int = Field(default=4, ge=2, le=10)
     distractors: Literal["graph", "dataset"] = "dataset"

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dermvlm import safe_yaml
+
 DATA = Path(str(resources.files("dermvlm.knowledge").joinpath("data")))
 FEATURE_KINDS = ("morphology", "colour", "border", "distribution", "site", "symptom", "dermoscopic")
 DISEASE_FEATURE_FIELDS = {  # disease entry field → (feature kind, edge relation)
@@ -92,7 +94,7 @@ class Curated:
     where: dict[str, str] = field(default_factory=dict)  # entry id → "file:line"
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(safe_yaml.Loader):
     """A YAML loader that records the line of every mapping under the key ``__line__``."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from dermvlm import safe_yaml
 from dermvlm.config import RecipeConfig
 from dermvlm.data_root import rerooted
 from dermvlm.datasets.adapters import SOURCES, load_source
@@ -122,14 +123,24 @@ def stratified_train_fraction(records: list[Record], fraction: float, seed: str)
     return [r for r in records if r.split != "train" or id(r) in keep]
 
 
+def no_image_message(skipped: list[tuple[str, str]]) -> str:
+    """Why a build has no image at all, with the skipped files' reasons (there is no output to hold a list)."""
+    if not skipped:
+        return "no image could be used: the sources list none; check the images folder and the labels CSV"
+    reasons = Counter(why for _, why in skipped)
+    examples = "; ".join(f"{Path(image).name or image}: {why[:100]}" for image, why in skipped[:3])
+    return (f"no image could be used: all {len(skipped)} were skipped ("
+            + ", ".join(f"{n} {why[:60]}" for why, n in reasons.most_common(3)) + f"), e.g. {examples}")
+
+
 def exclusions(recipe: RecipeConfig, base: Path | None = None) -> dict[str, str]:
     """The recipe's ``exclude:`` as image key → why (keys: id/stem, file name or path)."""
     entries = recipe.exclude
     if isinstance(entries, str):
         path = Path(locate(entries, base) or entries)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+            data = safe_yaml.load(safe_yaml.read_text(path)) or {}
+        except (OSError, ValueError, yaml.YAMLError) as err:
             raise DatasetError(f"exclude: cannot read {path} ({err}); give a list of image ids or the exclude.yaml "
                                "that 'dermvlm data audit' wrote") from None
         items = data.get("exclude") if isinstance(data, dict) else None
@@ -229,7 +240,7 @@ def build(recipe: RecipeConfig, out: str | Path, overrides: list[dict] | None = 
         if bar:
             bar.stop()
     if not kept:
-        raise DatasetError("no image could be used (see the skipped list)")
+        raise DatasetError(no_image_message(skipped))
     keep, dup = resolve_conflicts(kept, lambda i, r: clean[i].sha256, recipe.dedup.on_conflict, "image content")
     kept, clean = [kept[i] for i in keep], [clean[i] for i in keep]
     skipped += dup

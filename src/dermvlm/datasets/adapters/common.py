@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,27 +53,54 @@ class AdapterResult:
 
 def read_csv(path: str | Path, required: Iterable[str] = (), encoding: str = "utf-8") -> list[dict[str, str]]:
     """Rows of a CSV with clear errors for a missing, empty, non-UTF-8 or column-lacking file."""
+    return [row for _, row in read_csv_lines(path, required, encoding)]
+
+
+def read_csv_lines(path: str | Path, required: Iterable[str] = (), encoding: str = "utf-8"
+                   ) -> list[tuple[int, dict[str, str]]]:
+    """``(line, row)`` for every row of a CSV (``line``: its line in the file), with clear errors for a missing,
+    empty or non-UTF-8 file, missing columns (names shown exactly, spaces included) and a row that runs over
+    several lines (an unclosed quote, or a line break inside a value: neither is a label or a file name)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CSV not found: {path}")
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
         raise DatasetError(
-            f"{path}: not valid {encoding} (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            f"{path}: not valid {encoding} (byte 0x{err.object[err.start]:02x} on line {line}); "
             "re-save it as UTF-8 or set the source's encoding (e.g. encoding: latin-1)") from None
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise DatasetError(f"{path}: the CSV is empty")
-    reader = csv.DictReader(text.splitlines())
-    columns = reader.fieldnames or []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns = _one_line_row(reader, next(reader, []), 0, path)
     missing = [c for c in required if c not in columns]
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the CSV has: {', '.join(columns)}")
-    rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+        spaced = [c for c in columns if c != c.strip() and c.strip() in missing]
+        hint = f" (the name {spaced[0]!r} has spaces around it: remove them)" if spaced else ""
+        shown = ", ".join(c if c == c.strip() else repr(c) for c in columns)
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the CSV has: {shown}{hint}")
+    rows, last = [], reader.line_num
+    for row in reader:
+        start, last = last + 1, reader.line_num
+        row = _one_line_row(reader, row, start, path)
+        if any(cell.strip() for cell in row):
+            rows.append((start, {c: (row[i] if i < len(row) else "").strip() for i, c in enumerate(columns)}))
     if not rows:
         raise DatasetError(f"{path}: the CSV has a header but no rows")
     return rows
+
+
+def _one_line_row(reader, row: list[str], start: int, path: Path) -> list[str]:
+    """``row``, refused when the reader had to read it from several lines."""
+    first = start or 1
+    if reader.line_num > first:
+        raise DatasetError(f"{path}: lines {first}-{reader.line_num} are read as one row: a quote (\") opened on line "
+                           f"{first} closes only on line {reader.line_num}, or a value holds a line break; fix the "
+                           "quoting on line " + str(first))
+    return row
 
 
 def parse_fitzpatrick(value: Any) -> int | None:

@@ -6,7 +6,14 @@ import typing
 from pathlib import Path
 
 from dermvlm.config.recipe import Modality
-from dermvlm.datasets.adapters.common import SPLITS, DatasetError, RawRow, index_images, parse_fitzpatrick, read_csv
+from dermvlm.datasets.adapters.common import (
+    SPLITS,
+    DatasetError,
+    RawRow,
+    index_images,
+    parse_fitzpatrick,
+    read_csv_lines,
+)
 from dermvlm.datasets.group_detection import group_column
 
 MODALITIES = typing.get_args(Modality)
@@ -50,15 +57,18 @@ def load_csv(labels: Path, images: Path | None = None, image_col: str = "image",
     check_modality(modality)
     labels = Path(labels)
     required = [c for c in (image_col, label_col, group_col, split_col, site_col, fitzpatrick_col) if c]
-    rows = read_csv(labels, required=required, encoding=encoding)
+    rows = read_csv_lines(labels, required=required, encoding=encoding)
     if group_col is None:
-        group_col = group_column(list(rows[0]), [r.get(image_col, "") for r in rows], str(labels))
+        group_col = group_column(list(rows[0][1]), [r.get(image_col, "") for _, r in rows], str(labels))
     base = Path(images) if images else labels.parent
     found = index_images(base) if base.is_dir() else {}
     inside = base.resolve()
     out, skipped = [], []
-    for line, r in enumerate(rows, start=2):
+    for line, r in rows:
         name = r[image_col]
+        if not name:
+            skipped.append((f"{labels.name} line {line}", f"empty {image_col!r} cell"))
+            continue
         path = Path(name) if Path(name).is_absolute() else base / name
         if not path.exists():
             path = found.get(name) or found.get(Path(name).stem) or path
@@ -71,7 +81,8 @@ def load_csv(labels: Path, images: Path | None = None, image_col: str = "image",
             continue
         split = r.get(split_col) if split_col else None
         if split and split not in SPLITS:
-            raise DatasetError(f"{labels}: column {split_col!r} has {split!r}; allowed: {', '.join(SPLITS)}")
+            raise DatasetError(f"{labels}: row {line}, column {split_col!r} has {split!r}; allowed: "
+                               f"{', '.join(SPLITS)}")
         out.append(RawRow(image=str(path), source_label=r[label_col], split=split,
                           group_id=r.get(group_col) if group_col else None,
                           site=r.get(site_col) if site_col else None,
