@@ -1,7 +1,8 @@
 """Children die with their parent, whatever kills it: SIGKILL (an OOM kill, `docker kill`, a lost terminal) to each
 command that starts a vLLM server — `serve`, `chat --serve`, `eval --serve` and the pipeline's evaluation server —
 leaves, within 30 s, no process of the server behind and its port free. One kill per command family, each once the
-server answers /health (the case where an orphan would go on answering, without a key for `chat --serve`)."""
+server answers /health (the case where an orphan would go on answering, without a key for `chat --serve`). The
+mechanism, ``dermvlm.lifeline``, is also checked on its own for a child run to completion (the DPO sampler's)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,35 @@ from processes import alive, descendants, listening_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "dermvlm.cli"]
-pytestmark = pytest.mark.vllm
+PARENT = """
+import signal, subprocess, sys
+from dermvlm import lifeline
+signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))  # as the CLI does
+tree = "import subprocess, time; subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)"
+try:
+    lifeline.run([sys.executable, "-c", tree])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_child_run_under_a_lifeline_ends_with_its_parent(sig, tmp_path):
+    """``lifeline.run`` (the DPO sampler's vLLM engine runs this way): the child and the process it started end
+    within seconds of the parent's death by SIGKILL, and of its interruption by SIGTERM (which it survives)."""
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(descendants(proc.pid)) < 3:  # the lifeline, the child and its sleep
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    family = descendants(proc.pid)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=60)[0]
+    killed = time.monotonic()
+    while alive(family) and time.monotonic() - killed < 30:
+        time.sleep(0.1)
+    assert not alive(family), family
+    assert ("interrupted" in out) == (sig == signal.SIGTERM)
 
 
 def _healthy(port: int) -> bool:
@@ -89,12 +118,14 @@ def kill9_leaves_nothing(cmd: list[str], tmp_path: Path, startup: float = 600) -
         log.close()
 
 
+@pytest.mark.vllm
 def test_kill9_of_serve_leaves_nothing(trained_run, tmp_path):
     t = kill9_leaves_nothing([*CLI, "serve", str(trained_run["merged"]), "--port", "0", "--dtype", "float32",
                               "--log-file", str(tmp_path / "serve.log")], tmp_path)
     print(f"serve: ready in {t['ready_s']:.0f} s, everything gone {t['gone_s']:.1f} s after SIGKILL")
 
 
+@pytest.mark.vllm
 def test_kill9_of_chat_serve_leaves_nothing(trained_run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,12 +136,14 @@ def test_kill9_of_chat_serve_leaves_nothing(trained_run, tmp_path):
     print(f"chat --serve: ready in {t['ready_s']:.0f} s, everything gone {t['gone_s']:.1f} s after SIGKILL")
 
 
+@pytest.mark.vllm
 def test_kill9_of_eval_serve_leaves_nothing(trained_run, tmp_path):
     t = kill9_leaves_nothing([*CLI, "eval", str(ROOT / "eval" / "sample.yaml"), "--serve", str(trained_run["merged"]),
                               "--dtype", "float32", "--out", str(tmp_path / "out"), "--concurrency", "1"], tmp_path)
     print(f"eval --serve: ready in {t['ready_s']:.0f} s, everything gone {t['gone_s']:.1f} s after SIGKILL")
 
 
+@pytest.mark.vllm
 def test_kill9_of_the_pipelines_evaluation_server_leaves_nothing(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
     cfg.update(output_dir=str(tmp_path / "runs"), evaluate=[str(ROOT / "eval" / "sample.yaml")],

@@ -29,9 +29,9 @@ def sharding_from_env(env: dict[str, str] | None = None) -> Sharding:
 
 def sharding_from_config(path: Path) -> Sharding:
     """What an accelerate config file (``configs/accelerate/*.yaml``) will launch."""
-    import yaml
+    from dermvlm import safe_yaml
 
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    cfg = safe_yaml.load(safe_yaml.read_text(path)) or {}
     kind = str(cfg.get("distributed_type", "")).upper()
     if kind == "FSDP":
         return "fsdp"

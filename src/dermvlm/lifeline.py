@@ -2,7 +2,8 @@
 
 A child process (vLLM, the front door) outlives a parent killed with SIGKILL (an OOM kill, ``docker kill``, a lost
 terminal): it keeps its port, its memory and, for a server started without a key, answers anyone. ``wrap(cmd)``
-puts this small supervisor in front of a command: it runs ``CMD`` in its own process group (the group
+puts this small supervisor in front of a command (``VLLMServer``'s vLLM and front door; ``run(cmd)`` for a child
+that runs to completion, such as the DPO sampler's vLLM engine): it runs ``CMD`` in its own process group (the group
 ``start_new_session`` gave it) and watches the parent's pid. When the parent is gone (``os.getppid()`` changes;
 this works for the death of any thread of the parent, unlike ``PR_SET_PDEATHSIG``), or when the supervisor gets
 SIGTERM / SIGINT / SIGHUP, the command gets SIGTERM, ``GRACE_S`` seconds to stop and its whole group (vLLM's engine
@@ -27,6 +28,31 @@ POLL_S = 0.25
 def wrap(cmd: list[str], parent: int | None = None) -> list[str]:
     """``cmd`` under a supervisor that ends it when ``parent`` (default: this process) dies."""
     return [sys.executable, "-m", "dermvlm.lifeline", str(parent or os.getpid()), "--", *cmd]
+
+
+def run(cmd: list[str], **popen_kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` for a child that must not outlive this process: it runs under a lifeline in a
+    process group of its own; if this process is interrupted (Ctrl-C, SIGTERM turned into ``KeyboardInterrupt``)
+    the lifeline is asked to stop it (SIGTERM, then SIGKILL to the group), and if this process is killed outright
+    the lifeline does the same on its own."""
+    proc = subprocess.Popen(wrap(cmd), start_new_session=True, **popen_kwargs)
+    try:
+        return subprocess.CompletedProcess(proc.args, proc.wait())
+    except BaseException:
+        stop_group(proc)
+        raise
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = GRACE_S + 10) -> None:
+    """Stop a child started under a lifeline (in its own session): SIGTERM to the lifeline, which stops the command;
+    whatever of its group is still there after ``timeout`` gets SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _stop(child: subprocess.Popen) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from dermvlm import safe_yaml
 from dermvlm.config.base import ConfigError
 
 
@@ -19,7 +20,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. model.lora.r=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml.load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)})") from None
     return [p.strip() for p in parts], value

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dermvlm import lifeline
+
 CPU_KV_CACHE = 512 * 2**20  # bytes
 
 
@@ -65,8 +67,8 @@ def sample_in_child(model_dir: str, rows, k: int, max_new_tokens: int, seed: int
     cmd = [sys.executable, "-m", "dermvlm.training.vllm_sampling", model_dir, str(work / "rows"), str(out), str(k),
            str(max_new_tokens), str(seed), json.dumps(pixels.model_dump() if pixels is not None else None)]
     log = work / "vllm.log"
-    with open(log, "wb") as f:
-        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(log, "wb") as f:  # under a lifeline: the engine dies with this process, whatever kills it
+        done = lifeline.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if done.returncode != 0 or not out.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"vLLM sampling exited with code {done.returncode} (log: {log}): {' | '.join(tail)}")
