@@ -564,6 +564,10 @@ SECOND_SWEEP = [
                                             ["kg", "export", "--out", str(t / "mine.json")])[-1],
          ["the file exists", "--force"], cls="output rule",
          check=lambda t, o: (t / "mine.json").read_text() == "my notes" or pytest.fail("replaced")),
+    Case("init --out naming a folder", lambda t: ((t / "cfgdir").mkdir(), ["init", "--images", str(t / "imgs"),
+                                                 "--labels", str(labels_csv(t, good_rows(t))), "--out",
+                                                 str(t / "cfgdir"), "--force"])[-1],
+         ["--out", "cfgdir: is a folder; give a file name"], cls="output rule"),
     Case("run name with ..", check_args(lambda c: c.update(name="../../escaped")),
          ["run name '../../escaped'", "no '/' or '..'"], cls="output rule"),
     Case("pipeline with an absolute run name", lambda t: ["pipeline", str(run_config(

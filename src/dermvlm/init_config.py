@@ -198,12 +198,11 @@ def write_config(images: Path, labels: Path, out: Path, family: str = "qwen2_5_v
                  image_col: str | None = None, label_col: str | None = None, group_col: str | None = None
                  ) -> tuple[Path, Detected]:
     """Detect the columns and write the run config to ``out`` (an existing file only with ``force``)."""
-    from dermvlm.io import atomic_write_text
+    from dermvlm.io import atomic_write_text, check_output_file
     from dermvlm.models.families import FAMILIES
 
     if family not in FAMILIES:
         raise DatasetError(f"--family: unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    if out.exists() and not force:
-        raise DatasetError(f"{out}: the file exists; choose another --out or give --force to replace it")
+    check_output_file(out, force)  # a folder, or a file of someone else's, is not replaced
     found = detect_columns(images, labels, image_col, label_col, group_col)
     return atomic_write_text(out, config_text(images, labels, out, found, family)), found

@@ -26,11 +26,12 @@ def init(
     says which it guessed), maps unknown labels to the graph's closest names; paths relative to the config."""
     from dermvlm.datasets.adapters.common import DatasetError
     from dermvlm.init_config import run_name, write_config
+    from dermvlm.io import OutputError
 
     target = out or Path(f"{run_name(images)}.yaml")
     try:
         path, found = write_config(images, labels, target, family, force, image_col, label_col, group_col)
-    except (DatasetError, OSError) as err:
+    except (DatasetError, OutputError, OSError) as err:
         fail(str(err))
     for note in found.notes:
         typer.echo(f"  {note}")
