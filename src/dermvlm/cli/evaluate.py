@@ -127,7 +127,7 @@ def eval_run(
             cfg = with_image_side(cfg, image_side(serve) if serve else served_image_side(endpoint or "", model or "",
                                                                                         api_key))
             cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col,
-                                                   allow_outside_images), str(suite))
+                                                   allow_outside_images and labels is not None), str(suite))
             ep = EndpointOptions(base_url=endpoint or "", model=model or "", api_key=api_key or "EMPTY",
                                  concurrency=concurrency)
             judging = {}
