@@ -867,12 +867,12 @@ def test_a_disk_filling_during_a_checkpoint_is_named(tmp_path):
     if not _mount("full", target):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with pytest.raises(RuntimeError) as raised:
-            torch.save({"w": torch.zeros(200_000)}, target / "optimizer.pt")
+        with pytest.raises(RuntimeError) as raised, (target / "optimizer.pt").open("wb") as fh:
+            torch.save({"w": torch.zeros(200_000)}, fh)  # a file object: closed here, so the disk can be unmounted
         assert "inline_container.cc" in str(raised.value)
         err = write_failure(raised.value, target)
         assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.filename == str(target)
         other = RuntimeError("CUDA out of memory")
         assert write_failure(other, target) is other
     finally:
-        subprocess.run(["umount", str(target)], capture_output=True)
+        assert subprocess.run(["umount", str(target)], capture_output=True).returncode == 0, "the tmpfs is busy"
