@@ -60,3 +60,14 @@ def tcp_listeners(pids: set[int]) -> list[str]:
 
 def listening_ports(pids: set[int]) -> set[int]:
     return {int(address.rsplit(":", 1)[1], 16) for address in tcp_listeners(pids)}
+
+
+def front_door_port(pids: set[int]) -> int | None:
+    """The port of dermvlm's front door among ``pids`` (the process running ``dermvlm.serving.proxy``, not the
+    lifeline in front of it), or None while it is not listening yet."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[1:3] == [b"-m", b"dermvlm.serving.proxy"]:
+                return next(iter(listening_ports({pid})), None)
+    return None

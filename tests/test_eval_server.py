@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 from PIL import Image
-from processes import group_alive, listening_ports, proc_table
+from processes import descendants, front_door_port, group_alive, proc_table
 from typer.testing import CliRunner
 
 from dermvlm.cli import app
@@ -344,7 +344,7 @@ def test_sigterm_to_eval_serve_stops_its_vllm_server(trained_run, tmp_path):
             for kid in [p for p, (ppid, _, _) in proc_table().items() if ppid == proc.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     groups.add(os.getpgid(kid))
-                port = port or next(iter(listening_ports({kid})), None)
+            port = port or front_door_port(descendants(proc.pid))
             if port is not None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import alive, descendants, listening_ports
+from processes import alive, descendants, front_door_port, listening_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "dermvlm.cli"]
@@ -72,16 +72,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _front_door_port(pids: set[int]) -> int | None:
-    """The port of the front door among ``pids`` (the process running dermvlm.serving.proxy, not its lifeline)."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[1:3] == [b"-m", b"dermvlm.serving.proxy"]:
-                return next(iter(listening_ports({pid})), None)
-    return None
-
-
 def kill9_leaves_nothing(cmd: list[str], tmp_path: Path, startup: float = 600) -> dict[str, float]:
     """Run ``cmd`` until the server it started answers /health, SIGKILL the command alone, and check that within
     30 s no process it started is left and the server's port (and any port of the command itself) is free."""
@@ -93,7 +83,7 @@ def kill9_leaves_nothing(cmd: list[str], tmp_path: Path, startup: float = 600) -
         while True:
             assert proc.poll() is None, (tmp_path / "cmd.log").read_text()[-3000:]
             assert time.monotonic() - started < startup, "no server answered /health"
-            port = _front_door_port(descendants(proc.pid))
+            port = front_door_port(descendants(proc.pid))
             if port is not None and _healthy(port):
                 break
             time.sleep(0.5)
