@@ -787,6 +787,35 @@ def test_front_door_request_body_limit(tmp_path, monkeypatch):
     assert r.status_code == 413 and "over 1 MiB" in r.json()["error"]["message"]
 
 
+def test_an_error_vllm_answers_reaches_the_client_whole_with_its_message_cut():
+    """vLLM echoes refused values; the front door cuts the message and must still send the whole (new) body (it once
+    sent the headers of the cut answer and no body: the client read 'peer closed connection')."""
+    import asyncio
+
+    import httpx
+
+    from dermvlm.echo import LINE_LIMIT
+    from dermvlm.serving.proxy import _clipped, _pump
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def relay() -> None:
+        upstream = httpx.Response(400, headers={"content-type": "application/json"}, stream=httpx.ByteStream(
+            json.dumps({"error": {"message": "bad value: " + HUGE, "code": 400}}).encode()))
+        await _pump(await _clipped(upstream), send)
+
+    asyncio.run(relay())
+    headers = dict(sent[0]["headers"])
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert sent[0]["status"] == 400 and int(headers[b"content-length"]) == len(body)
+    message = json.loads(body)["error"]["message"]
+    assert message.startswith("bad value: ") and message.endswith("more characters)")
+    assert len(message) < LINE_LIMIT + 40
+
+
 def test_matrix_has_at_least_60_cases():
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
 

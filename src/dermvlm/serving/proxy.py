@@ -199,8 +199,11 @@ async def _clipped(response: httpx.Response) -> httpx.Response:
         data = json.dumps(payload).encode()
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"]
-    return httpx.Response(response.status_code, headers=headers, content=data)
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-length", "content-encoding")]  # aread() decoded the body
+    # a stream, not content=: httpx marks a content= response as already streamed, and _pump would send no body
+    return httpx.Response(response.status_code, headers=[*headers, ("content-length", str(len(data)))],
+                          stream=httpx.ByteStream(data))
 
 
 async def _pump(response: httpx.Response, send: Send) -> None:
