@@ -417,13 +417,22 @@ class FakeEndpoint(http.server.BaseHTTPRequestHandler):
         self._send(*replies.get(mode, (200, json.dumps(answer).encode(), "application/json")))
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    """The fake endpoint's server: a client that hangs up mid-answer (as the eval client does on an HTML page) is
+    not printed as a traceback into the captured output of the command under test."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 _ENDPOINT: list[int] = []
 
 
 def endpoint(mode: str = "ok") -> str:
     """The base URL of the fake endpoint in ``mode`` (one server for the module, started on first use)."""
     if not _ENDPOINT:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+        server = QuietServer(("127.0.0.1", 0), FakeEndpoint)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         _ENDPOINT.append(server.server_address[1])
     return f"http://127.0.0.1:{_ENDPOINT[0]}/{mode}/v1"
