@@ -4,6 +4,7 @@ or W&B without a key is refused in one line before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,7 +30,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("mlflow")
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def running_mlflow(work: Path):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend): yields its URL and process."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(work / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
@@ -49,19 +57,20 @@ def mlflow_server(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "MLflow server did not start"
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
-        os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
 
 
-def tiny_config(tmp_path: Path, logging) -> Path:
+def tiny_config(tmp_path: Path, logging, steps: int = 3) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "nano-cpu.yaml").read_text())
     cfg.update(name="tracked", output_dir=str(tmp_path / "runs"), logging=logging, evaluate=[])
     cfg["data"]["recipe"] = str(ROOT / "data_recipes" / "sample.yaml")
     cfg["stages"] = [{"name": "sft", "kind": "sft", "use_lora": True, "data": ["reasoning_trace"],
-                      "trl": {"max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1}}]
+                      "trl": {"max_steps": steps, "per_device_train_batch_size": 2, "logging_steps": 1}}]
     path = tmp_path / "tracked.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -127,3 +136,33 @@ def test_an_unreachable_server_or_wandb_without_a_key_is_one_line_and_writes_not
     r = CliRunner().invoke(app, ["pipeline", str(tiny_config(tmp_path, "wandb"))])
     assert r.exit_code == 2 and "no W&B API key" in r.output and "WANDB_MODE=offline" in r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_tracking_server_that_dies_mid_run_is_one_line_naming_it(tmp_path):
+    """The server answers at the start (the check passes), then is killed once the stage has logged a step: the
+    pipeline stops with one error line naming the server and what to do, no traceback, within MLflow's (shortened)
+    retries, and the stage's finished checkpoints stay for the rerun."""
+    with running_mlflow(tmp_path / "mlflow") as (url, server):
+        config = tiny_config(tmp_path, "mlflow", steps=20)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "dermvlm.cli", "pipeline", str(config)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        train_log = tmp_path / "runs" / "tracked" / "sft" / "train_log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (train_log.is_file() and train_log.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(server.pid, 9)
+        killed, at_step = time.monotonic(), len(train_log.read_text().splitlines())
+        out, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert proc.returncode == 2 and errors == lines[-1:], (out[-2000:], err[-3000:])
+    assert errors[0].startswith("error: logging: mlflow: the tracking server") and url in errors[0], errors
+    assert "during stage sft" in errors[0] and "rerun" in errors[0] and "Traceback" not in out + err
+    # MLflow's own failure notices (one per logged batch, and urllib3's per retry) are shown once, not per batch
+    assert sum("Failed to log run data" in line for line in lines) <= 1, lines
+    assert sum("Retrying" in line for line in out.splitlines()) <= 1, out[-3000:]
+    assert time.monotonic() - killed < 120
+    assert not (tmp_path / "runs" / "tracked" / "sft" / "done.json").exists()
+    print(f"tracking server killed after logged step {at_step}: one line {time.monotonic() - killed:.0f} s later")

@@ -10,7 +10,9 @@ to the same place.
 - **TensorBoard**: each stage's training log in ``runs/NAME/STAGE/logs``; **Trackio**: its local project.
 
 ``check()`` refuses, in one line and before anything trains, a tracking server that does not answer or W&B
-without a key when it is not offline."""
+without a key when it is not offline; a tracking server that stops answering during the run is a ``TrackingError``
+naming it (MLflow's client retries 3 times within about 7 s by default here, instead of its own 7 times over
+about 2 minutes; ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR`` / ``_TIMEOUT`` still decide)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,31 @@ def flat_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[f"{prefix}/{kind}/{key}"] = float(value)
     return out
+
+
+MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking server stopped answering during the run."""
+
+
+class _FirstOnly(logging.Filter):
+    """Lets a logger's first record through and drops the rest: MLflow's asynchronous logging queue and urllib3's
+    retries report a dead server once per batch and retry (hundreds of lines in one stage); ``TrackingError`` says
+    what happened, once, at the stage's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first, self.seen = not self.seen, True
+        return first
+
+
+NOISY_ON_A_DEAD_SERVER = ("mlflow.utils.async_logging.async_logging_queue", "urllib3.connectionpool")
 
 
 class Tracker:
@@ -94,6 +121,13 @@ class Tracker:
             return
         import mlflow
 
+        for key, value in MLFLOW_RETRIES.items():
+            os.environ.setdefault(key, value)
+        for name in NOISY_ON_A_DEAD_SERVER:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _FirstOnly) for f in logger.filters):
+                logger.addFilter(_FirstOnly())
+
         mlflow.set_tracking_uri(self.mlflow_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.run_name)
         self.mlflow_run = mlflow.start_run(run_name=self.run_name)
@@ -113,7 +147,8 @@ class Tracker:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            yield self.report_to
+            with self._server_answers(f"stage {name}"):
+                yield self.report_to
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -143,12 +178,13 @@ class Tracker:
         if "mlflow" in self.backends:
             import mlflow
 
-            self._start_mlflow()
-            mlflow.log_metrics(metrics)
-            for png in pngs:
-                mlflow.log_artifact(str(png), artifact_path=f"eval/{suite}")
-            if (Path(out_dir) / "report.md").is_file():
-                mlflow.log_artifact(str(Path(out_dir) / "report.md"), artifact_path=f"eval/{suite}")
+            with self._server_answers(f"the evaluation of {suite}"):
+                self._start_mlflow()
+                mlflow.log_metrics(metrics)
+                for png in pngs:
+                    mlflow.log_artifact(str(png), artifact_path=f"eval/{suite}")
+                if (Path(out_dir) / "report.md").is_file():
+                    mlflow.log_artifact(str(Path(out_dir) / "report.md"), artifact_path=f"eval/{suite}")
         if "wandb" in self.backends:
             import wandb
 
@@ -157,11 +193,34 @@ class Tracker:
             wandb.finish()
 
     def close(self) -> None:
+        """End the MLflow run; on a server that stopped answering only a warning (the run's own error, if any,
+        is the one to show)."""
         if self.mlflow_run is not None:
             import mlflow
+            from mlflow.exceptions import MlflowException
 
-            mlflow.end_run()
+            try:
+                mlflow.end_run()
+            except MlflowException as err:
+                log.warning("could not close the MLflow run at %s: %s", self.mlflow_uri(), str(err).splitlines()[0])
             self.mlflow_run = None
+
+    @contextmanager
+    def _server_answers(self, during: str) -> Iterator[None]:
+        """MLflow's client failing inside the block (the server stopped answering, or refused a request) as one
+        ``TrackingError`` naming the server; the stage resumes from its last checkpoint once it answers again."""
+        if "mlflow" not in self.backends:
+            yield
+            return
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as err:
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise TrackingError(f"logging: mlflow: the tracking server {self.mlflow_uri()} failed during {during} "
+                                f"({first}); start it again (or set logging: none) and rerun: finished stages are "
+                                "kept and a stage resumes from its last checkpoint") from None
 
 
 def _netrc_has(host: str) -> bool:

@@ -82,6 +82,7 @@ def pipeline(
     from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
     from dermvlm.recipes.run_data import with_data
+    from dermvlm.tracking import TrackingError
 
     try:
         cfg = with_data(load_config(config, overrides=overrides),
@@ -93,7 +94,7 @@ def pipeline(
                 typer.echo(line)
             return
         final = run_pipeline(cfg, str(config), from_stage, to_stage)
-    except (ConfigError, DatasetError, OutputError, PeerError) as err:
+    except (ConfigError, DatasetError, OutputError, PeerError, TrackingError) as err:
         fail(str(err))
     typer.echo(f"final model: {final}")
     manifest = Path(cfg.output_dir) / cfg.name / "manifest.json"
@@ -130,6 +131,7 @@ def train(
     from dermvlm.distributed import PeerError
     from dermvlm.io import OutputError
     from dermvlm.pipeline import run_pipeline
+    from dermvlm.tracking import TrackingError
 
     if kind not in STAGE_KINDS:
         fail(f"kind {kind!r}: choose one of {', '.join(STAGE_KINDS)}")
@@ -141,7 +143,7 @@ def train(
         if len(names) > 1:
             fail(f"{config}: {len(names)} {kind} stages ({', '.join(names)}); choose one with --stage NAME")
         final = run_pipeline(cfg, str(config), from_stage=names[0] if fresh else None, to_stage=names[0])
-    except (ConfigError, DatasetError, OutputError, PeerError) as err:
+    except (ConfigError, DatasetError, OutputError, PeerError, TrackingError) as err:
         fail(str(err))
     typer.echo(f"stage {names[0]} finished: {final}")
 
