@@ -25,6 +25,7 @@ from dermvlm.evaluation.runner import (
     EndpointOptions,
     ItemError,
     _append,
+    gather_or_cancel,
     messages_for,
     read_predictions,
     with_retries,
@@ -148,14 +149,7 @@ def score_all(items: list[dict[str, Any]], classes: dict[str, str], opts: Endpoi
                                        "logprobs": {k: round(v, 6) for k, v in scores.items()}})
             counts["scored"] += 1
 
-        tasks = [asyncio.create_task(one(it)) for it in todo]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
+        await gather_or_cancel([one(it) for it in todo], client)
 
     asyncio.run(run())
     return counts | {"wall_seconds": round(time.perf_counter() - started, 2)}

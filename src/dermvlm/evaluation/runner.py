@@ -275,7 +275,13 @@ async def _run(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOp
             if progress:
                 progress()
 
-    tasks = [asyncio.create_task(one(item)) for item in items]
+    await gather_or_cancel([one(item) for item in items], client)
+    return counts
+
+
+async def gather_or_cancel(coroutines: list, client) -> None:
+    """Run the requests together; the first failure cancels the rest (and is raised), and the client is closed."""
+    tasks = [asyncio.create_task(c) for c in coroutines]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -283,7 +289,6 @@ async def _run(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOp
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
-    return counts
 
 
 def ask_all(items: list[dict[str, Any]], suite: SuiteConfig, opts: EndpointOptions, out_dir: Path,
