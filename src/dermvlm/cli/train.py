@@ -157,11 +157,12 @@ def demo(
     from dermvlm.config import load_config
     from dermvlm.demo import run_demo
     from dermvlm.serving.server import ServerError
+    from dermvlm.tracking import TrackingError
 
     try:
         cfg = load_config(config, overrides=overrides)
         result = run_demo(cfg, str(config))
-    except (ConfigError, ServerError, ValueError) as err:
+    except (ConfigError, ServerError, TrackingError, ValueError) as err:
         fail(str(err))
     typer.echo("")
     typer.echo(f"model:    {result.model_dir}")
