@@ -46,7 +46,7 @@ def main() -> None:
     model = Path(a.model)
     if not (model / "config.json").exists():
         raise SystemExit(f"{model}: no model folder; run `make demo` first or pass --model")
-    # the row times answering the questions; class scores (one more request per class and open item) are off here
+    # the row times answering the questions; class scores (more requests per open item) are off here
     suite = load_config(ROOT / "eval" / "dermamnist_test.yaml", SuiteConfig).model_copy(update={"class_scores": False})
     res: dict = {"model": str(model)}
     with tempfile.TemporaryDirectory() as d:

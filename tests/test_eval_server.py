@@ -88,13 +88,12 @@ def test_class_scores_equal_transformers_logprobs_and_the_val_operating_point_ap
         server, trained_run, tmp_path):
     """Class scores of a closed-set suite: AUC and decodes on a 'val' run that fits the operating point, a run
     with the same classes that applies it unchanged, a 'test' run with other classes that refuses it; each score
-    is the served model's log P(answer | image, question), equal to the one transformers computes for the same
-    tokens in float32."""
+    is the served model's log-probability of the class's choice tokens given the image and question, equal to the one
+    transformers computes for the same tokens in float32."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from dermvlm.evaluation.class_scores import SCORES, answer_logprob, candidate_tokens, closed_classes, read_scores
-    from dermvlm.evaluation.runner import messages_for
+    from dermvlm.evaluation.class_scores import SCORES, candidate_tokens, choice_paths, closed_classes, read_scores
 
     suite = load_config(SUITE, SuiteConfig).model_copy(update={"types": ["open"], "split": "val"})
     val = run_suite(suite.model_copy(update={"operating_point": "fit"}), tmp_path / "val", endpoint=endpoint(server),
@@ -126,37 +125,35 @@ def test_class_scores_equal_transformers_logprobs_and_the_val_operating_point_ap
     else:
         assert other["operating_point"]["tau"] == fitted["tau"]
     assert not (tmp_path / "test" / "operating_point.json").exists()  # never fitted on test
-    # the served scores against transformers' own log-probabilities, token for token
+    # the served scores against transformers' own log-probabilities of each class's choice tokens
     from dermvlm.evaluation.items import build_items
 
     every = build_items(suite, tmp_path / "items", base=SUITE.parent)
     items, names = [it for it in every if it["type"] == "open"][:1], closed_classes(every)
     stored = read_scores(tmp_path / "val", json.loads((tmp_path / "val" / SCORES).read_text().splitlines()[0])["set"])
     ep = endpoint(server)
+    texts = {label: f"<answer>{name}</answer>" for label, name in names.items()}
+    tokens = dict(zip(texts, asyncio.run(candidate_tokens(ep, list(texts.values()))), strict=True))
+    paths = choice_paths(tokens)
+    assert all(steps for steps in paths.values())
+    assert val["run"]["class_scores"]["requests_per_item"] == len(
+        {node for steps in paths.values() for node, _ in steps})  # one request per node of the tree, not per class
     model = AutoModelForImageTextToText.from_pretrained(str(trained_run["merged"]), dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(str(trained_run["merged"]))
-    client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=120)
     for item in items:
         image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-        for label, name in names.items():
-            text = f"<answer>{name}</answer>"
-            tokens = asyncio.run(candidate_tokens(ep, [text]))[0]
-            r = client.chat.completions.create(
-                model="derm", messages=[*messages_for(item, None), {"role": "assistant", "content": text}],
-                max_tokens=1, temperature=0, extra_body={"continue_final_message": True, "add_generation_prompt": False,
-                                                         "prompt_logprobs": 0, "return_token_ids": True})
+        for label, text in texts.items():
             conversation = [{"role": "user", "content": [{"type": "image", "image": image},
                                                          {"type": "text", "text": item["question"]}]},
                             {"role": "assistant", "content": [{"type": "text", "text": text}]}]
             inputs = processor.apply_chat_template(conversation, continue_final_message=True, tokenize=True,
                                                    return_dict=True, return_tensors="pt")
-            assert inputs["input_ids"][0].tolist() == r.model_extra["prompt_token_ids"]  # the same prompt
-            with torch.no_grad():
-                logits = model(**inputs).logits[0].float()
             ids = inputs["input_ids"][0]
-            n = len(tokens)
-            expected = torch.log_softmax(logits[-n - 1:-1], -1).gather(1, ids[-n:, None]).sum().item()
-            assert answer_logprob(r, tokens) == pytest.approx(expected, abs=1e-4)
+            assert ids[-len(tokens[label]):].tolist() == tokens[label]  # the candidate ends the prompt as tokenized
+            with torch.no_grad():
+                logp = torch.log_softmax(model(**inputs).logits[0].float(), -1)
+            start = len(ids) - len(tokens[label])
+            expected = sum(logp[start + len(node) - 1, token].item() for node, token in paths[label])
             assert stored[item["id"]][label] == pytest.approx(expected, abs=1e-4)
     # what a page showing one answer calls: the same scores, ranked at the val operating point, and the sentence
     from dermvlm.evaluation.class_scores import score_image
@@ -226,7 +223,7 @@ def test_evaluation_resumes_after_the_server_is_killed(trained_run, tmp_path):
         return VLLMServer(ServeOptions(model=str(trained_run["merged"]), served_model_name="derm", dtype="float32",
                                        log_file=str(tmp_path / log), extra_args=["--no-enable-prefix-caching"]))
 
-    # the answers' resumption is what is checked: class scores (a request per class and item) stay off here
+    # the answers' resumption is what is checked: class scores (more requests per item) stay off here
     suite_file = tmp_path / "sample.yaml"
     suite_file.write_text(SUITE.read_text() + "class_scores: false\n")
     suite = load_config(suite_file, SuiteConfig)

@@ -171,7 +171,10 @@ def main() -> None:
             sys.exit(1)
     if args.collect:
         rows = {name: collect(name, out) for name in VARIANTS}
+        import records
+
         result = {"regime": REGIME, "seed": SEED, "split": "val", "quarter_budget": QUARTER,
+                  "code": records.code_state(),
                   "variants": {n: {"changes": {k: v for k, v in VARIANTS[n].items() if k != "kind"}, **r}
                                for n, r in rows.items() if r}}
         args.results.parent.mkdir(parents=True, exist_ok=True)
