@@ -25,7 +25,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --no-cache-dir --no-deps -q -r $(LOCK)
 	$(VENV)/bin/pip install --no-deps -q -e .
-	$(if $(wildcard $(GPU_MARK)),$(VENV)/bin/pip install -q pytest==9.2.0 ruff==0.17.6)
+	$(if $(wildcard $(GPU_MARK)),$(VENV)/bin/pip install -q pytest==9.2.0 pytest-xdist==3.8.0 ruff==0.17.6)
 	$(VENV)/bin/python -m dermvlm.torchvision_guard
 	@touch $@
 	@echo "setup done: $(VENV) ($$(du -sh $(VENV) | cut -f1))"
@@ -50,8 +50,11 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/dermvlm demo configs/nano-cpu.yaml
 
+# Two pytest workers (pytest-xdist), a test file to a worker: each test runs about one core busy (OMP_NUM_THREADS=1),
+# so one worker left the second core of these machines mostly idle. TEST_WORKERS=1 runs them one at a time.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # Every stage kind in 4-bit at Qwen2.5-VL-3B's and MedGemma-4B's real widths (1 layer), then served by vLLM: about
 # 13 minutes on 2 cores, so outside `make test` (pyproject's addopts deselect the realshape marker).

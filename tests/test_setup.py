@@ -53,7 +53,7 @@ def test_setup_gpu_is_kept_by_test_and_demo(project):
     os.utime(project / "requirements" / "gpu.lock", (future, future))  # the GPU lock changed: its set again
     calls = make(project, "test")
     assert "pip install --no-cache-dir --no-deps -q -r requirements/gpu.lock" in calls
-    assert not any("cpu.lock" in c for c in calls) and calls[-1] == "python -m pytest tests"
+    assert not any("cpu.lock" in c for c in calls) and calls[-1] == "python -m pytest -n 2 --dist loadfile tests"
 
 
 def test_plain_setup_installs_the_cpu_lock(project):
