@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -127,7 +126,6 @@ def main() -> None:
         "speedup": round(whole_s / choice_s, 2),
         "agreement": agreement([it["label"] for it in items], [whole[i] for i in ids], [choice[i] for i in ids],
                                list(classes)),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "versions": versions(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -15,6 +15,12 @@ from dermvlm import __version__
 from dermvlm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 runner = CliRunner()
 
 
@@ -88,6 +94,7 @@ def test_pipeline_resumes_finished_stages_and_reruns_changed_ones(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["stages"]) == set(names) and manifest["final_model"] == str(run / "dpo" / "model")
     assert manifest["versions"]["trl"] and len(manifest["inputs"]["data_key"]) == 16
+    assert manifest["versions"]["dermvlm_commit"].startswith(head_commit())  # the code it ran from
     assert all((run / s / "curves.png").is_file() for s in names)
     for stage in manifest["stages"].values():  # GPU peaks beside the CPU's; none without a GPU
         assert stage["peak_rss_mb"] > 0 and stage["gpu_peak_allocated_mb"] is stage["gpu_peak_reserved_mb"] is None

@@ -58,6 +58,7 @@ def test_suite_end_to_end_report_plots_and_compare(server, tmp_path, recipe_data
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 12
     for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class.png"):
         assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["versions"]["dermvlm_commit"]  # the code it ran from
     report = (out / "report.md").read_text()
     assert "| mcq |" in report and "![confusion_matrix](confusion_matrix.png)" in report
     types = result["metrics"]["types"]

