@@ -36,7 +36,7 @@ REGIMES = {"full": "data_recipes/dermamnist_learning.yaml",
            "low_resource": "data_recipes/dermamnist_learning_low.yaml"}
 MAIN_ARMS = ["sft_only", "sft_balanced", "plain_grpo", "grpo_plus", "grpo_nothink", "dermiq"]
 # The no-thinking arm answers a low-resource question (item 6 of the v3 issue): it runs there only, which keeps the
-# benchmark's cost down (README: compute, which estimates the whole at 14-18 hours on 2 cores).
+# benchmark's cost down (README: compute, which estimates the whole at about 12.6 hours on 2 cores).
 REGIME_ARMS = {"full": [a for a in MAIN_ARMS if a != "grpo_nothink"], "low_resource": list(MAIN_ARMS)}
 # GRPO++ switches and the value that flips each (DESIGN.md: GRPO++).
 SWITCHES: dict[str, dict[str, Any]] = {

@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pretrain-frozen": {"kind": "pretrain", "from": "vision-ls0-t4", "pretrain": {"freeze": ["vision"]}},
     "pretrain-tower0.1": {"kind": "pretrain", "from": "vision-ls0-t4",
                           "pretrain": {"freeze": [], "lr_scale": {"vision": 0.1}}},
+    # 16 tokens raised the head's AUC: does the served VLM keep it after the language pretrain?
+    "pretrain-frozen-t16": {"kind": "pretrain", "from": "vision-ls0-t16", "pretrain": {"freeze": ["vision"]}},
     "grpo_plus-g8": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus"},
     # the same with the pre-v3 trainer (zero-variance replacement by re-padding a second generation call): run as
     # `python <driver> runs/tuning/configs/...` with dermvlm.training.grpo.make_trainer_class taken from the trainer.py
@@ -116,7 +118,7 @@ def head_scores(run: Path) -> dict[str, Any]:
     objective.load_state_dict({k: v for k, v in load_file(str(run / "vision" / "head" / "head.safetensors")).items()
                                if k.startswith("head.")})
     val = load_from_disk(str(run / "data" / "image_label"))["val"]
-    _, logits = extract(objective, processor, val)
+    _, logits = extract(objective, processor, val, vlm.device)
     scores = torch.log_softmax(torch.from_numpy(logits), -1).numpy()
     return {"ids": list(range(len(val))), "gold": list(val["label"]), "classes": info["classes"],
             "pred": [info["classes"][i] for i in scores.argmax(1)], "scores": scores.round(4).tolist()}
@@ -142,6 +144,7 @@ def collect(name: str, out: Path) -> dict[str, Any] | None:
         split = records._split(run, "learning_val")
         row = {"seconds": sum(json.loads(d.read_text())["seconds"] for d in run.glob("*/done.json")),
                "scored_by": "the served VLM (vLLM)"}
+    row["code"] = records.run_code(run)  # the code the variant ran from (noted when it started)
     rec = {"kind": "vlm", "val": split, "test": split}
     view = report.view(rec, "test")
     for stat in [("scores", "auc"), ("as_generated", "accuracy"), ("as_generated", "balanced_accuracy"),
@@ -170,11 +173,10 @@ def main() -> None:
         if any(r["rc"] for r in done.values()):
             sys.exit(1)
     if args.collect:
-        rows = {name: collect(name, out) for name in VARIANTS}
-        import records
-
+        # a variant not found under --out keeps what an earlier collect wrote (with the code it ran from, if noted)
+        earlier = json.loads(args.results.read_text())["variants"] if args.results.is_file() else {}
+        rows = {name: collect(name, out) or earlier.get(name) for name in VARIANTS}
         result = {"regime": REGIME, "seed": SEED, "split": "val", "quarter_budget": QUARTER,
-                  "code": records.code_state(),
                   "variants": {n: {"changes": {k: v for k, v in VARIANTS[n].items() if k != "kind"}, **r}
                                for n, r in rows.items() if r}}
         args.results.parent.mkdir(parents=True, exist_ok=True)
