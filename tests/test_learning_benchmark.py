@@ -70,7 +70,7 @@ def test_base_config_builds_the_seeded_micro_model_vision_then_pretrain(regime, 
     cfg = validate(arms.base_run_config(regime, 2, tmp_path), RunConfig)
     assert cfg.model.nano.preset == "micro" and cfg.model.nano.seed == 2 and cfg.seed == 2
     assert [(s.name, s.kind) for s in cfg.stages] == [("vision", "vision"), ("pretrain", "sft")]
-    assert cfg.stages[1].freeze == ["vision"]
+    assert cfg.stages[1].freeze == [] and cfg.stages[1].lr_scale == {"vision": 0.1}  # the tower at a tenth of the rate
     from dermvlm.config import RecipeConfig, load_config
 
     recipe = load_config(Path(__file__).resolve().parents[1] / cfg.data.recipe, RecipeConfig)

@@ -39,11 +39,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "vision-ls0-t4": {"kind": "vision", "vision": {"label_smoothing": 0.0}},
     "vision-ls0-t16": {"kind": "vision", "vision": {"label_smoothing": 0.0},
                        "nano": {"patch_size": 4, "min_pixels": 32 * 32, "max_pixels": 32 * 32}},
-    "pretrain-frozen": {"kind": "pretrain", "from": "vision-ls0-t4", "pretrain": {"freeze": ["vision"]}},
+    "pretrain-frozen": {"kind": "pretrain", "from": "vision-ls0-t4",
+                        "pretrain": {"freeze": ["vision"], "lr_scale": {}}},
     "pretrain-tower0.1": {"kind": "pretrain", "from": "vision-ls0-t4",
                           "pretrain": {"freeze": [], "lr_scale": {"vision": 0.1}}},
     # 16 tokens raised the head's AUC: does the served VLM keep it after the language pretrain?
-    "pretrain-frozen-t16": {"kind": "pretrain", "from": "vision-ls0-t16", "pretrain": {"freeze": ["vision"]}},
+    "pretrain-frozen-t16": {"kind": "pretrain", "from": "vision-ls0-t16",
+                            "pretrain": {"freeze": ["vision"], "lr_scale": {}}},
     "grpo_plus-g8": {"kind": "arm", "from": "pretrain-frozen", "arm": "grpo_plus"},
     # the same with the pre-v3 trainer (zero-variance replacement by re-padding a second generation call): run as
     # `python <driver> runs/tuning/configs/...` with dermvlm.training.grpo.make_trainer_class taken from the trainer.py
