@@ -64,3 +64,29 @@ def test_the_command_line_replaces_only_what_it_names():
                      {"labels": "/b.csv", "images": "/photos"})
     assert mine.data.label_map == {"x": "melanoma"} and mine.data.recipe == "data_recipes/sample.yaml"
     assert (mine.data.labels, mine.data.images, mine.data.image_col) == ("/b.csv", "/photos", None)
+
+
+def test_one_image_under_two_labels_stops_the_check_and_data_dedup_in_the_run_config_resolves_it(tmp_path,
+                                                                                                 monkeypatch):
+    """The error names a field the user can set in their own run config, and `config check` sees what the build
+    would stop on."""
+    folder = photos(tmp_path)
+    first = (folder / "labels.csv").read_text().splitlines()[1].split(",")
+    with (folder / "labels.csv").open("a") as f:
+        f.write(",".join([first[0], first[1], "NEV" if first[2] != "NEV" else "BCC", first[3]]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                    "mine.yaml"]).exit_code == 0
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert check.exit_code == 2 and "1 image(s) appear under two labels" in check.output, check.output
+    assert "data.dedup.on_conflict" in check.output and first[0] in check.output
+    cfg = yaml.safe_load((tmp_path / "mine.yaml").read_text())
+    cfg["data"]["dedup"] = {"on_conflict": "drop"}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert check.exit_code == 0 and "7 images in 7 groups" in check.output, check.output
+    build = CliRunner().invoke(app, ["data", "build", "mine.yaml", "--out", "out"])
+    assert build.exit_code == 0, build.output
+    splits = (tmp_path / "out" / "splits.csv").read_text()
+    assert first[0] not in splits and len(splits.strip().splitlines()) == 1 + 7
+    assert "conflicting labels" in (tmp_path / "out" / "skipped.csv").read_text()

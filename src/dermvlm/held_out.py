@@ -41,14 +41,15 @@ def held_out_suite(cfg: RunConfig, data_dir: Path, recipe: RecipeConfig) -> Suit
                        max_tokens=MAX_TOKENS, seed=cfg.seed)
 
 
-def planned_records(recipe: RecipeConfig, base: Path, table: SplitTable | None = None):
-    """The records a build of ``recipe`` will split, with their splits (nothing decoded)."""
+def planned_records(recipe: RecipeConfig, base: Path, table: SplitTable | None = None, on_conflict: str = "first"):
+    """The records a build of ``recipe`` will split, with their splits (nothing decoded); one file listed under two
+    labels is resolved by ``on_conflict`` (the build's own policy to stop where the build would)."""
     from dermvlm.datasets.conflicts import resolve_conflicts
     from dermvlm.knowledge import load_graph
     from dermvlm.recipes.build import collect_records
 
     records, _, _ = collect_records(recipe, load_graph(), base=base)
-    keep, _ = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), "first")
+    keep, _ = resolve_conflicts(records, lambda i, r: str(Path(r.image).resolve()), on_conflict)
     records = [records[i] for i in keep]
     assign_splits(records, recipe.split.val, recipe.split.test, recipe.seed, table)
     return records

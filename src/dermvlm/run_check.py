@@ -52,7 +52,7 @@ def check_data(p: RunPlan) -> str:
     if not p.plan:
         return f"data: {what}"
     try:
-        p.records = planned_records(p.recipe, p.base)
+        p.records = planned_records(p.recipe, p.base, on_conflict=p.recipe.dedup.on_conflict)
     except (DatasetError, UnknownLabelError) as err:
         raise ConfigError(f"{p.source}: data: {err}") from None
     from dermvlm.datasets.small_data import small_data_warnings

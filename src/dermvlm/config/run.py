@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dermvlm.config.base import Seed, Strict
 from dermvlm.config.model import ModelSpec
-from dermvlm.config.recipe import ImageSpec, Modality, SplitSpec
+from dermvlm.config.recipe import DedupSpec, ImageSpec, Modality, SplitSpec
 from dermvlm.config.serving import DemoSpec, ServeSpec
 from dermvlm.config.stages import STAGE_NAME_RE, AnyStage
 
@@ -38,6 +38,7 @@ class DataSpec(Strict):
     exclude: str | list[str] = Field(default_factory=list)  # image ids, or the exclude.yaml `data audit` wrote
     split: SplitSpec | None = None  # val/test fractions (default: the recipe's, else 0.1/0.2)
     image: ImageSpec | None = None  # stored image size (default: the recipe's)
+    dedup: DedupSpec | None = None  # duplicates and one image under two labels (default: the recipe's)
 
     @model_validator(mode="after")
     def _one_way_in(self) -> DataSpec:

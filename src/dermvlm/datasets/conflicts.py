@@ -51,6 +51,6 @@ def resolve_conflicts(records: Sequence[Record], key: Callable[[int, Record], An
                  for first, idx, labels in conflicts[:10]]
         more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
         raise DatasetError(f"{len(conflicts)} {what}(s) appear under two labels (contradictory gold labels):\n"
-                           + "\n".join(lines) + more + "\nFix the labels, or set dedup.on_conflict: drop (leave them "
-                           "out) or first (keep the first listing)")
+                           + "\n".join(lines) + more + "\nFix the labels, or set dedup.on_conflict (a run config: "
+                           "data.dedup.on_conflict): drop (leave them out) or first (keep the first listing)")
     return [i for i in range(len(records)) if i not in drop], skipped

@@ -80,7 +80,8 @@ def resolve(records: list[Record], report: DuplicateReport, policy: str) -> list
     if policy == "error":
         i, j = crossing[0]
         raise DatasetError(f"{len(crossing)} duplicate image pair(s) across splits, e.g. {records[i].image} "
-                           f"({records[i].split}) and {records[j].image} ({records[j].split}); set dedup.policy")
+                           f"({records[i].split}) and {records[j].image} ({records[j].split}); set dedup.policy: "
+                           "drop_train or report (a run config: data.dedup.policy)")
     drop = set()
     for i, j in crossing:
         loser = i if SPLIT_RANK[records[i].split] > SPLIT_RANK[records[j].split] else j

@@ -29,7 +29,8 @@ def check_leakage(records: list[Record], duplicate_pairs: list[tuple[int, int]] 
         problems.append(f"{len(bad)} duplicate image pair(s) across splits, e.g. {eg}")
     if problems:
         raise LeakageError("data leakage: " + "; ".join(problems)
-                           + ". Fix the groups, or set dedup.policy to drop the training copies.")
+                           + ". Fix the groups, or set dedup.policy: drop_train to drop the training copies (a run "
+                           "config: data.dedup.policy).")
 
 
 def split_counts(records: list[Record]) -> dict[str, int]:

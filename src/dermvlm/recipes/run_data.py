@@ -2,9 +2,10 @@
 
 ``data.recipe`` (default ``data_recipes/sample.yaml``; with ``data.labels`` and no recipe, every dataset kind of
 your own images) with what ``data:`` names merged in: your images folder and labels CSV, its columns, the group
-column, ``label_map``, ``on_unknown_label``, exclusions, split fractions, stored image size. A field replaces only
-what it names: the recipe's ``label_map`` and other options survive. The command line (``--images``, ``--labels``,
-``--group-col`` ... of ``data build``, ``data audit``, ``eval``, ``pipeline``) goes through the same merge.
+column, ``label_map``, ``on_unknown_label``, exclusions, split fractions, stored image size, duplicate handling. A
+field replaces only what it names: the recipe's ``label_map`` and other options survive. The command line
+(``--images``, ``--labels``, ``--group-col`` ... of ``data build``, ``data audit``, ``eval``, ``pipeline``) goes
+through the same merge.
 
 Relative paths in a run config are read from **the config file's folder**; a path that is not there is also
 looked for from the working directory and from the folder above the config's (so ``configs/x.yaml`` may name
@@ -49,8 +50,9 @@ def config_path(value: str, config_file: str | Path | None) -> Path:
 
 def merged_sources(sources: list[dict[str, Any]], given: dict[str, Any]) -> list[dict[str, Any]]:
     """``sources`` (dumped ``SourceSpec``s) with what ``given`` names: ``source``/``root`` replace them with that
-    adapter; CSV options (``images``, ``labels``, columns, ``modality``) go into the first ``csv`` source, or a new
-    one when there is none; ``label_map`` entries are added, ``on_unknown_label`` replaced. Nothing else changes."""
+    adapter; CSV options (``images``, ``labels``, columns, ``modality``) go into the first ``csv`` source, or, when
+    there is none and ``labels`` is given, a csv source replaces the recipe's sources (your images alone);
+    ``label_map`` entries are added, ``on_unknown_label`` replaced. Nothing else changes."""
     given = {k: v for k, v in given.items() if v not in (None, {}, [])}
     if not given:
         return sources
@@ -117,7 +119,7 @@ def run_recipe(cfg: RunConfig, config_file: str | Path | None = None) -> tuple[R
     if spec.exclude:
         data["exclude"] = (str(config_path(spec.exclude, config_file)) if isinstance(spec.exclude, str)
                            else list(spec.exclude))
-    for key in ("split", "image"):
+    for key in ("split", "image", "dedup"):
         if getattr(spec, key) is not None:
             data[key] = getattr(spec, key).model_dump()
     try:
