@@ -182,8 +182,8 @@ def config_text(images: Path, labels: Path, out: Path, found: Detected, family: 
     head = (f"# Written by `dermvlm init` for {rel(labels)}; paths are relative to this file's folder.\n"
             "# Check it: dermvlm config check THIS.yaml; preview: dermvlm pipeline THIS.yaml --dry-run;\n"
             "# run: dermvlm pipeline THIS.yaml (trains, then evaluates the held-out test split).\n"
-            "# A real model: set model.name_or_path (drop model.nano) and take the stages of\n"
-            "# configs/qwen2.5-vl-3b-qlora.yaml or another GPU config.\n")
+            "# A real model: take model: (name_or_path, dtype, 4-bit, LoRA), serve: and the stages of\n"
+            "# configs/qwen2.5-vl-3b-qlora.yaml or another GPU config (drop model.nano).\n")
     body = {"name": run_name(images), "seed": 0, "output_dir": "runs",
             "model": {"nano": {"preset": "nano", "seed": 0, "family": family}, "dtype": "float32",
                       "quantization": {"load_in_4bit": False}, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
