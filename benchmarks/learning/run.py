@@ -292,7 +292,8 @@ def main() -> None:
                          "same unlabelled images)")
     ap.add_argument("--variant-arms", nargs="*", default=[], help="arms trained on each base variant, e.g. grpo_plus")
     ap.add_argument("--no-cnn", action="store_true")
-    ap.add_argument("--only", default=None, help="one job, REGIME/ARM/SEED (ARM: base, cnn or an arm), with its base")
+    ap.add_argument("--only", default=None,
+                    help="one job, REGIME/ARM/SEED (ARM: base, cnn or an arm); an arm with its base, the CNN alone")
     ap.add_argument("--keep-model", type=Path, default=None,
                     help="with --only: copy the final model (the CNN: its weights) here when it finishes")
     ap.add_argument("--budget", type=int, default=BUDGET, help="post-training sequences per arm")
@@ -348,6 +349,8 @@ def main() -> None:
                 if variant == "base_ssl" and not args.no_cnn:
                     jobs.append((f"{regime}/cnn_ssl-s{seed}", cnn_job(regime, seed, out_root, None, args.cnn_epochs,
                                                                       unlabelled=True), base))
+    if args.only and args.arms == [] and not args.no_cnn:  # the CNN alone: it needs the regime's data, not the base
+        jobs = [(n, job, None) for n, job, _ in jobs if not n.endswith("-base")]
     jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
     if args.eval_limit:
         for _, job, _ in jobs:
