@@ -394,3 +394,38 @@ def test_robustness_sweep_one_server_cached_runs_and_summary(server, tmp_path, r
     assert again == summary  # every run answered from its own cache
     run = json.loads((out / "brightness_down-1" / "metrics.json").read_text())["run"]
     assert run["asked"] == 0 and run["skipped_as_done"] == 6
+
+
+def test_eval_log_mlflow_puts_metrics_and_plots_in_its_own_store_and_a_dead_server_stops_it_first(
+        server, tmp_path, monkeypatch):
+    """A standalone evaluation reaches the tracker as the pipeline's does: the metrics it wrote and its plots, in
+    the store beside its answers (nothing in the working directory); a tracking server that does not answer stops
+    it in one line before any question is asked."""
+    import mlflow
+
+    from dermvlm.tracking import flat_metrics
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    r = cli_eval("--endpoint", server.base_url, "--model", "derm", "--out", str(out), "--limit", "3", "--log",
+                 "mlflow")
+    assert r.exit_code == 0, r.output
+    written = json.loads((out / "metrics.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("sample").experiment_id])
+    expected = flat_metrics(written["metrics"], "eval/sample")
+    assert expected and {k: run.data.metrics[k] for k in expected} == pytest.approx(expected)
+    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "eval/sample")}
+    assert "report.md" in logged and {p.name for p in out.glob("*.png")} <= logged and len(logged) > 1
+    assert not (tmp_path / "mlruns").exists() and "MLFLOW_TRACKING_URI" not in os.environ
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    r = cli_eval("--endpoint", server.base_url, "--model", "derm", "--out", str(tmp_path / "dead"), "--log", "mlflow")
+    assert r.exit_code == 2 and f"the tracking server http://127.0.0.1:{port} does not answer" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "dead" / "predictions.jsonl").exists()

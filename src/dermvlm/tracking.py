@@ -2,8 +2,9 @@
 every stage reports through transformers' own callbacks (``report_to``) and the evaluation's metrics and plots go
 to the same place.
 
-- **MLflow**: one run named after the config (``MLFLOW_TRACKING_URI``, default ``sqlite:///runs/NAME/mlflow.db``;
-  experiment ``MLFLOW_EXPERIMENT_NAME`` or the config's name), each stage a nested run, the evaluation's metrics
+- **MLflow**: one run named after the config (``MLFLOW_TRACKING_URI``, default ``sqlite:///runs/NAME/mlflow.db``
+  with the artifacts in ``runs/NAME/mlartifacts``, not MLflow's ``./mlruns`` of the working directory; experiment
+  ``MLFLOW_EXPERIMENT_NAME`` or the config's name), each stage a nested run, the evaluation's metrics
   (``eval/SUITE/TYPE/METRIC``) and PNGs on the parent run.
 - **W&B**: one run per stage and one for the evaluation, grouped under the config's name (``WANDB_MODE=offline``
   writes them to ``runs/NAME/wandb`` without network).
@@ -71,6 +72,7 @@ class Tracker:
         self.backends = [b for b in backends if b != "none"]
         self.run_name, self.run_dir, self.config = run_name, Path(run_dir), config
         self.mlflow_run = None
+        self.given_uri = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's set_tracking_uri sets it; close() unsets
 
     @property
     def report_to(self) -> list[str] | str:
@@ -85,7 +87,7 @@ class Tracker:
             self._check_wandb(source)
 
     def mlflow_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+        return self.given_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
 
     def _check_mlflow(self, source: str) -> None:
         try:
@@ -129,7 +131,10 @@ class Tracker:
                 logger.addFilter(_FirstOnly())
 
         mlflow.set_tracking_uri(self.mlflow_uri())
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.run_name)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.run_name
+        if self.given_uri is None and mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=(self.run_dir / "mlartifacts").resolve().as_uri())
+        mlflow.set_experiment(name)
         self.mlflow_run = mlflow.start_run(run_name=self.run_name)
         mlflow.log_params({"config_name": self.run_name, "seed": self.config.get("seed")})
         log.info("logging to MLflow at %s (run %s)", self.mlflow_uri(), self.mlflow_run.info.run_id)
@@ -204,6 +209,8 @@ class Tracker:
             except MlflowException as err:
                 log.warning("could not close the MLflow run at %s: %s", self.mlflow_uri(), str(err).splitlines()[0])
             self.mlflow_run = None
+            if self.given_uri is None:  # the next run in this process gets its own store, not this one's
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
 
     @contextmanager
     def _server_answers(self, during: str) -> Iterator[None]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,15 @@ eval_app = typer.Typer(
     cls=DefaultCommandGroup, no_args_is_help=True, subcommand_metavar="[run] SUITE [OPTIONS] | compare DIR...",
     help="Evaluate a model on a VQA suite (`dermvlm eval SUITE ...` is `dermvlm eval run SUITE ...`) or compare "
          "evaluations.")
+
+
+class EvalTracker(StrEnum):
+    """Where ``eval --log`` sends the metrics and plots (``tracking.Tracker.evaluation``)."""
+
+    mlflow = "mlflow"
+    wandb = "wandb"
+
+
 OWN_EVAL_FILES = ("cache_key.json", "predictions.jsonl", "metrics.json", "robustness.json")  # eval's, before markers
 
 
@@ -99,6 +109,9 @@ def eval_run(
     overrides: SetOpt = None,
     allow_outside_images: Annotated[bool, typer.Option(help="Accept image paths (--data's image_path, --labels) "
                                                        "outside their file's or --images folder.")] = False,
+    log: Annotated[list[EvalTracker] | None, typer.Option(
+        "--log", help="Also log the metrics and plots to MLflow or W&B (repeatable; with --run, under the run's "
+                      "name and its MLflow store, as the pipeline's evaluation).")] = None,
 ) -> None:
     """Evaluate a model on a VQA suite through an OpenAI-compatible endpoint (`dermvlm eval SUITE` runs this).
 
@@ -113,6 +126,7 @@ def eval_run(
     from dermvlm.run_pixels import with_image_side
     from dermvlm.serving.client import served_image_side
     from dermvlm.serving.server import ServerError
+    from dermvlm.tracking import Tracker, TrackingError
 
     check_eval_flags(endpoint, serve, model, corruption, severity, robustness, judge_endpoint, judge_model)
     out_dir = out or Path("runs") / "eval" / suite.stem
@@ -124,6 +138,9 @@ def eval_run(
                 cfg = cfg.model_copy(update={"allow_outside_images": True})
             out_dir = out or Path("runs") / "eval" / cfg.name
             check_output(out_dir, "eval", own_files=OWN_EVAL_FILES)  # answers are kept, a foreign folder refused
+            tracker = Tracker([t.value for t in log or []], run.name if run else cfg.name, run or out_dir,
+                              {"suite": str(suite)})
+            tracker.check("--log")  # a tracking server that does not answer stops before any request
             cfg = with_image_side(cfg, image_side(serve) if serve else served_image_side(endpoint or "", model or "",
                                                                                         api_key))
             cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col,
@@ -152,6 +169,12 @@ def eval_run(
             raise typer.Exit(exit_code(caught)) from None
         except (ConfigError, DatasetError, ServerError, EndpointError, ValueError, OSError) as err:
             fail(one_line(err))
+    try:
+        tracker.evaluation(cfg.name, result, out_dir)
+    except TrackingError as err:
+        fail(str(err))
+    finally:
+        tracker.close()
     if robustness:
         report_robustness(result, out_dir)
     else:
