@@ -115,3 +115,9 @@ def test_an_interrupted_pipeline_exits_130_with_one_line(tmp_path):
     assert proc.returncode == 130, stdout + stderr
     assert (stdout + stderr).strip().splitlines()[-1] == "error: interrupted", stdout + stderr
     assert "Traceback" not in stderr
+
+
+def test_demo_outside_the_project_says_where_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an installed package, or a shell in another folder: no configs/ here
+    r = runner.invoke(app, ["demo"])
+    assert r.exit_code == 2 and "run `dermvlm demo` from the project's root" in one_error(r)

@@ -23,6 +23,8 @@ from dermvlm.config import ConfigError
 
 config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
 
+DEMO_CONFIG = Path("configs/nano-cpu.yaml")  # the demo's run, read from the project's root
+
 
 @config_app.command("check")
 def config_check(
@@ -150,7 +152,7 @@ def train(
 
 
 def demo(
-    config: Annotated[Path, typer.Argument(help="Run config.")] = Path("configs/nano-cpu.yaml"),
+    config: Annotated[Path, typer.Argument(help="Run config.")] = DEMO_CONFIG,
     overrides: SetOpt = None,
 ) -> None:
     """Train the config's stages on the bundled sample, serve the model with vLLM, ask it one question."""
@@ -159,6 +161,9 @@ def demo(
     from dermvlm.serving.server import ServerError
     from dermvlm.tracking import TrackingError
 
+    if config == DEMO_CONFIG and not config.is_file():
+        fail(f"{config}: not found in {Path.cwd()}: run `dermvlm demo` from the project's root (where configs/ is), "
+             "or name a run config: dermvlm demo CONFIG")
     try:
         cfg = load_config(config, overrides=overrides)
         result = run_demo(cfg, str(config))
