@@ -90,3 +90,62 @@ def test_one_image_under_two_labels_stops_the_check_and_data_dedup_in_the_run_co
     splits = (tmp_path / "out" / "splits.csv").read_text()
     assert first[0] not in splits and len(splits.strip().splitlines()) == 1 + 7
     assert "conflicting labels" in (tmp_path / "out" / "skipped.csv").read_text()
+
+
+def excel_photos(tmp: Path, labels: list[str]) -> Path:
+    """photos/ and a CSV as Excel writes it in a comma-decimal locale: semicolons, CRLF, a byte-order mark."""
+    folder = photos(tmp)
+    names = sorted(p.name for p in (folder / "photos").glob("*.jpg"))
+    lines = ["Photo;Patient ID;Diagnosis"] + [f"{n};{n.split('_')[1]};{labels[i % len(labels)]}"
+                                                   for i, n in enumerate(names)]
+    (folder / "labels.csv").write_text("\ufeff" + "\r\n".join(lines) + "\r\n")
+    return folder
+
+
+def test_init_reads_an_excel_semicolon_csv_and_guesses_labels_only_from_a_close_spelling(tmp_path, monkeypatch):
+    excel_photos(tmp_path, ["BCC", "melanom", "NA", "Nevi"])
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                   "mine.yaml"])
+    assert res.exit_code == 0, res.output
+    assert "image column: Photo (guessed: 8 of 8 rows" in res.output and "label column: Diagnosis" in res.output
+    # a close spelling is guessed; a placeholder or a loose match is not (it named herpes zoster and pediculosis)
+    assert "melanom → melanoma" in res.output and "NA → ?" in res.output and "Nevi → ?" in res.output, res.output
+    assert yaml.safe_load((tmp_path / "mine.yaml").read_text())["data"]["label_map"] == {"melanom": "melanoma"}
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])  # the unmapped labels stop the check, named
+    assert check.exit_code == 2 and "'NA' (2 images)" in check.output and "'Nevi' (2 images)" in check.output
+
+
+def test_init_and_data_never_replace_the_users_own_files_even_with_force(tmp_path, monkeypatch):
+    folder = photos(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    csv_text, images = (folder / "labels.csv").read_text(), sorted((folder / "photos").iterdir())
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                   "data/labels.csv", "--force"])
+    assert res.exit_code == 2 and "that is your labels CSV" in res.output
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--image-col",
+                                   "photo"])  # a typo in a column name: named, with the CSV's columns
+    assert res.exit_code == 2 and "missing column(s) photo; the CSV has: Photo, Patient ID" in res.output
+    assert CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                    "mine.yaml"]).exit_code == 0
+    for argv in (["data", "build", "mine.yaml", "--out", "data/photos", "--force"],
+                 ["data", "audit", "mine.yaml", "--out", "data", "--force"]):
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 2 and "would replace what is being read" in res.output, res.output
+    assert (folder / "labels.csv").read_text() == csv_text and sorted((folder / "photos").iterdir()) == images
+
+
+def test_config_check_counts_only_the_images_on_disk(tmp_path, monkeypatch):
+    folder = photos(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with (folder / "labels.csv").open("a") as f:
+        f.write("lost.jpg,P9,NEV,ARM\n")
+    assert CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                    "mine.yaml"]).exit_code == 0
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert check.exit_code == 0 and "8 images in 8 groups" in check.output, check.output
+    assert "warning: 1 of 9 images the labels list are not on disk (e.g. " in check.output
+    for p in (folder / "photos").iterdir():
+        p.rename(p.with_name("renamed_" + p.name))
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert check.exit_code == 2 and "none of the 9 images the labels list is on disk" in check.output

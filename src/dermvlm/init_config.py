@@ -46,7 +46,7 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
     label column cannot be found."""
     from dermvlm.knowledge import load_graph
 
-    rows = read_csv(labels)
+    rows = read_csv(labels, required=[c for c in (image_col, label_col, group_col) if c])  # a typo: named
     columns = list(rows[0])
     notes = []
     files = index_images(images) if images.is_dir() else {}
@@ -89,14 +89,17 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
     values = Counter(r[label_col] for r in rows if r[label_col])
     unknown = sorted(v for v in values if not _resolves(kg, v))
     for v in unknown:
-        close = kg.suggest(v, 1)
+        close = [] if placeholder(v) else kg.suggest(v, 1, cutoff=GUESS_CUTOFF)
         if close:
             found.label_map[v] = close[0]
     notes.append(f"labels: {len(values)} ({', '.join(f'{k} {n}' for k, n in values.most_common(8))}"
                  + (", ..." if len(values) > 8 else "") + "); "
                  + (f"{len(unknown)} the knowledge graph does not know: "
                     + ", ".join(f"{v} → {found.label_map.get(v, '?')}" for v in unknown)
-                    + " (label_map guesses: check them)" if unknown else "every one known to the knowledge graph"))
+                    + " (label_map guesses: check them)"
+                    + ("; map each '?' in data.label_map, or set data.on_unknown_label: skip"
+                       if set(unknown) - set(found.label_map) else "")
+                    if unknown else "every one known to the knowledge graph"))
     if group_col is None:
         group_col = find_group_column([c for c in columns if c not in (image_col, label_col)])
         notes.append(f"group column: {group_col} (guessed: a patient/lesion column; splits never cut one)" if group_col
@@ -111,6 +114,18 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
         if col:
             notes.append(f"{what} column: {col} (guessed by its name)")
     return found
+
+
+# A label is guessed only from a close spelling ("melanom" → melanoma); a looser match named other diseases
+# ("NA" → herpes zoster, "Nevi" → pediculosis), worse than no guess, which config check then stops on.
+GUESS_CUTOFF = 0.8
+PLACEHOLDERS = {"na", "n/a", "nan", "none", "null", "unknown", "unk", "other", "others", "missing", "?", "-", "--"}
+
+
+def placeholder(value: str) -> bool:
+    """A label that names no diagnosis: a placeholder ("NA", "unknown", "other") or a numeric code."""
+    v = value.strip().lower()
+    return v in PLACEHOLDERS or v.replace(".", "", 1).isdigit()
 
 
 def _resolves(kg, value: str) -> bool:
@@ -203,6 +218,9 @@ def write_config(images: Path, labels: Path, out: Path, family: str = "qwen2_5_v
 
     if family not in FAMILIES:
         raise DatasetError(f"--family: unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    check_output_file(out, force)  # a folder, or a file of someone else's, is not replaced
+    if out.resolve() == labels.resolve():  # --force replaces a config, never the CSV it reads
+        raise DatasetError(f"--out {out}: that is your labels CSV; give the config a new file name, e.g. --out "
+                           f"{run_name(images)}.yaml")
+    check_output_file(out, force, example=f"{run_name(images)}.yaml")  # a folder or another file is not replaced
     found = detect_columns(images, labels, image_col, label_col, group_col)
     return atomic_write_text(out, config_text(images, labels, out, found, family)), found

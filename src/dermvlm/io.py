@@ -59,11 +59,13 @@ def check_output(path: str | Path, command: str, force: bool = False, option: st
     return path
 
 
-def check_output_file(path: str | Path, force: bool = False, option: str = "--out") -> Path:
-    """Refuse an output file that exists (``force`` replaces it) or is a folder. Returns the path."""
+def check_output_file(path: str | Path, force: bool = False, option: str = "--out", example: str = "graph.json"
+                      ) -> Path:
+    """Refuse an output file that exists (``force`` replaces it) or is a folder (``example``: a file name to
+    suggest in it). Returns the path."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{option} {path}: is a folder; give a file name (e.g. {path / 'graph.json'})")
+        raise OutputError(f"{option} {path}: is a folder; give a file name (e.g. {path / example})")
     if path.exists() and not force:
         raise OutputError(f"{option} {path}: the file exists; choose another name or pass --force to replace it")
     return path

@@ -55,6 +55,12 @@ def check_data(p: RunPlan) -> str:
         p.records = planned_records(p.recipe, p.base, on_conflict=p.recipe.dedup.on_conflict)
     except (DatasetError, UnknownLabelError) as err:
         raise ConfigError(f"{p.source}: data: {err}") from None
+    listed = len(p.records)
+    missing = [r.image for r in p.records if not Path(r.image).is_file()]
+    if missing and len(missing) == listed:
+        raise ConfigError(f"{p.source}: data: none of the {listed} images the labels list is on disk (e.g. "
+                          f"{missing[0]}); check data.images and the image column")
+    p.records = [r for r in p.records if Path(r.image).is_file()]  # the build leaves them out (skipped.csv)
     from dermvlm.datasets.small_data import small_data_warnings
 
     by_split = Counter(r.split for r in p.records)
@@ -63,6 +69,8 @@ def check_data(p: RunPlan) -> str:
         f"data: {what}: {len(p.records)} images in {groups} groups, {len({r.label for r in p.records})} classes; "
         f"split {', '.join(f'{s} {by_split.get(s, 0)}' for s in ('train', 'val', 'test'))} (seed {p.recipe.seed}, "
         f"val {p.recipe.split.val}, test {p.recipe.split.test}; images that fail their check are left out then)",
+        *([f"warning: {len(missing)} of {listed} images the labels list are not on disk (e.g. {missing[0]}): "
+            "left out, as the build will"] if missing else []),
         *(f"warning: {w}" for w in small_data_warnings(p.records, p.recipe.split.val, p.recipe.split.test))])
 
 

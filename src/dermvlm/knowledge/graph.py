@@ -107,10 +107,10 @@ class KnowledgeGraph:
         if node not in self.g:
             raise UnknownLabelError(f"unknown node {node!r}; closest: {', '.join(self.suggest(node)) or 'none'}")
 
-    def suggest(self, text: str, n: int = 5) -> list[str]:
-        """Closest disease/category names and ids to ``text``."""
+    def suggest(self, text: str, n: int = 5, cutoff: float = 0.5) -> list[str]:
+        """Closest disease/category names and ids to ``text`` (difflib's similarity at least ``cutoff``)."""
         key = normalise(text.replace("_", " "))
-        names = difflib.get_close_matches(key, list(self._names), n=n, cutoff=0.5)
+        names = difflib.get_close_matches(key, list(self._names), n=n, cutoff=cutoff)
         out: list[str] = []
         for name in names:
             for node in self._names[name]:

@@ -80,6 +80,17 @@ def merged_sources(sources: list[dict[str, Any]], given: dict[str, Any]) -> list
     return out
 
 
+def recipe_inputs(recipe: RecipeConfig, base: Path) -> list[Path]:
+    """What a build of ``recipe`` reads from the user's disk: each source's root, images folder and labels CSV, and
+    an exclude file; relative paths from ``base`` and from the working directory, as the sources read them. An
+    output folder may not replace any of them (nor the folder holding a labels CSV, which holds the CSV)."""
+    named: list[str] = [*([recipe.exclude] if isinstance(recipe.exclude, str) else [])]
+    for s in recipe.sources:
+        options = s.options or {}
+        named += [v for v in (s.root, options.get("images"), options.get("labels")) if v]
+    return [p for v in named for p in {Path(v).expanduser() if Path(v).is_absolute() else base / v, Path(v)}]
+
+
 def with_sources(recipe: RecipeConfig, given: dict[str, Any], where: str = "<recipe>") -> RecipeConfig:
     """The recipe with ``given`` merged into its sources (``merged_sources``), validated again."""
     data = recipe.model_dump()

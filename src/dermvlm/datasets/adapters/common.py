@@ -60,7 +60,8 @@ def read_csv_lines(path: str | Path, required: Iterable[str] = (), encoding: str
                    ) -> list[tuple[int, dict[str, str]]]:
     """``(line, row)`` for every row of a CSV (``line``: its line in the file), with clear errors for a missing,
     empty or non-UTF-8 file, missing columns (names shown exactly, spaces included) and a row that runs over
-    several lines (an unclosed quote, or a line break inside a value: neither is a label or a file name)."""
+    several lines (an unclosed quote, or a line break inside a value: neither is a label or a file name). Commas,
+    or semicolons or tabs (``delimiter``)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CSV not found: {path}")
@@ -74,7 +75,7 @@ def read_csv_lines(path: str | Path, required: Iterable[str] = (), encoding: str
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise DatasetError(f"{path}: the CSV is empty")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(text))
     columns = _one_line_row(reader, next(reader, []), 0, path)
     missing = [c for c in required if c not in columns]
     if missing:
@@ -91,6 +92,13 @@ def read_csv_lines(path: str | Path, required: Iterable[str] = (), encoding: str
     if not rows:
         raise DatasetError(f"{path}: the CSV has a header but no rows")
     return rows
+
+
+def delimiter(text: str) -> str:
+    """The CSV's delimiter: a comma, or the semicolon or tab of a header line without one (Excel in locales whose
+    decimal mark is a comma, and tab-separated exports)."""
+    header = text.split("\n", 1)[0]
+    return next((d for d in (";", "\t") if "," not in header and d in header), ",")
 
 
 def _one_line_row(reader, row: list[str], start: int, path: Path) -> list[str]:
