@@ -149,3 +149,36 @@ def test_config_check_counts_only_the_images_on_disk(tmp_path, monkeypatch):
         p.rename(p.with_name("renamed_" + p.name))
     check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
     assert check.exit_code == 2 and "none of the 9 images the labels list is on disk" in check.output
+
+
+def test_windows_paths_other_case_and_numeric_codes_with_a_yaml_label_map_build(tmp_path, monkeypatch):
+    """A CSV written on Windows (``sub\\NAME.JPG`` for photos/name.jpg on a case-sensitive disk) whose labels are
+    codes, mapped in the config as YAML reads them (``0: basal_cell_carcinoma``: an integer key)."""
+    folder = photos(tmp_path)
+    names = sorted(p.name for p in (folder / "photos").glob("*.jpg"))
+    lines = ["file,code"] + [f"scans\\{n.upper()},{i % 2}" for i, n in enumerate(names)]
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--label-col",
+                                   "code", "--out", "mine.yaml"])
+    assert res.exit_code == 0 and "8 of 8 rows name a file" in res.output and "0 → ?" in res.output, res.output
+    cfg = yaml.safe_load((tmp_path / "mine.yaml").read_text())
+    cfg["data"]["label_map"] = {0: "basal_cell_carcinoma", 1: "melanoma"}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert "    0: basal_cell_carcinoma" in (tmp_path / "mine.yaml").read_text()  # an integer key, as a user writes it
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert check.exit_code == 0 and "8 images in 8 groups, 2 classes" in check.output, check.output
+    build = CliRunner().invoke(app, ["data", "build", "mine.yaml", "--out", "out"])
+    assert build.exit_code == 0 and "wrote out: 8 images" in build.output, build.output
+
+
+def test_a_single_class_is_said_before_anything_trains(tmp_path, monkeypatch):
+    folder = photos(tmp_path)
+    rows = (folder / "labels.csv").read_text().splitlines()
+    (folder / "labels.csv").write_text("\n".join([rows[0], *(",".join([*r.split(",")[:2], "NEV", "ARM"])
+                                                              for r in rows[1:])]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--label-col",
+                                    "Final diagnosis", "--out", "mine.yaml"]).exit_code == 0
+    check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
+    assert "warning: one class: every training image is melanocytic_nevus" in check.output, check.output

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from dermvlm.datasets.adapters.common import DatasetError, index_images, read_csv
+from dermvlm.datasets.adapters.common import DatasetError, folded_index, index_images, lookup_image, read_csv
 from dermvlm.datasets.group_detection import column_named, find_group_column
 
 LABEL_NAMES = ("label", "labels", "diagnosis", "diagnostic", "dx", "class", "disease", "condition", "category",
@@ -52,10 +52,10 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
     files = index_images(images) if images.is_dir() else {}
     if not files:
         raise DatasetError(f"{images}: no image files there (jpg, png, bmp, tif, webp)")
+    folded = folded_index(files)
 
     def matches(col: str) -> int:
-        return sum(1 for r in rows if r[col] and (r[col] in files or Path(r[col]).stem in files
-                                                  or Path(r[col]).name in files))
+        return sum(1 for r in rows if r[col] and lookup_image(files, r[col], folded) is not None)
 
     if image_col is None:
         counts = {c: matches(c) for c in columns}

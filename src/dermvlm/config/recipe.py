@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dermvlm.config.base import Seed, Strict
+from dermvlm.config.base import LabelMap, Seed, Strict
 
 SOURCE_NAMES = Literal["dermamnist", "ham10000", "isic", "pad_ufes_20", "fitzpatrick17k", "ddi", "imagefolder",
                        "csv", "sample"]
@@ -21,7 +21,7 @@ class SourceSpec(Strict):
     name: SOURCE_NAMES
     root: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    label_map: dict[str, str] = Field(default_factory=dict)
+    label_map: LabelMap = Field(default_factory=dict)
     on_unknown_label: Literal["error", "skip"] = "error"
     splits: list[SplitName] | None = None
     limit_per_split: int | None = Field(default=None, gt=0)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dermvlm.config.base import Seed, Strict
+from dermvlm.config.base import LabelMap, Seed, Strict
 from dermvlm.config.model import ModelSpec
 from dermvlm.config.recipe import DedupSpec, ImageSpec, Modality, SplitSpec
 from dermvlm.config.serving import DemoSpec, ServeSpec
@@ -33,7 +33,7 @@ class DataSpec(Strict):
     site_col: str | None = None
     fitzpatrick_col: str | None = None
     modality: Modality | None = None  # what the images are, as the training text says it
-    label_map: dict[str, str] = Field(default_factory=dict)  # your label → a name the knowledge graph knows
+    label_map: LabelMap = Field(default_factory=dict)  # your label → a name the knowledge graph knows
     on_unknown_label: Literal["error", "skip"] | None = None
     exclude: str | list[str] = Field(default_factory=list)  # image ids, or the exclude.yaml `data audit` wrote
     split: SplitSpec | None = None  # val/test fractions (default: the recipe's, else 0.1/0.2)

@@ -12,15 +12,19 @@ MIN_CLASS = 5  # training images of a class below which the model sees it too ra
 
 
 def small_data_warnings(records: list[Record], val: float = 0.1, test: float = 0.2) -> list[str]:
-    """One line per problem: a split with fewer than ``MIN_SPLIT`` images (a held-out split whose fraction is
-    above 0 and that is empty included), classes with fewer than ``MIN_CLASS`` training images, classes absent
-    from a held-out split."""
+    """One line per problem: a single class to train on, a split with fewer than ``MIN_SPLIT`` images (a held-out
+    split whose fraction is above 0 and that is empty included), classes with fewer than ``MIN_CLASS`` training
+    images, classes absent from a held-out split."""
     held_out = tuple(s for s, f in (("val", val), ("test", test)) if f > 0)
     by_split = Counter(r.split for r in records)
     per_class: dict[str, Counter] = {}
     for r in records:
         per_class.setdefault(r.label, Counter())[r.split] += 1
     lines = []
+    trained = sorted(lab for lab, c in per_class.items() if c["train"])
+    if len(trained) == 1:
+        lines.append(f"one class: every training image is {trained[0]}; the model can only learn to say it (and "
+                     "its accuracy on that class means nothing): add images of the diagnoses it should tell apart")
     for split in SPLITS:
         n = by_split.get(split, 0)
         if split in held_out and n == 0:

@@ -189,6 +189,29 @@ def index_images(root: Path, exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", "
     return out
 
 
+def folded_index(found: dict[str, Path]) -> dict[str, set[Path]]:
+    """``found`` (``index_images``) by lower-cased key, for ``lookup_image``."""
+    out: dict[str, set[Path]] = {}
+    for key, path in found.items():
+        out.setdefault(key.lower(), set()).add(path)
+    return out
+
+
+def lookup_image(found: dict[str, Path], name: str, folded: dict[str, set[Path]] | None = None) -> Path | None:
+    """The image of ``found`` (``index_images``) a CSV cell names: by name or stem, also with Windows separators
+    (``SCC\\x.png``) and, with ``folded`` (``folded_index``) and when only one file matches that way, ignoring case
+    (a CSV written on macOS or Windows, whose file systems ignore case, for files on one that does not)."""
+    for key in dict.fromkeys((name, name.replace("\\", "/"))):
+        hit = found.get(key) or found.get(Path(key).name) or found.get(Path(key).stem)
+        if hit is not None:
+            return hit
+    if folded is None:
+        return None
+    key = Path(name.replace("\\", "/")).name.lower()
+    hits = folded.get(key) or folded.get(key.rsplit(".", 1)[0]) or set()
+    return next(iter(hits)) if len(hits) == 1 else None
+
+
 def rows_with_images(rows: list[dict[str, str]], found: dict[str, Path], key: str
                      ) -> tuple[list[tuple[dict[str, str], Path]], list[tuple[str, str]]]:
     """Pair each CSV row with its image file (looked up by ``row[key]``); rows without one are skipped, with why."""

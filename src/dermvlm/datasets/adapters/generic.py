@@ -10,7 +10,9 @@ from dermvlm.datasets.adapters.common import (
     SPLITS,
     DatasetError,
     RawRow,
+    folded_index,
     index_images,
+    lookup_image,
     parse_fitzpatrick,
     read_csv_lines,
 )
@@ -62,6 +64,7 @@ def load_csv(labels: Path, images: Path | None = None, image_col: str = "image",
         group_col = group_column(list(rows[0][1]), [r.get(image_col, "") for _, r in rows], str(labels))
     base = Path(images) if images else labels.parent
     found = index_images(base) if base.is_dir() else {}
+    folded = folded_index(found)
     inside = base.resolve()
     out, skipped = [], []
     for line, r in rows:
@@ -71,7 +74,7 @@ def load_csv(labels: Path, images: Path | None = None, image_col: str = "image",
             continue
         path = Path(name) if Path(name).is_absolute() else base / name
         if not path.exists():
-            path = found.get(name) or found.get(Path(name).stem) or path
+            path = lookup_image(found, name, folded) or path
         if images and not allow_outside_images and not path.resolve().is_relative_to(inside):
             raise DatasetError(f"{labels}: row {line}, column {image_col!r}: {name!r} points outside the images "
                                f"folder {base} (to {path.resolve()}); move the image in, or set the source option "
