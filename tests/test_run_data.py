@@ -182,3 +182,17 @@ def test_a_single_class_is_said_before_anything_trains(tmp_path, monkeypatch):
                                     "Final diagnosis", "--out", "mine.yaml"]).exit_code == 0
     check = CliRunner().invoke(app, ["config", "check", "mine.yaml"])
     assert "warning: one class: every training image is melanocytic_nevus" in check.output, check.output
+
+
+def test_the_pipelines_data_build_says_what_it_left_out(tmp_path, monkeypatch, caplog):
+    from dermvlm.init_config import write_config
+    from dermvlm.pipeline import build_data
+
+    folder = photos(tmp_path)
+    with (folder / "labels.csv").open("a") as f:
+        f.write("lost.jpg,P9,NEV,ARM\n")
+    monkeypatch.chdir(tmp_path)
+    write_config(folder / "photos", folder / "labels.csv", tmp_path / "mine.yaml")  # init, without the CLI's logging
+    with caplog.at_level("WARNING", logger="dermvlm"):
+        out, _ = build_data(load_config(tmp_path / "mine.yaml"), str(tmp_path / "mine.yaml"))
+    assert "left out 1 image(s): missing file (1)" in caplog.text and "lost.jpg" in (out / "skipped.csv").read_text()

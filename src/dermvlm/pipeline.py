@@ -86,6 +86,9 @@ def build_data(cfg: RunConfig, source: str = "<config>", side: int | None = None
     if not built and is_main_process():
         log.info("building the run's data (%s) into %s", cfg.data.recipe or "your images", out)
         result = build(recipe, out, base=base)
+        if result.skipped:
+            log.warning("left out %d image(s): %s; see %s", len(result.skipped), ", ".join(
+                f"{k} ({v})" for k, v in result.stats["skipped_by_reason"].items()), out / "skipped.csv")
         for line in [result.split_change, *result.stats["warnings"]]:
             if line:
                 log.warning(line)
