@@ -200,6 +200,8 @@ CASES = [
     Case("labels CSV empty", lambda t: (isic(t), (t / "e.csv").write_text(""), build_args(t, t / "e.csv"))[-1],
          ["e.csv: the CSV is empty"]),
     Case("header only", lambda t: (isic(t), build_args(t, labels_csv(t, [])))[-1], ["header but no rows"]),
+    Case("no header line", lambda t: build_args(t, labels_csv(t, good_rows(t)[1:], header=good_rows(t)[0])),
+         ["the first line names a file", "add a header line first"]),
     Case("missing column", lambda t: build_args(t, labels_csv(t, good_rows(t), header=("file", "diagnosis"))),
          ["labels.csv: missing column(s) dx", "the CSV has: file, diagnosis"]),
     Case("not UTF-8", lambda t: build_args(t, labels_csv(t, [*good_rows(t), ("x.jpg", "naevus \xe9")],

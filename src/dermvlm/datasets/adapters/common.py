@@ -23,6 +23,9 @@ ISIC_GENERAL_SITES = {
     "foot": "foot", "hand": "hand", "ear": "ear",
 }
 
+# What an images folder is indexed by (``index_images``) and what a CSV header cell may not be.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 class DatasetError(ValueError):
     """Input that cannot become a dataset (missing columns, unknown labels, bad CSV); the message says what."""
@@ -77,6 +80,10 @@ def read_csv_lines(path: str | Path, required: Iterable[str] = (), encoding: str
         raise DatasetError(f"{path}: the CSV is empty")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(text))
     columns = _one_line_row(reader, next(reader, []), 0, path)
+    named = [c for c in columns if Path(c.strip()).suffix.lower() in IMAGE_SUFFIXES]
+    if named:
+        raise DatasetError(f"{path}: the first line names a file ({named[0]!r}), so it is a row, not the column names: "
+                           "add a header line first (e.g. image,label)")
     missing = [c for c in required if c not in columns]
     if missing:
         spaced = [c for c in columns if c != c.strip() and c.strip() in missing]
@@ -178,8 +185,7 @@ def finalize(rows: list[RawRow], kg: KnowledgeGraph, dataset: str, label_dataset
     return records, skipped
 
 
-def index_images(root: Path, exts: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-                 ) -> dict[str, Path]:
+def index_images(root: Path, exts: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """Image files under ``root`` by file stem (and by name), for CSVs that name images without a folder."""
     out: dict[str, Path] = {}
     for p in sorted(root.rglob("*")):
