@@ -43,6 +43,9 @@ FAILURES = [
     (["data", "inspect", "{t}/none"], 2, ""),
     (["kg", "show", "no-such-disease-xyz"], 2, ""),
     (["kg", "score", "--gold", "melanoma"], 2, "give exactly one of --response"),
+    (["kg", "derive", "--sources", "{t}", "--out", "{t}/derived.json", "--force"], 2, "which this command reads"),
+    (["kg", "export", "--out", str(ROOT / "src" / "dermvlm" / "knowledge" / "data" / "x.json"), "--force"], 2,
+     "inside the graph's own data"),
 ]
 
 

@@ -349,7 +349,7 @@ def main() -> None:
                 if variant == "base_ssl" and not args.no_cnn:
                     jobs.append((f"{regime}/cnn_ssl-s{seed}", cnn_job(regime, seed, out_root, None, args.cnn_epochs,
                                                                       unlabelled=True), base))
-    if args.only and args.arms == [] and not args.no_cnn:  # the CNN alone: it needs the regime's data, not the base
+    if args.only and parse_only(args.only)[1] == "cnn":  # the CNN alone: it needs the regime's data, not the base
         jobs = [(n, job, None) for n, job, _ in jobs if not n.endswith("-base")]
     jobs = [j for j in jobs if j[2] is None or any(d[0] == j[2] for d in jobs)]
     if args.eval_limit:

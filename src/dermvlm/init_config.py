@@ -218,9 +218,6 @@ def write_config(images: Path, labels: Path, out: Path, family: str = "qwen2_5_v
 
     if family not in FAMILIES:
         raise DatasetError(f"--family: unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    if out.resolve() == labels.resolve():  # --force replaces a config, never the CSV it reads
-        raise DatasetError(f"--out {out}: that is your labels CSV; give the config a new file name, e.g. --out "
-                           f"{run_name(images)}.yaml")
-    check_output_file(out, force, example=f"{run_name(images)}.yaml")  # a folder or another file is not replaced
+    check_output_file(out, force, example=f"{run_name(images)}.yaml", inputs={"your labels CSV": labels})
     found = detect_columns(images, labels, image_col, label_col, group_col)
     return atomic_write_text(out, config_text(images, labels, out, found, family)), found

@@ -59,11 +59,17 @@ def check_output(path: str | Path, command: str, force: bool = False, option: st
     return path
 
 
-def check_output_file(path: str | Path, force: bool = False, option: str = "--out", example: str = "graph.json"
-                      ) -> Path:
-    """Refuse an output file that exists (``force`` replaces it) or is a folder (``example``: a file name to
-    suggest in it). Returns the path."""
+def check_output_file(path: str | Path, force: bool = False, option: str = "--out", example: str = "graph.json",
+                      inputs: dict[str, str | Path] | None = None) -> Path:
+    """Refuse an output file that is, or lies inside, one of the command's ``inputs`` (keyed by what they are;
+    ``force`` never lifts this), that exists (``force`` replaces it) or is a folder (``example``: a file name to
+    suggest). Returns the path."""
     path = Path(path)
+    for what, source in (inputs or {}).items():
+        source = Path(source).resolve()
+        if path.resolve() == source or source in path.resolve().parents:
+            raise OutputError(f"{option} {path}: that is {what} ({source}), which this command reads; give a new "
+                              f"file name (e.g. {option} {example})")
     if path.is_dir():
         raise OutputError(f"{option} {path}: is a folder; give a file name (e.g. {path / example})")
     if path.exists() and not force:

@@ -60,7 +60,8 @@ def check_data(p: RunPlan) -> str:
     if missing and len(missing) == listed:
         raise ConfigError(f"{p.source}: data: none of the {listed} images the labels list is on disk (e.g. "
                           f"{missing[0]}); check data.images and the image column")
-    p.records = [r for r in p.records if Path(r.image).is_file()]  # the build leaves them out (skipped.csv)
+    gone = set(missing)
+    p.records = [r for r in p.records if r.image not in gone]  # the build leaves them out (skipped.csv)
     from dermvlm.datasets.small_data import small_data_warnings
 
     by_split = Counter(r.split for r in p.records)

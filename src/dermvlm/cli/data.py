@@ -48,11 +48,10 @@ def data_build(
     from dermvlm.recipes.run_data import recipe_inputs, recipe_or_run, with_sources
 
     try:
-        check_output(out, "data build", force, inputs=[recipe])
         cfg, base, _ = recipe_or_run(recipe)
         cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col,
                                                allow_outside_images), str(recipe))
-        check_output(out, "data build", force, inputs=recipe_inputs(cfg, base))  # --force never replaces them
+        check_output(out, "data build", force, inputs=[recipe, *recipe_inputs(cfg, base)])  # --force never replaces
         result = build(cfg, out, base=base)
     except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         fail(str(err))
@@ -101,7 +100,6 @@ def data_audit(
     from dermvlm.recipes.run_data import recipe_inputs, recipe_or_run, with_sources
 
     try:
-        check_output(out, "data audit", force, inputs=[recipe])
         splits = None
         if recipe.is_dir():
             if images is None and labels is None and source is None:
@@ -116,7 +114,7 @@ def data_audit(
             splits = SplitTable.of_build(run_dir(run) / "data") if run is not None else None
         cfg = with_sources(cfg, source_options(source, root, images, labels, image_col, label_col, group_col),
                            str(recipe))
-        check_output(out, "data audit", force, inputs=recipe_inputs(cfg, base))  # --force never replaces them
+        check_output(out, "data audit", force, inputs=[recipe, *recipe_inputs(cfg, base)])  # --force never replaces
         result = audit(cfg, out, base=base, folds=folds, classifier=classifier, splits=splits)
     except (ConfigError, DatasetError, UnknownLabelError, OutputError) as err:
         fail(str(err))

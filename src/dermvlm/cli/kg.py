@@ -110,11 +110,12 @@ def kg_export(
     """Export the whole graph."""
     from dermvlm.io import OutputError, check_output_file
     from dermvlm.knowledge.export import export
+    from dermvlm.knowledge.graph import DATA
 
     if fmt not in ("graphml", "json"):
         fail(f"--format: {fmt!r} is not one of graphml, json")
     try:
-        check_output_file(out, force)
+        check_output_file(out, force, inputs={"inside the graph's own data": DATA})
     except OutputError as err:
         fail(str(err))
     typer.echo(f"wrote {export(_kg(), out, fmt)}")
@@ -182,12 +183,13 @@ def kg_derive(
     from dermvlm.knowledge.derive import derive
     from dermvlm.knowledge.graph import DERIVED
 
+    sources = sources or Path(rerooted("../shared/data/knowledge"))
     try:
         if out is not None:
-            check_output_file(out, force)
+            check_output_file(out, force, example="derived.json", inputs={"inside the knowledge sources": sources})
     except OutputError as err:
         fail(str(err))
 
-    facts = derive(sources or Path(rerooted("../shared/data/knowledge")))
+    facts = derive(sources)
     path = atomic_write_text(out or DERIVED, _json.dumps(facts, indent=1, sort_keys=True) + "\n")
     typer.echo(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in facts["sources"].items()))

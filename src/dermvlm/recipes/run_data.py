@@ -88,7 +88,7 @@ def recipe_inputs(recipe: RecipeConfig, base: Path) -> list[Path]:
     for s in recipe.sources:
         options = s.options or {}
         named += [v for v in (s.root, options.get("images"), options.get("labels")) if v]
-    return [p for v in named for p in {Path(v).expanduser() if Path(v).is_absolute() else base / v, Path(v)}]
+    return [p for v in named for p in ([Path(v)] if Path(v).is_absolute() else [base / v, Path(v)])]
 
 
 def with_sources(recipe: RecipeConfig, given: dict[str, Any], where: str = "<recipe>") -> RecipeConfig:

@@ -203,16 +203,14 @@ def folded_index(found: dict[str, Path]) -> dict[str, set[Path]]:
     return out
 
 
-def lookup_image(found: dict[str, Path], name: str, folded: dict[str, set[Path]] | None = None) -> Path | None:
+def lookup_image(found: dict[str, Path], name: str, folded: dict[str, set[Path]]) -> Path | None:
     """The image of ``found`` (``index_images``) a CSV cell names: by name or stem, also with Windows separators
-    (``SCC\\x.png``) and, with ``folded`` (``folded_index``) and when only one file matches that way, ignoring case
+    (``SCC\\x.png``) and, through ``folded`` (``folded_index``) when only one file matches that way, ignoring case
     (a CSV written on macOS or Windows, whose file systems ignore case, for files on one that does not)."""
     for key in dict.fromkeys((name, name.replace("\\", "/"))):
         hit = found.get(key) or found.get(Path(key).name) or found.get(Path(key).stem)
         if hit is not None:
             return hit
-    if folded is None:
-        return None
     key = Path(name.replace("\\", "/")).name.lower()
     hits = folded.get(key) or folded.get(key.rsplit(".", 1)[0]) or set()
     return next(iter(hits)) if len(hits) == 1 else None
