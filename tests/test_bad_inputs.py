@@ -222,11 +222,11 @@ CASES = [
          ["skipped 1 file(s)"], 0, ["out"], skipped_has("duplicate image")),
     Case("same image, two labels", lambda t: build_args(t, labels_csv(t, [*good_rows(t),
                                                                           (good_rows(t)[0][0], "psoriasis")])),
-         ["1 image(s) appear under two labels", "'nevus', 'psoriasis'", "on_conflict"]),
+         ["1 image(s) appear under two labels", "'nevus', 'psoriasis'", "(listed 2 times)", "on_conflict"]),
     Case("same bytes, two names, two labels", lambda t: (
         shutil.copy(isic(t)[0], t / "imgs" / "copy.jpg"),
         build_args(t, labels_csv(t, [*good_rows(t), ("copy.jpg", "psoriasis")])))[-1],
-        ["1 image content(s) appear under two labels", "copy.jpg"]),
+        ["1 image content(s) appear under two labels", "(2 files: ", "copy.jpg"]),
     Case("--images without --labels", lambda t: ["data", "build", str(ROOT / "data_recipes" / "my_images.yaml"),
                                                  "--out", str(t / "out"), "--images", str(t)],
          ["--images needs --labels CSV"]),

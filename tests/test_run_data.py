@@ -196,3 +196,33 @@ def test_the_pipelines_data_build_says_what_it_left_out(tmp_path, monkeypatch, c
     with caplog.at_level("WARNING", logger="dermvlm"):
         out, _ = build_data(load_config(tmp_path / "mine.yaml"), str(tmp_path / "mine.yaml"))
     assert "left out 1 image(s): missing file (1)" in caplog.text and "lost.jpg" in (out / "skipped.csv").read_text()
+
+
+def test_phone_photos_in_heic_and_gif_are_read_and_formats_it_cannot_read_are_named(tmp_path, monkeypatch):
+    """An iPhone's HEIC photos (and a GIF) are images like any other, from init to the chat page; a RAW file the
+    CSV names is counted and named by init, not silently missed."""
+    from PIL import Image
+
+    from dermvlm.app.chat import image_url
+
+    folder = photos(tmp_path)
+    jpgs = sorted((folder / "photos").glob("*.jpg"))
+    for p, fmt in zip(jpgs[:3], ("HEIF", "HEIF", "GIF"), strict=True):
+        with Image.open(p) as im:
+            im.convert("RGB").save(p.with_suffix(".heic" if fmt == "HEIF" else ".gif"), fmt)
+        p.unlink()
+    text = (folder / "labels.csv").read_text()
+    for p, new in zip(jpgs[:3], (".heic", ".heic", ".gif"), strict=True):
+        text = text.replace(p.name, p.with_suffix(new).name)
+    (folder / "photos" / "scan.dng").write_bytes(b"II*\x00raw")
+    (folder / "labels.csv").write_text(text + "scan.dng,P9,NEV,ARM\n")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["init", "--images", "data/photos", "--labels", "data/labels.csv", "--out",
+                                   "mine.yaml"])
+    assert res.exit_code == 0 and "8 of 9 rows name a file" in res.output, res.output
+    assert "1 row(s) name files of a format dermvlm does not read (.dng 1): convert them to JPEG" in res.output
+    build = CliRunner().invoke(app, ["data", "build", "mine.yaml", "--out", "out"])
+    assert build.exit_code == 0 and "wrote out: 8 images" in build.output, build.output
+    assert "scan.dng" in (tmp_path / "out" / "skipped.csv").read_text()
+    heic = folder / "photos" / jpgs[0].with_suffix(".heic").name
+    assert image_url(heic, 64).startswith("data:image/")  # the chat page takes the phone's photo as it is

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import yaml
 
-from dermvlm.datasets.adapters.common import DatasetError, folded_index, index_images, lookup_image, read_csv
+from dermvlm.datasets.adapters.common import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    folded_index,
+    index_images,
+    lookup_image,
+    read_csv,
+)
 from dermvlm.datasets.group_detection import column_named, find_group_column
 
 LABEL_NAMES = ("label", "labels", "diagnosis", "diagnostic", "dx", "class", "disease", "condition", "category",
@@ -51,7 +58,7 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
     notes = []
     files = index_images(images) if images.is_dir() else {}
     if not files:
-        raise DatasetError(f"{images}: no image files there (jpg, png, bmp, tif, webp)")
+        raise DatasetError(f"{images}: no image files there ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     folded = folded_index(files)
 
     def matches(col: str) -> int:
@@ -66,6 +73,12 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
                      f"in {images})")
     else:
         notes.append(f"image column: {image_col} (given; {matches(image_col)} of {len(rows)} rows name a file)")
+    unread = Counter(Path(v).suffix.lower() for r in rows if (v := r[image_col]) and Path(v).suffix
+                     and Path(v).suffix.lower() not in IMAGE_SUFFIXES and lookup_image(files, v, folded) is None)
+    if unread:
+        notes.append(f"{sum(unread.values())} row(s) name files of a format dermvlm does not read "
+                     f"({', '.join(f'{s} {n}' for s, n in unread.most_common())}): convert them to JPEG or PNG, "
+                     f"or the build skips them")
     kg = load_graph()
 
     def known(col: str) -> float:

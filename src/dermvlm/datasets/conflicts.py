@@ -46,11 +46,18 @@ def resolve_conflicts(records: Sequence[Record], key: Callable[[int, Record], An
                 skipped.append((records[i].image, f"conflicting labels for one {what}: kept {first.source_label!r} "
                                                   f"of {first.image}"))
     if conflicts and policy == "error":
-        lines = [f"  {records[idx[0]].image}: labels {', '.join(repr(x) for x in labels)} "
-                 f"({len(idx)} listings: {', '.join(records[i].image for i in idx[:3])})"
+        lines = [f"  {first.image}: labels {', '.join(repr(x) for x in labels)} ({_listings(records, idx)})"
                  for first, idx, labels in conflicts[:10]]
         more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
         raise DatasetError(f"{len(conflicts)} {what}(s) appear under two labels (contradictory gold labels):\n"
                            + "\n".join(lines) + more + "\nFix the labels, or set dedup.on_conflict (a run config: "
                            "data.dedup.on_conflict): drop (leave them out) or first (keep the first listing)")
     return [i for i in range(len(records)) if i not in drop], skipped
+
+
+def _listings(records: Sequence[Record], idx: list[int]) -> str:
+    """How an image came to have several labels: one file listed several times, or several files of one content."""
+    names = list(dict.fromkeys(records[i].image for i in idx))
+    if len(names) == 1:
+        return f"listed {len(idx)} times"
+    return f"{len(names)} files: {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import dermvlm.datasets.photo_formats  # noqa: F401  (HEIC/HEIF files open)
+
 DEFAULT_MAX_PIXELS = 40_000_000  # refuse larger decodes (decompression bombs)
 DEFAULT_MAX_SIDE = 384
 

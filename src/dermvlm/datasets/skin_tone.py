@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import dermvlm.datasets.photo_formats  # noqa: F401  (HEIC/HEIF files open)
+
 TONE_GROUPS = [(55.0, "very light"), (41.0, "light"), (28.0, "intermediate"), (10.0, "tan"), (-30.0, "brown")]
 DARKEST_GROUP = "dark"
 FITZPATRICK_CUTS = [55.0, 41.0, 28.0, 19.0, 10.0]  # type I above the first ... type VI at or below the last

@@ -23,8 +23,9 @@ ISIC_GENERAL_SITES = {
     "foot": "foot", "hand": "hand", "ear": "ear",
 }
 
-# What an images folder is indexed by (``index_images``) and what a CSV header cell may not be.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# What an images folder is indexed by (``index_images``) and what a CSV header cell may not be (HEIC/HEIF are read
+# through ``datasets.photo_formats``).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif")
 
 
 class DatasetError(ValueError):

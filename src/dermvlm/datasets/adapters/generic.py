@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dermvlm.config.recipe import Modality
 from dermvlm.datasets.adapters.common import (
+    IMAGE_SUFFIXES,
     SPLITS,
     DatasetError,
     RawRow,
@@ -19,7 +20,6 @@ from dermvlm.datasets.adapters.common import (
 from dermvlm.datasets.group_detection import group_column
 
 MODALITIES = typing.get_args(Modality)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def check_modality(modality: str | None) -> None:
@@ -40,7 +40,7 @@ def load_imagefolder(root: Path, modality: str | None = None) -> tuple[list[RawR
     for top, split in tops:
         for cls in sorted(d for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")):
             for p in sorted(cls.rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
                     out.append(RawRow(image=str(p), source_label=cls.name.replace("_", " "), split=split,
                                       meta={"modality": modality} if modality else {}))
     if not out:
