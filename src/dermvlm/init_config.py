@@ -73,8 +73,8 @@ def detect_columns(images: Path, labels: Path, image_col: str | None = None, lab
                      f"in {images})")
     else:
         notes.append(f"image column: {image_col} (given; {matches(image_col)} of {len(rows)} rows name a file)")
-    unread = Counter(Path(v).suffix.lower() for r in rows if (v := r[image_col]) and Path(v).suffix
-                     and Path(v).suffix.lower() not in IMAGE_SUFFIXES and lookup_image(files, v, folded) is None)
+    unread = Counter(Path(v).suffix.lower() for r in rows if (v := r[image_col].replace("\\", "/"))
+                     and Path(v).suffix.lower() not in ("", *IMAGE_SUFFIXES) and (images / v).is_file())
     if unread:
         notes.append(f"{sum(unread.values())} row(s) name files of a format dermvlm does not read "
                      f"({', '.join(f'{s} {n}' for s, n in unread.most_common())}): convert them to JPEG or PNG, "

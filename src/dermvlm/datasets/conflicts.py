@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from dermvlm.datasets.adapters.common import DatasetError
@@ -57,7 +58,10 @@ def resolve_conflicts(records: Sequence[Record], key: Callable[[int, Record], An
 
 def _listings(records: Sequence[Record], idx: list[int]) -> str:
     """How an image came to have several labels: one file listed several times, or several files of one content."""
-    names = list(dict.fromkeys(records[i].image for i in idx))
-    if len(names) == 1:
+    files: dict[Path, str] = {}  # each file once (however its listings spell it), as first listed
+    for i in idx:
+        files.setdefault(Path(records[i].image).resolve(), records[i].image)
+    if len(files) == 1:
         return f"listed {len(idx)} times"
+    names = list(files.values())
     return f"{len(names)} files: {', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
