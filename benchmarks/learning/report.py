@@ -403,10 +403,10 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
     ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(f"{regime}: DermaMNIST test (mean over seeds, 95% seed-level t interval)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))  # beside the axes: no bar is covered
     fig.tight_layout()
     path = out_dir / f"{regime}_test_metrics.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     written.append(str(path))
     # Per-class recall at the balanced decode.
@@ -420,10 +420,10 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
     ax.set_ylim(0, 1)
     ax.set_ylabel("test recall (mean over seeds)")
     ax.set_title(f"{regime}: per-class test recall, prior-corrected for balanced accuracy")
-    ax.legend(fontsize=6, ncol=4)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     fig.tight_layout()
     path = out_dir / f"{regime}_per_class_recall.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     written.append(str(path))
     # Learning curves: one panel per VLM arm.
