@@ -188,6 +188,27 @@ def test_a_recorded_run_is_not_run_again_and_its_base_only_while_needed(tmp_path
     assert {n: dep for n, _, dep in run.drop_recorded(jobs, tmp_path, code="now")} == {"full/cnn-s1": None}
 
 
+def test_a_job_that_raises_fails_alone_and_the_run_still_ends(tmp_path):
+    import threading
+
+    import run
+
+    def crashing():
+        raise RuntimeError("record unreadable")
+
+    jobs = [("full/s0-base", crashing, None), ("full/s0-sft_only", lambda: None, "full/s0-base"),
+            ("full/s1-base", lambda: None, None), ("full/s1-sft_only", lambda: None, "full/s1-base")]
+    statuses: dict = {}
+    runner = threading.Thread(target=lambda: statuses.update(run.run_jobs(jobs, tmp_path, 2, records=False)),
+                              daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "a job's exception left its dependents waiting forever"
+    assert statuses["full/s0-base"]["rc"] != 0 and "record unreadable" in statuses["full/s0-base"]["error"]
+    assert statuses["full/s0-sft_only"]["skipped"] == "full/s0-base failed"
+    assert statuses["full/s1-base"]["rc"] == statuses["full/s1-sft_only"]["rc"] == 0
+
+
 def test_readme_tables_replace_only_their_block(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from readme_tables import update_readme

@@ -85,11 +85,15 @@ def run_job(name: str, job, out_root: Path) -> dict:
     return {"name": name, "rc": rc, "seconds": round(time.time() - start, 1), "log": str(log)}
 
 
+_EXPORT_LOCK = threading.Lock()  # records are read with datasets' load_from_disk, whose tqdm lock is not thread-safe
+
+
 def run_and_record(name: str, job, out_root: Path, records: bool) -> dict:
     """Run one job and, when it finished, write its committed record (unless smoke-run suites are in use)."""
     result = run_job(name, job, out_root)
     if result["rc"] == 0 and records:
-        path = export_one(name, out_root)
+        with _EXPORT_LOCK:
+            path = export_one(name, out_root)
         result["record"] = str(path) if path else None
     return result
 
@@ -229,9 +233,12 @@ def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers
                         break
                     lock.wait()
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
-            result = run_and_record(name, job, out_root, records)
-            print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s",
-                  flush=True)
+            try:
+                result = run_and_record(name, job, out_root, records)
+            except Exception as exc:  # the job fails (its dependents are skipped), not the whole run
+                result = {"name": name, "rc": -1, "seconds": 0.0, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s"
+                  + (f" ({result['error']})" if "error" in result else ""), flush=True)
             with lock:
                 running.discard(name)
                 done[name] = result
