@@ -205,6 +205,7 @@ def test_a_job_that_raises_fails_alone_and_the_run_still_ends(tmp_path):
     runner.join(60)
     assert not runner.is_alive(), "a job's exception left its dependents waiting forever"
     assert statuses["full/s0-base"]["rc"] != 0 and "record unreadable" in statuses["full/s0-base"]["error"]
+    assert "RuntimeError: record unreadable" in Path(statuses["full/s0-base"]["log"]).read_text()  # kept for debugging
     assert statuses["full/s0-sft_only"]["skipped"] == "full/s0-base failed"
     assert statuses["full/s1-base"]["rc"] == statuses["full/s1-sft_only"]["rc"] == 0
 

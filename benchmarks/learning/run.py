@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import yaml
@@ -62,11 +63,17 @@ def pipeline_argv(cfg: dict, path: Path) -> list[str]:
     return [str(Path(sys.executable).parent / "dermvlm"), "pipeline", str(path)]
 
 
+def job_log(name: str, out_root: Path) -> Path:
+    """The log file of the job ``<regime>/<run>`` (its folder created)."""
+    log = out_root / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
+
+
 def run_job(name: str, job, out_root: Path) -> dict:
     """Run one job: a pipeline config (dict) or a command (callable returning argv, a list of argvs run in turn, or
     None when already done). The code it starts with is noted beside its folder (``records.mark_code``)."""
-    log = out_root / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = job_log(name, out_root)
     regime, run = name.split("/", 1)
     set_aside_other_code(out_root / regime / run)
     argvs = [pipeline_argv(job, out_root / "configs" / f"{name}.yaml")] if isinstance(job, dict) else job()
@@ -236,7 +243,11 @@ def run_jobs(jobs: list[tuple[str, object, str | None]], out_root: Path, workers
             try:
                 result = run_and_record(name, job, out_root, records)
             except Exception as exc:  # the job fails (its dependents are skipped), not the whole run
-                result = {"name": name, "rc": -1, "seconds": 0.0, "error": f"{type(exc).__name__}: {exc}"}
+                log = job_log(name, out_root)
+                with log.open("a") as fh:
+                    fh.write(traceback.format_exc())
+                result = {"name": name, "rc": -1, "seconds": 0.0, "log": str(log),
+                          "error": f"{type(exc).__name__}: {exc} (traceback in {log})"}
             print(f"[{time.strftime('%H:%M:%S')}] done  {name}: rc {result['rc']} in {result['seconds']} s"
                   + (f" ({result['error']})" if "error" in result else ""), flush=True)
             with lock:
