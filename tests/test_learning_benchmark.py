@@ -98,6 +98,37 @@ def test_a_claim_needs_two_seeds_one_code_and_both_intervals_above_zero():
     assert report.verdict(d | {"seed_ci95": [-0.05, -0.01], "item_ci95": [-0.04, -0.01]}) == "reversed"
 
 
+def test_targets_take_the_best_two_seed_arm_and_hold_it_against_the_cnn_on_every_seed():
+    import report
+
+    def arm(seeds: int, **means: float) -> dict:
+        return {"seeds": list(range(seeds)), "stats": {k.replace("__", ":"): {"mean": v} for k, v in means.items()}}
+
+    def diff(per_seed: list[float], verdict: str = "not shown") -> dict:
+        return {"per_seed": per_seed, "delta": sum(per_seed) / len(per_seed), "verdict": verdict}
+
+    full = {"arms": {"grpo_plus": arm(3, scores__auc=0.93, balanced__balanced_accuracy=0.60),
+                     "sft_balanced": arm(3, scores__auc=0.925, balanced__balanced_accuracy=0.57),
+                     "no_curriculum": arm(1, scores__auc=0.99), "cnn": arm(3, scores__auc=0.92)},
+            "comparisons": {"grpo_plus − cnn (scores:auc)": diff([0.02, 0.01, -0.001]),
+                            "grpo_plus − sft_balanced (balanced:balanced_accuracy)": diff([0.03] * 3, "holds"),
+                            "grpo_plus − sft_balanced (scores:auc)": diff([0.005] * 3)},
+            "parameters": 19_000_000}
+    low = {"arms": {"base_ssl-grpo_plus": arm(3, scores__auc=0.85), "base": arm(3, scores__auc=0.84),
+                    "cnn": arm(3, scores__auc=0.83), "cnn_ssl": arm(3, scores__auc=0.86)}, "comparisons": {}}
+    t = report.targets({"full": full, "low_resource": low})
+    auc = t["best_arm_auc"]
+    assert auc["arm"] == "grpo_plus" and auc["value"] == 0.93  # the one-seed ablation is never the best arm
+    assert not auc["above_cnn_every_seed"] and not auc["met"]  # above on the mean, below on one seed
+    assert t["grpo_plus_over_sft_balanced"]["met"] and t["max_params"]["met"]
+    # the lab that saw the unlabelled images is held against the CNN given them too: base (vs cnn) is the better one
+    assert t["low_resource_vlm_vs_cnn_auc"] == {"arm": "base", "auc": 0.84, "anchor": "cnn", "anchor_auc": 0.83,
+                                                "met": True}
+    assert not t["dermiq_within_grpo_plus"]["met"]  # not measured is not met
+    lines = "\n".join(report.targets_markdown(t))
+    assert "best arm auc ≥ 0.92 and above the CNN on every seed (full): **missed**" in lines
+
+
 def test_fast_metrics_match_the_evaluation_metrics_and_sklearn_auc():
     import random
 
