@@ -305,3 +305,32 @@ def test_the_ssl_base_and_its_arm_are_valid_configs(tmp_path):
     arm = validate(arms.arm_config("grpo_plus", "low_resource", 1, tmp_path, base="base_ssl"), RunConfig)
     assert arm.name == "s1-base_ssl-grpo_plus"
     assert arm.model.name_or_path.endswith("low_resource/s1-base_ssl/pretrain/model")
+
+
+def test_regimes_computed_in_parallel_give_the_same_report(tmp_path):
+    import random
+
+    import report
+    from records import write
+
+    rng = random.Random(7)
+    classes = ["bcc", "mel", "nv"]
+    for regime in ("full", "low_resource"):
+        for arm in ("grpo_plus", "sft_balanced"):
+            for seed in (0, 1):
+                ids = [f"{regime}-{i:03d}" for i in range(120)]
+                gold = rng.choices(classes, weights=[1, 2, 6], k=120)
+                scores = [[round(2.0 * (c == g) + rng.gauss(0, 1), 4) for c in classes] for g in gold]
+                pred = [classes[max(range(3), key=r.__getitem__)] for r in scores]
+                rec = _record(arm, seed, ids, gold, pred, scores, classes) | {"regime": regime}
+                write(tmp_path / "records" / regime / f"s{seed}-{arm}.json.gz", rec)
+    one = report.regime_results(tmp_path / "records", tmp_path / "plots1", 20, jobs=1)
+    two = report.regime_results(tmp_path / "records", tmp_path / "plots2", 20, jobs=2)
+    assert set(one) == {"full", "low_resource"}
+    assert one["low_resource"]["comparisons"] and one["full"]["arms"]["grpo_plus"]["stats"]["scores:auc"]["item_ci95"]
+
+    def without_plots(r):
+        return {regime: {k: v for k, v in res.items() if k != "plots"} for regime, res in r.items()}
+
+    assert without_plots(one) == without_plots(two)
+    assert [Path(p).name for p in one["full"]["plots"]] == [Path(p).name for p in two["full"]["plots"]]

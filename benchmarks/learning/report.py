@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from datetime import UTC, datetime
@@ -651,6 +652,24 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _regime_job(regime: str, records_dir: Path, plots_dir: Path, n_boot: int) -> dict[str, Any] | None:
+    recs = load_regime(regime, records_dir)
+    return regime_result(regime, recs, plots_dir, n_boot) if recs else None
+
+
+def regime_results(records_dir: Path, plots_dir: Path, n_boot: int, jobs: int = 1) -> dict[str, dict[str, Any]]:
+    """``regime_result`` of every regime with records, ``jobs`` regimes at a time (one process each)."""
+    if jobs <= 1:
+        done = [_regime_job(r, records_dir, plots_dir, n_boot) for r in REGIMES]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        n = len(REGIMES)
+        with ProcessPoolExecutor(min(jobs, n)) as pool:
+            done = list(pool.map(_regime_job, REGIMES, [records_dir] * n, [plots_dir] * n, [n_boot] * n))
+    return {r: result for r, result in zip(REGIMES, done, strict=True) if result is not None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning",
@@ -658,6 +677,9 @@ def main() -> None:
     ap.add_argument("--records", type=Path, default=RECORDS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="regimes computed in parallel processes (each regime's draws are seeded on their own, so "
+                         "the result does not depend on it)")
     ap.add_argument("--no-readme", dest="readme", action="store_false",
                     help="leave docs/BENCHMARKS.md's table as it is")
     args = ap.parse_args()
@@ -665,15 +687,14 @@ def main() -> None:
 
     if args.runs.is_dir():
         export(args.runs.resolve(), args.records)
-    regimes = {r: regime_result(r, recs, args.out / "learning", args.bootstrap) for r in REGIMES
-               if (recs := load_regime(r, args.records))}
+    regimes = regime_results(args.records, args.out / "learning", args.bootstrap, args.jobs)
     result = {
         "benchmark": "DermaMNIST learning benchmark v3 (micro VLM from scratch: vision stage + language pretrain, then "
                      "post-training arms; served by vLLM; class scores and prior-corrected decodes; CNN anchor)",
         "config": "configs/dermamnist-micro.yaml", "budget_post_training_sequences": BUDGET,
         "cnn_epochs": CNN_EPOCHS, "regimes": regimes, "published": PUBLISHED, "target_thresholds": TARGETS,
         "targets": targets(regimes),
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "processor": platform.processor()},
         "versions": versions(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
