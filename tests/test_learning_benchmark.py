@@ -334,3 +334,10 @@ def test_regimes_computed_in_parallel_give_the_same_report(tmp_path):
 
     assert without_plots(one) == without_plots(two)
     assert [Path(p).name for p in one["full"]["plots"]] == [Path(p).name for p in two["full"]["plots"]]
+
+
+def test_a_cnn_after_simclr_is_charged_for_both_parts_of_its_training():
+    import report
+
+    assert report._seconds({"kind": "cnn", "cpu_seconds": 3462.3, "ssl": {"cpu_seconds": 3693.8}}) == 7156.1
+    assert report._seconds({"kind": "cnn", "cpu_seconds": 3221.2}) == 3221.2

@@ -49,7 +49,7 @@ TARGETS = {"best_arm_auc": 0.92, "best_arm_accuracy": 0.76, "best_arm_balanced_a
            "grpo_plus_over_sft_balanced": 0.02, "dermiq_within_grpo_plus": -0.01, "max_params": 20_000_000}
 ARM_ORDER = ["base", *MAIN_ARMS, *ABLATIONS, *BASE_VARIANTS, "base_ssl-grpo_plus"]
 CNNS = {"cnn": "CNN anchor: ResNet-18, stride-2 stem, from scratch (training s = CPU s)",
-        "cnn_ssl": "CNN anchor after SimCLR on the unlabelled rest of the train split"}
+        "cnn_ssl": "CNN anchor after SimCLR on the unlabelled rest of the train split (training s: both, CPU s)"}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DECODES = {"as_generated": "as generated", "balanced": "prior-corrected for balanced accuracy",
            "accuracy": "prior-corrected for accuracy"}
@@ -216,8 +216,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _seconds(rec: Record) -> float:
-    if rec.get("kind") == "cnn":
-        return float(rec.get("cpu_seconds") or rec.get("train_seconds") or 0)
+    if rec.get("kind") == "cnn":  # with its SimCLR pretraining where it had one (cnn_ssl)
+        return float(rec.get("cpu_seconds") or rec.get("train_seconds") or 0) + float(
+            (rec.get("ssl") or {}).get("cpu_seconds") or 0)
     return float(sum((s or {}).get("seconds") or 0 for s in (rec.get("stages") or {}).values()))
 
 
