@@ -531,7 +531,8 @@ def plot_regime(regime: str, arms: dict[str, dict[int, Record]], summary: dict[s
     width = 0.8 / max(1, len(shown))
     for j, arm in enumerate(shown):
         rec = summary[arm]["per_class_recall_balanced"]
-        ax.bar(np.arange(len(classes)) + j * width, [rec.get(c, 0) for c in classes], width=width, label=arm)
+        ax.bar(np.arange(len(classes)) + j * width, [rec.get(c, 0) for c in classes], width=width, label=arm,
+               color=plt.get_cmap("tab20")(j % 20))  # a colour per arm: the lab makes eleven, tab10 has ten
     ax.set_xticks(np.arange(len(classes)) + 0.4, [c.replace("_", " ") for c in classes], rotation=20, fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("test recall (mean over seeds)")
